@@ -1,0 +1,503 @@
+"""Typed trainer config: one dataclass per component, loaded from the seed's YAML format.
+
+The YAML has the sections ``model``, ``train`` and ``data`` of the Scenario-A fix plan (seed
+§3.3, §3.4, §3.6, §8), plus ``runtime`` (device, processes, XLA cache) and ``log`` (W&B).
+Every section validates itself in ``__post_init__``; :func:`config_from_dict` walks the whole
+tree and collects *every* problem (unknown key, wrong type, bad value) into one
+:class:`~octtrain.errors.ConfigError` that names the file and the dotted key path.
+
+Relative paths (``data.manifest``, ``data.root``, ``data.cache_dir``) are relative to the
+working directory of the process, not to the config file, so a config means the same thing
+whether it is given to ``octtrain train`` or embedded in a search space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from octtrain.errors import ConfigError
+
+Problems = list[tuple[str, str]]
+
+METRICS_MAX = ("balanced_accuracy", "macro_f1", "accuracy")
+METRICS_MIN = ("loss",)
+
+
+def _check(problems: Problems, ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        problems.append((key, msg))
+
+
+def _raise_if(problems: Problems) -> None:
+    if problems:
+        raise ConfigError(problems)
+
+
+@dataclass
+class AugmentConfig:
+    """OCT-safe augmentation (seed §3.6). Each B-scan of a volume gets the same transform.
+
+    ``flip`` mirrors the width axis (left/right within a B-scan), never the depth (frame) axis.
+    ``rotation_deg`` is the largest in-plane rotation in degrees. ``intensity_jitter`` is the
+    scale ``s`` of a multiplicative jitter ``x * U(1-s, 1+s)``; in YAML ``true`` means 0.1,
+    ``false`` means 0 and ``{scale: s}`` means ``s``.
+    """
+
+    flip: bool = False
+    rotation_deg: float = 0.0
+    intensity_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        p: Problems = []
+        _check(p, 0 <= self.rotation_deg <= 45, "rotation_deg",
+               f"must be in [0, 45] degrees, got {self.rotation_deg!r}")
+        _check(p, 0 <= self.intensity_jitter < 1, "intensity_jitter",
+               f"scale must be in [0, 1), got {self.intensity_jitter!r}")
+        _raise_if(p)
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or self.rotation_deg > 0 or self.intensity_jitter > 0
+
+    @staticmethod
+    def _normalize_raw(raw: dict[str, Any]) -> dict[str, Any]:
+        jitter = raw.get("intensity_jitter")
+        if isinstance(jitter, bool):
+            raw["intensity_jitter"] = 0.1 if jitter else 0.0
+        elif isinstance(jitter, Mapping) and set(jitter) == {"scale"}:
+            raw["intensity_jitter"] = jitter["scale"]
+        if raw.get("rotation_deg") is False:
+            raw["rotation_deg"] = 0.0
+        return raw
+
+
+@dataclass
+class DataConfig:
+    """Where the volumes are and how they are brought to a fixed ``(T, H, W)``."""
+
+    manifest: str | None = None  # CSV: path,label,patient_id[,split]
+    root: str | None = None  # or: one folder per class
+    frames: int = 16  # T: B-scans per volume after depth resampling
+    height: int = 64  # H of each B-scan after resizing (pixels)
+    width: int = 64  # W of each B-scan after resizing (pixels)
+    clip_percentiles: tuple[float, float] = (1.0, 99.0)  # intensity clip before scaling to [0, 1]
+    cache_dir: str | None = None  # preprocessed-volume cache; None: $XDG_CACHE_HOME/octtrain
+    val_fraction: float = 0.15  # of patients, when the manifest has no split column
+    test_fraction: float = 0.15
+    split_seed: int = 0
+    num_workers: int = 0  # DataLoader worker processes
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    val_augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        p: Problems = []
+        _check(p, (self.manifest is None) != (self.root is None), "manifest",
+               "give exactly one of data.manifest (a CSV) and data.root (a folder per class)")
+        for name in ("frames", "height", "width"):
+            value = getattr(self, name)
+            _check(p, value >= 2, name, f"must be >= 2, got {value!r}")
+        lo, hi = self.clip_percentiles
+        _check(p, 0 <= lo < hi <= 100, "clip_percentiles",
+               f"must be [low, high] with 0 <= low < high <= 100, got {list(self.clip_percentiles)}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            _check(p, 0 <= value < 1, name, f"must be in [0, 1), got {value!r}")
+        _check(p, self.val_fraction + self.test_fraction < 1, "val_fraction",
+               "val_fraction + test_fraction must leave patients for training, got "
+               f"{self.val_fraction + self.test_fraction!r}")
+        _check(p, self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers!r}")
+        _check(p, not self.val_augment.enabled, "val_augment",
+               "validation must not be augmented (seed §3.6): set flip: false, "
+               "rotation_deg: 0, intensity_jitter: false")
+        _raise_if(p)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.frames, self.height, self.width)
+
+
+@dataclass
+class HeadConfig:
+    """``hidden: 0`` is a linear probe; ``hidden > 0`` is Linear → GELU → Dropout → Linear."""
+
+    hidden: int = 0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        p: Problems = []
+        _check(p, self.hidden >= 0, "hidden", f"must be >= 0 (0 = linear), got {self.hidden!r}")
+        _check(p, 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _raise_if(p)
+
+
+@dataclass
+class ModelConfig:
+    """V-JEPA 2 encoder + pooling + classification head (seed §3.3)."""
+
+    encoder: str = "tiny"  # "tiny" (random-init preset), a hub id, or a save_pretrained dir
+    pool_method: str = "mean"  # mean | attentive
+    freeze_encoder: bool = True
+    unfreeze_at_epoch: int = -1  # -1: never; k: encoder trains from epoch k (epochs count from 0)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self) -> None:
+        p: Problems = []
+        _check(p, self.pool_method in ("mean", "attentive"), "pool_method",
+               f"must be 'mean' or 'attentive', got {self.pool_method!r}")
+        _check(p, self.unfreeze_at_epoch >= -1, "unfreeze_at_epoch",
+               f"must be -1 (never) or an epoch >= 0, got {self.unfreeze_at_epoch!r}")
+        _check(p, bool(self.encoder), "encoder", "must name 'tiny', a hub id or a directory")
+        _raise_if(p)
+
+    def encoder_trainable(self, epoch: int) -> bool:
+        """Whether the encoder gets gradients in ``epoch`` (0-based)."""
+        if not self.freeze_encoder:
+            return True
+        return 0 <= self.unfreeze_at_epoch <= epoch
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    patience: int = 10  # epochs without improvement before stopping
+    metric: str = "balanced_accuracy"
+    mode: str = "max"
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+
+    def __post_init__(self) -> None:
+        p: Problems = []
+        _check(p, self.patience >= 1, "patience", f"must be >= 1, got {self.patience!r}")
+        _check(p, self.metric in METRICS_MAX + METRICS_MIN, "metric",
+               f"must be one of {list(METRICS_MAX + METRICS_MIN)}, got {self.metric!r}")
+        _check(p, self.mode in ("max", "min"), "mode", f"must be 'max' or 'min', got {self.mode!r}")
+        if self.metric in METRICS_MAX and self.mode == "min":
+            p.append(("mode", f"{self.metric} is better when higher: use mode: max"))
+        if self.metric in METRICS_MIN and self.mode == "max":
+            p.append(("mode", f"{self.metric} is better when lower: use mode: min"))
+        _check(p, self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta!r}")
+        _raise_if(p)
+
+
+@dataclass
+class LoopConfig:
+    """The ``train:`` section: optimisation and the epoch loop (seed §3.4)."""
+
+    epochs: int = 50
+    batch_size: int = 1  # per process, per micro-batch
+    lr_head: float = 3e-3
+    lr_encoder: float = 1e-5
+    weight_decay: float = 1e-4
+    optimizer: str = "AdamW"
+    scheduler: str = "cosine"  # cosine | constant (both after linear warmup)
+    warmup_epochs: int = 2
+    grad_accum_steps: int = 1  # effective batch = batch_size * grad_accum_steps * processes
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    label_smoothing: float = 0.0
+    class_weights: str | list[float] = "auto"  # auto | none | [w_0, ..., w_{C-1}]
+    seed: int = 0
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+    def __post_init__(self) -> None:
+        p: Problems = []
+        for name in ("epochs", "batch_size", "grad_accum_steps"):
+            value = getattr(self, name)
+            _check(p, value >= 1, name, f"must be >= 1, got {value!r}")
+        for name in ("lr_head", "lr_encoder"):
+            value = getattr(self, name)
+            _check(p, value > 0, name, f"must be > 0, got {value!r}")
+        _check(p, self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        _check(p, self.optimizer.lower() == "adamw", "optimizer",
+               f"only AdamW is supported, got {self.optimizer!r}")
+        _check(p, self.scheduler in ("cosine", "constant"), "scheduler",
+               f"must be 'cosine' or 'constant', got {self.scheduler!r}")
+        _check(p, self.warmup_epochs >= 0, "warmup_epochs",
+               f"must be >= 0, got {self.warmup_epochs!r}")
+        _check(p, self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip!r}")
+        _check(p, 0 <= self.label_smoothing < 1, "label_smoothing",
+               f"must be in [0, 1), got {self.label_smoothing!r}")
+        if isinstance(self.class_weights, str):
+            _check(p, self.class_weights in ("auto", "none"), "class_weights",
+                   f"must be 'auto', 'none' or a list of weights, got {self.class_weights!r}")
+        else:
+            _check(p, len(self.class_weights) >= 2 and all(w > 0 for w in self.class_weights),
+                   "class_weights", f"a list needs one weight > 0 per class, got {self.class_weights}")
+        _raise_if(p)
+
+
+@dataclass
+class RuntimeConfig:
+    """Where a run executes. All device specifics live in :mod:`octtrain.runtime`."""
+
+    device: str = "auto"  # auto | xla | cuda | cpu
+    num_processes: int = 1  # data-parallel processes in one run (TPU chips, or gloo on CPU)
+    xla_cache_dir: str | None = None  # persistent XLA compile cache (same shapes: no recompile)
+
+    def __post_init__(self) -> None:
+        p: Problems = []
+        _check(p, self.device in ("auto", "xla", "cuda", "cpu"), "device",
+               f"must be one of auto, xla, cuda, cpu, got {self.device!r}")
+        _check(p, self.num_processes >= 1, "num_processes",
+               f"must be >= 1, got {self.num_processes!r}")
+        _raise_if(p)
+
+
+@dataclass
+class LogConfig:
+    wandb: bool = False
+    wandb_project: str = "octsearch"
+    wandb_mode: str = "offline"  # online | offline | disabled
+
+    def __post_init__(self) -> None:
+        p: Problems = []
+        _check(p, self.wandb_mode in ("online", "offline", "disabled"), "wandb_mode",
+               f"must be online, offline or disabled, got {self.wandb_mode!r}")
+        _raise_if(p)
+
+
+@dataclass
+class TrainConfig:
+    """A complete, validated trainer config."""
+
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        p: Problems = []
+        unfreeze = self.model.unfreeze_at_epoch
+        _check(p, unfreeze < self.train.epochs, "model.unfreeze_at_epoch",
+               f"epoch {unfreeze} is never reached with train.epochs={self.train.epochs}")
+        _raise_if(p)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-ready dict; ``config_from_dict(cfg.to_dict())`` gives back ``cfg``."""
+        return _plain(dataclasses.asdict(self))
+
+    def with_overrides(self, overrides: Mapping[str, Any], source: str = "overrides") -> TrainConfig:
+        """A new config with dotted-path values replaced, validated as a whole."""
+        raw = self.to_dict()
+        problems: Problems = []
+        for key, value in overrides.items():
+            _set_path(raw, key, value, problems)
+        _raise_if_source(problems, source)
+        return config_from_dict(raw, source=source)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _raise_if_source(problems: Problems, source: str | None) -> None:
+    if problems:
+        raise ConfigError(problems, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from raw YAML, collecting every problem
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(tp: Any, value: Any, key: str, problems: Problems) -> Any:
+    """``value`` as type ``tp``, or a problem recorded under ``key`` (returns None then)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            problems.append((key, f"must be a mapping, got {value!r}"))
+            return None
+        return _build(tp, dict(value), key, problems)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: Problems = []
+            out = _coerce(arg, value, key, trial)
+            if not trial:
+                return out
+        problems.append((key, f"must be {_type_name(tp)}, got {value!r}"))
+        return None
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            problems.append((key, f"must be a list, got {value!r}"))
+            return None
+        return [_coerce(item_tp, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is tuple:
+        item_tps = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_tps):
+            problems.append((key, f"must be a list of {len(item_tps)} values, got {value!r}"))
+            return None
+        return tuple(_coerce(t, v, f"{key}[{i}]", problems) for i, (t, v) in enumerate(zip(item_tps, value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this builder does not know is a programming error
+        raise TypeError(f"unsupported config field type {tp!r} at {key}")
+    problems.append((key, f"must be {_type_name(tp)}, got {value!r}"))
+    return None
+
+
+def _build(cls: Any, raw: dict[str, Any], prefix: str, problems: Problems) -> Any:
+    normalize = getattr(cls, "_normalize_raw", None)
+    if normalize is not None:
+        raw = normalize(dict(raw))
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    dotted = f"{prefix}." if prefix else ""
+    for unknown in sorted(set(raw) - set(fields)):
+        problems.append((f"{dotted}{unknown}", f"unknown key (known: {', '.join(fields)})"))
+    kwargs: dict[str, Any] = {}
+    before = len(problems)
+    for name, f in fields.items():
+        key = f"{dotted}{name}"
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], key, problems)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if dataclasses.is_dataclass(hints[name]):
+                kwargs[name] = _coerce(hints[name], {}, key, problems)
+            else:
+                problems.append((key, "is required"))
+    if len(problems) > before:
+        return None
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        problems.extend((f"{dotted}{k}" if k else prefix, m) for k, m in err.problems)
+        return None
+
+
+def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> TrainConfig:
+    """Validate a whole raw config; every problem goes into one ConfigError."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError([("", f"the top level must be a mapping, got {type(raw).__name__}")], source)
+    problems: Problems = []
+    cfg = _build(TrainConfig, dict(raw), "", problems)
+    _raise_if_source(problems, source)
+    assert isinstance(cfg, TrainConfig)
+    return cfg
+
+
+def _set_path(raw: dict[str, Any], key: str, value: Any, problems: Problems) -> None:
+    parts = key.split(".")
+    node: Any = raw
+    known = leaf_paths()
+    if key not in known and not any(p.startswith(key + ".") for p in known):
+        problems.append((key, "unknown key: not a trainer config setting"))
+        return
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["train.lr_head=0.003", "model.head.hidden=256"]`` → dotted-key dict (values as YAML)."""
+    out: dict[str, Any] = {}
+    problems: Problems = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append((item, "an override must look like section.key=value"))
+            continue
+        try:
+            out[key] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            problems.append((key, f"value {text!r} is not valid YAML ({err.__class__.__name__})"))
+    _raise_if_source(problems, "--set")
+    return out
+
+
+def leaf_paths(cls: Any = None, prefix: str = "") -> list[str]:
+    """Every settable dotted path of the trainer config, e.g. ``model.head.hidden``."""
+    cls = TrainConfig if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.extend(leaf_paths(hints[f.name], key + "."))
+        else:
+            out.append(key)
+    return out
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; missing file or bad syntax is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([("", "file not found")], str(path)) from None
+    except OSError as err:
+        raise ConfigError([("", f"cannot read ({err.strerror})")], str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([("", f"invalid YAML{where}: {problem}")], str(path)) from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
+    """Load and validate a trainer YAML file, applying ``--set`` style overrides first."""
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([("", "the top level must be a mapping of sections")], str(path))
+    over = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    problems: Problems = []
+    for key, value in over.items():
+        _set_path(raw, key, value, problems)
+    _raise_if_source(problems, str(path))
+    return config_from_dict(raw, source=str(path))

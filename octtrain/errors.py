@@ -1,0 +1,37 @@
+"""Errors a user can cause. The CLIs print them as one line and exit non-zero."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class OcttrainError(Exception):
+    """Base class of every error the trainer raises on purpose."""
+
+
+class ConfigError(OcttrainError):
+    """One or more problems in a trainer config, each named by its dotted key path.
+
+    All problems of a file are collected and reported at once, so a user fixes a config in one
+    round trip rather than one error at a time.
+    """
+
+    def __init__(self, problems: Sequence[tuple[str, str]], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        body = "; ".join(f"{key}: {msg}" if key else msg for key, msg in self.problems)
+        super().__init__(f"{where}{body}")
+
+
+class DataError(OcttrainError):
+    """A dataset, manifest or volume file is missing, corrupt or inconsistent."""
+
+
+class DivergedError(OcttrainError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        self.epoch = epoch
+        self.loss = loss
+        super().__init__(f"training diverged: loss is {loss} in epoch {epoch}")
