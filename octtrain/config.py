@@ -402,13 +402,27 @@ def _build(cls: Any, raw: dict[str, Any], prefix: str, problems: Problems) -> An
                 kwargs[name] = _coerce(hints[name], {}, key, problems)
             else:
                 problems.append((key, "is required"))
-    if len(problems) > before:
-        return None
+    bad = {key for key, _ in problems[before:]}
+    if bad:
+        # Still run the section's own checks on the fields that did parse, with defaults in
+        # place of the broken ones, so that one pass reports every problem of the file.
+        for name, f in fields.items():
+            if kwargs.get(name) is None and name in raw and raw[name] is not None:
+                if f.default is not dataclasses.MISSING:
+                    kwargs[name] = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    kwargs[name] = f.default_factory()
+                else:
+                    return None
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
     except ConfigError as err:
-        problems.extend((f"{dotted}{k}" if k else prefix, m) for k, m in err.problems)
+        for k, m in err.problems:
+            key = f"{dotted}{k}" if k else prefix
+            if key not in bad:
+                problems.append((key, m))
         return None
+    return None if bad else built
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> TrainConfig:
