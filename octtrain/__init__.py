@@ -1,0 +1,35 @@
+"""octtrain: fine-tune a V-JEPA 2 video encoder on 3D OCT volumes without single-class collapse.
+
+``fit`` and ``FitResult`` are imported on first use, so tools that only read configs
+(``octsearch trials``, space validation) do not pay for importing torch and transformers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from octtrain.config import TrainConfig, config_from_dict, load_config
+from octtrain.errors import ConfigError, DataError, DivergedError, OcttrainError
+
+if TYPE_CHECKING:
+    from octtrain.loop import FitResult, fit
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DivergedError",
+    "FitResult",
+    "OcttrainError",
+    "TrainConfig",
+    "config_from_dict",
+    "fit",
+    "load_config",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("fit", "FitResult"):
+        from octtrain import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'octtrain' has no attribute {name!r}")

@@ -1,0 +1,52 @@
+"""A small progress bar for long loops, on stderr.
+
+On a terminal it redraws one line (at most 10 times a second); elsewhere (CI logs, pipes) it
+stays silent until ``close``, so logs get one summary line per loop instead of a flood.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class ProgressBar:
+    def __init__(self, total: int, desc: str, *, enabled: bool = True, stream: TextIO | None = None):
+        self.total = max(0, total)
+        self.desc = desc
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and self.stream.isatty()
+        self.n = 0
+        self.start = time.monotonic()
+        self._last_draw = 0.0
+        self.postfix = ""
+
+    def update(self, n: int = 1, postfix: str | None = None) -> None:
+        self.n += n
+        if postfix is not None:
+            self.postfix = postfix
+        if self.tty and (time.monotonic() - self._last_draw > 0.1 or self.n >= self.total):
+            self._draw()
+
+    def _draw(self) -> None:
+        self._last_draw = time.monotonic()
+        frac = self.n / self.total if self.total else 1.0
+        width = 24
+        filled = int(width * frac)
+        elapsed = self._last_draw - self.start
+        bar = "#" * filled + "-" * (width - filled)
+        line = f"\r{self.desc} [{bar}] {self.n}/{self.total} {elapsed:5.1f}s {self.postfix}"
+        self.stream.write(line[:200])
+        self.stream.flush()
+
+    def close(self, summary: str | None = None) -> None:
+        """End the bar; print ``summary`` (if any) as the line that stays."""
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r\033[K")
+        if summary:
+            self.stream.write(summary + "\n")
+        self.stream.flush()

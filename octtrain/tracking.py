@@ -1,0 +1,84 @@
+"""Where a run's metrics go: ``metrics.jsonl`` in the run directory, and W&B when enabled.
+
+Train metrics are written as soon as the training epoch ends and *before* validation (seed §4):
+if validation hangs or dies, the dashboard still shows the epoch that was trained.
+Only the master rank tracks; other ranks get a tracker that drops everything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from octtrain.config import LogConfig
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN/inf become None so every line is strict JSON (readable by any tool)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+class Tracker:
+    def __init__(self, out_dir: Path, cfg: LogConfig, run_config: dict[str, Any], enabled: bool = True):
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self._wandb: Any = None
+        if not enabled:
+            return
+        self._file = self.path.open("a", encoding="utf-8")
+        if cfg.wandb and cfg.wandb_mode != "disabled":
+            import wandb  # optional dependency: pip install 'octsearch[wandb]'
+
+            self._wandb = wandb.init(
+                project=cfg.wandb_project, mode=cfg.wandb_mode, dir=str(out_dir),
+                config=run_config, name=out_dir.name, reinit="finish_previous",
+            )
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(_json_ready(record)) + "\n")
+        self._file.flush()
+
+    def log_train(self, epoch: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._write({"phase": "train", "epoch": epoch, **metrics})
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch)
+
+    def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._write({"phase": "epoch", **metrics})
+        if self._wandb is not None:
+            scalars = {k: v for k, v in metrics.items()
+                       if k.startswith("val/") and isinstance(v, (int, float))}
+            for i, acc in enumerate(metrics.get("val/per_class_accuracy", [])):
+                scalars[f"val/acc_class_{i}"] = acc
+            self._wandb.log(scalars, step=epoch)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def read_metrics(path: str | Path, phase: str = "epoch") -> list[dict[str, Any]]:
+    """The records of one phase from a run's ``metrics.jsonl`` (None stands for NaN)."""
+    out = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("phase") == phase:
+                out.append(rec)
+    return out

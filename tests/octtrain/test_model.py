@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from octtrain.config import HeadConfig, ModelConfig
+from octtrain.errors import ConfigError
+from octtrain.model import AttentivePool, MeanPool, build_model, make_head
+
+
+@pytest.mark.parametrize(
+    ("hidden", "n_linear"),
+    [(0, 1), (256, 2)],
+)
+def test_head_shapes(hidden: int, n_linear: int) -> None:
+    head = make_head(64, 4, hidden, 0.2)
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == n_linear
+    assert head(torch.zeros(3, 64)).shape == (3, 4)
+    if hidden:
+        assert linears[0].out_features == hidden
+        kinds = [type(m).__name__ for m in head]
+        assert kinds == ["Linear", "GELU", "Dropout", "Linear"] and head[2].p == 0.2
+
+
+@pytest.mark.parametrize("pool", ["mean", "attentive"])
+def test_forward_shapes(pool: str) -> None:
+    model = build_model(ModelConfig(pool_method=pool, head=HeadConfig(128, 0.1)), 16, 64, 64, 4)
+    assert isinstance(model.pool, AttentivePool if pool == "attentive" else MeanPool)
+    assert model.encoder.config.crop_size == 64  # RoPE grid follows the input size
+    out = model(torch.rand(2, 16, 64, 64))
+    assert out.shape == (2, 4)
+    assert model.features(torch.rand(1, 16, 64, 64)).shape == (1, model.embed_dim)
+
+
+def test_frozen_encoder_gets_no_grad_and_unfrozen_does() -> None:
+    model = build_model(ModelConfig(freeze_encoder=True, unfreeze_at_epoch=1), 4, 32, 32, 4)
+    model(torch.rand(2, 4, 32, 32)).sum().backward()
+    assert all(p.grad is None for p in model.encoder_parameters())
+    assert all(p.grad is not None for p in model.head_parameters())
+    model.set_encoder_trainable(True)
+    model(torch.rand(2, 4, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in model.encoder_parameters())
+
+
+def test_predictor_is_not_part_of_the_model() -> None:
+    model = build_model(ModelConfig(), 4, 32, 32, 4)
+    assert not any("predictor" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize(
+    ("shape", "key"),
+    [((16, 64, 48), "data.height"), ((16, 40, 40), "data.height"), ((15, 64, 64), "data.frames")],
+)
+def test_shape_errors_name_the_key(shape: tuple[int, int, int], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        build_model(ModelConfig(), *shape, 4)
+
+
+def test_unknown_encoder_directory() -> None:
+    with pytest.raises(ConfigError, match="model.encoder"):
+        build_model(ModelConfig(encoder="/nonexistent/vjepa2"), 16, 64, 64, 4)
