@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import random
 import time
 import uuid
@@ -111,9 +112,10 @@ class _PaddedEval(Dataset):
     def __len__(self) -> int:
         return self.total
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, float]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         x, y = self.base[i if i < self.n else 0]
-        return x, y, float(i < self.n)
+        # float32: a Python float collates to float64 and would promote the masked loss to it
+        return x, y, torch.tensor(float(i < self.n), dtype=torch.float32)
 
 
 def confusion_counts(targets: torch.Tensor, preds: torch.Tensor, num_classes: int,
@@ -229,7 +231,7 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
                 io_s += t1 - t0
                 compute_s += time.monotonic() - t1
                 bar.update()
-            del batches
+            batches.close()  # stops the loader's feeder threads when micro-batches are left over
 
             # This is the epoch's one device→host read of training values.
             totals = runtime.all_reduce_sum(torch.cat([loss_sum.view(1), train_conf.view(-1)]))
@@ -292,6 +294,10 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
                 break
     finally:
         tracker.close()
+    if os.environ.get("OCTTRAIN_DEBUG_SAVE_RANKS") == "1":
+        # Test hook: every rank writes its final weights, so a test can check that the
+        # data-parallel replicas stayed identical (a checkpoint holds rank 0's only).
+        torch.save(runtime.to_cpu(model.state_dict()), run_dir / f"rank{rank}_weights.pt")
     best_value = stopper.best if stopper.best is not None else math.nan
     return FitResult(run_dir, epoch + 1, stopper.best_epoch, best_value,
                      tcfg.early_stopping.metric, stopped_early, splits.class_to_idx, history)
