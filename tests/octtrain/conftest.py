@@ -1,15 +1,52 @@
-"""Shared fixtures of the octtrain tests."""
+"""Shared fixtures of the data tests: a tiny phantom data set and a read counter."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from octtrain import readers
 from octtrain.config import TrainConfig, config_from_dict
 from octtrain.synthetic import make_synthetic
+
+# 32 volumes of 4 × 32 × 32, one volume per patient: 23 / 3 / 3 / 3 volumes per class with
+# the default 70/10/10/10 shares, so every class has >= 3 patients and reaches val.
+TINY = {"n_volumes": 32, "frames": 4, "height": 32, "width": 32, "volumes_per_patient": 1,
+        "seed": 3}
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Manifest of a small phantom set; shared read-only by the whole session."""
+    return make_synthetic(tmp_path_factory.mktemp("tiny") / "data", **TINY)  # type: ignore[arg-type]
+
+
+class ReadCounter:
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.paths)
+
+
+@pytest.fixture
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[ReadCounter]:
+    """Count calls of ``octtrain.readers.read_volume`` (the cache calls it via the module)."""
+    counter = ReadCounter()
+    real = readers.read_volume
+
+    def counting(path: object) -> np.ndarray:
+        counter.paths.append(str(path))
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(readers, "read_volume", counting)
+    yield counter
+
 
 # --- runtime, distributed and XLA tests ---------------------------------------------------------
 

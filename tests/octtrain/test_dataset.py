@@ -1,0 +1,143 @@
+"""octtrain.dataset: build_splits and VolumeDataset on a real (tiny) phantom data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from octtrain import readers
+from octtrain.augment import Augment
+from octtrain.config import AugmentConfig, DataConfig
+from octtrain.dataset import Record, VolumeDataset, build_splits
+from octtrain.preprocess import VolumeCache, preprocess
+from octtrain.synthetic import CLASS_NAMES
+
+SHAPE = (4, 16, 16)  # the phantoms are 4 × 32 × 32: B-scans get resized
+
+
+def _cfg(tmp_path: Path, manifest: Path | None = None, root: Path | None = None,
+         **kwargs: Any) -> DataConfig:
+    return DataConfig(manifest=str(manifest) if manifest else None,
+                      root=str(root) if root else None, frames=SHAPE[0], height=SHAPE[1],
+                      width=SHAPE[2], cache_dir=str(tmp_path / "cache"), **kwargs)
+
+
+def test_splits_cover_the_data_once_grouped_by_patient(tmp_path: Path,
+                                                       tiny_manifest: Path) -> None:
+    splits = build_splits(_cfg(tmp_path, tiny_manifest))
+    assert splits.class_to_idx == {name: i for i, name in enumerate(CLASS_NAMES)}
+    assert splits.num_classes == 4
+    parts = (splits.train, splits.val, splits.test)
+    assert sum(len(p) for p in parts) == 32
+    paths = [r.path for p in parts for r in p.records]
+    assert len(set(paths)) == 32
+    patients = [{r.patient_id for r in p.records} for p in parts]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    # 23 / 3 / 3 / 3 patients: every class reaches val (split_counts forces one of >= 3)
+    assert sorted(set(splits.val.labels)) == [0, 1, 2, 3]
+    assert sorted(set(splits.train.labels)) == [0, 1, 2, 3]
+
+
+def test_item_is_float_tensor_of_config_shape(tmp_path: Path, tiny_manifest: Path) -> None:
+    splits = build_splits(_cfg(tmp_path, tiny_manifest))
+    volume, label = splits.val[0]
+    assert isinstance(volume, torch.Tensor) and volume.dtype == torch.float32
+    assert tuple(volume.shape) == SHAPE
+    assert float(volume.min()) >= 0.0 and float(volume.max()) <= 1.0
+    assert label == splits.val.records[0].label and isinstance(label, int)
+    raw = readers.read_volume(splits.val.records[0].path)
+    np.testing.assert_array_equal(volume.numpy(), preprocess(raw, SHAPE, (1.0, 99.0)))
+
+
+def test_labels_read_no_volume(tmp_path: Path, tiny_manifest: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(path: object) -> np.ndarray:
+        raise AssertionError(f"labels read {path}")
+
+    monkeypatch.setattr(readers, "read_volume", forbidden)
+    monkeypatch.setattr(np, "load", forbidden)
+    splits = build_splits(_cfg(tmp_path, tiny_manifest))
+    labels = splits.train.labels
+    assert labels == [r.label for r in splits.train.records]
+    assert len(labels) == len(splits.train)
+
+
+def test_second_epoch_reads_no_source(tmp_path: Path, tiny_manifest: Path,
+                                      count_reads: Any) -> None:
+    cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentConfig(True, 5, 0.1))
+    splits = build_splits(cfg)
+    everything = [splits.train, splits.val, splits.test]
+    for ds in everything:  # epoch 1
+        for i in range(len(ds)):
+            ds[i]
+    assert count_reads.calls == 32
+    for ds in everything:  # epoch 2
+        for i in range(len(ds)):
+            ds[i]
+    again = build_splits(cfg)  # a new run (or another process) on the same cache
+    for i in range(len(again.train)):
+        again.train[i]
+    assert count_reads.calls == 32
+
+
+def test_val_and_test_are_deterministic_train_is_augmented(tmp_path: Path,
+                                                            tiny_manifest: Path) -> None:
+    cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentConfig(True, 10, 0.2))
+    splits = build_splits(cfg)
+    torch.manual_seed(0)
+    for ds in (splits.val, splits.test):
+        assert ds.augment.is_identity
+        first = ds[0][0]
+        assert all(torch.equal(ds[0][0], first) for _ in range(5))
+    draws = [splits.train[0][0] for _ in range(6)]
+    assert any(not torch.equal(d, draws[0]) for d in draws[1:])
+
+
+def test_augment_train_false(tmp_path: Path, tiny_manifest: Path) -> None:
+    cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentConfig(True, 10, 0.2))
+    splits = build_splits(cfg, augment_train=False)
+    assert splits.train.augment.is_identity
+    assert torch.equal(splits.train[0][0], splits.train[0][0])
+
+
+def test_folder_mode_matches_manifest_mode(tmp_path: Path, tiny_manifest: Path) -> None:
+    by_manifest = build_splits(_cfg(tmp_path, tiny_manifest))
+    by_folder = build_splits(_cfg(tmp_path, root=tiny_manifest.parent))
+    assert by_folder.class_to_idx == by_manifest.class_to_idx
+
+    def records(s: Any) -> set[Record]:
+        return {r for ds in (s.train, s.val, s.test) for r in ds.records}
+
+    assert records(by_folder) == records(by_manifest)  # same paths, labels, patients
+    assert {r.path for r in by_folder.val.records} == {r.path for r in by_manifest.val.records}
+
+
+def test_restored_class_to_idx(tmp_path: Path, tiny_manifest: Path) -> None:
+    reversed_names = {name: 3 - i for i, name in enumerate(CLASS_NAMES)}
+    splits = build_splits(_cfg(tmp_path, tiny_manifest), class_to_idx=reversed_names)
+    assert splits.class_to_idx == reversed_names
+    assert max(splits.train.labels) == 3
+    majority = max(set(splits.train.labels), key=splits.train.labels.count)
+    assert majority == 3  # 0_normal is now index 3
+
+
+def test_dataloader_workers_draw_different_augmentations(tmp_path: Path) -> None:
+    src = tmp_path / "v.npy"
+    np.save(src, np.random.default_rng(0).random((4, 16, 16)).astype(np.float32))
+    cache = VolumeCache(tmp_path / "cache", SHAPE, (0.0, 100.0))
+    plain = torch.from_numpy(cache.load(str(src)))
+    record = Record(str(src), 0, "p")
+    ds = VolumeDataset([record] * 4, cache, Augment(AugmentConfig(intensity_jitter=0.5)))
+    torch.manual_seed(0)
+    loader = DataLoader(ds, batch_size=1, num_workers=2)
+    factors = [float((x[0] / plain.clamp_min(1e-3)).flatten()[plain.flatten().argmax()])
+               for x, _ in loader]
+    # items 0 and 1 are the first draw of worker 0 and worker 1: a forked, identically seeded
+    # RNG would give them the same factor
+    assert abs(factors[0] - factors[1]) > 1e-6
+    assert all(0.5 <= f <= 1.5 for f in factors)
