@@ -358,7 +358,8 @@ def _coerce(tp: Any, value: Any, key: str, problems: Problems) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(item_tps):
             problems.append((key, f"must be a list of {len(item_tps)} values, got {value!r}"))
             return None
-        return tuple(_coerce(t, v, f"{key}[{i}]", problems) for i, (t, v) in enumerate(zip(item_tps, value)))
+        pairs = enumerate(zip(item_tps, value, strict=True))
+        return tuple(_coerce(t, v, f"{key}[{i}]", problems) for i, (t, v) in pairs)
     if tp is bool:
         if isinstance(value, bool):
             return value

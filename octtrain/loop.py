@@ -33,7 +33,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from octtrain.checkpoint import save_checkpoint
 from octtrain.config import TrainConfig
 from octtrain.dataset import Splits, build_splits
-from octtrain.splits import save_class_to_idx
 from octtrain.early_stop import EarlyStopping
 from octtrain.errors import ConfigError, DataError, DivergedError
 from octtrain.loss import cross_entropy_with_smoothing, resolve_class_weights
@@ -42,6 +41,7 @@ from octtrain.model import OctClassifier, build_model
 from octtrain.progress import ProgressBar
 from octtrain.runtime import EpochChannel, Runtime, init_runtime, launch
 from octtrain.schedule import lr_factor
+from octtrain.splits import save_class_to_idx
 from octtrain.tracking import Tracker
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -162,8 +162,8 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
     class_weights = weights_cpu.to(runtime.device) if weights_cpu is not None else None
 
     world, rank = runtime.world_size, runtime.rank
-    train_sampler = DistributedSampler(splits.train, num_replicas=world, rank=rank, shuffle=True,
-                                       seed=tcfg.seed, drop_last=True)
+    train_sampler: DistributedSampler[Any] = DistributedSampler(
+        splits.train, num_replicas=world, rank=rank, shuffle=True, seed=tcfg.seed, drop_last=True)
     loader_kw: dict[str, Any] = {"num_workers": dcfg.num_workers,
                                  "persistent_workers": dcfg.num_workers > 0}
     train_loader = DataLoader(splits.train, batch_size=tcfg.batch_size, sampler=train_sampler,

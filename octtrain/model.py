@@ -10,6 +10,7 @@ by the config), so ``forward`` is branch-free and traces to one static XLA graph
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -20,7 +21,7 @@ from octtrain.errors import ConfigError
 
 # A random-init V-JEPA 2 small enough to train on two CPU cores in seconds per epoch
 # (DESIGN.md, "Facts measured here"). Real runs pass a hub id or a save_pretrained directory.
-TINY_ENCODER = {
+TINY_ENCODER: dict[str, Any] = {
     "hidden_size": 64,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
@@ -55,9 +56,10 @@ def load_encoder(name: str, frames: int, height: int, width: int) -> nn.Module:
             [("data.height", f"V-JEPA 2 needs square B-scans (height == width), got {height} x {width}")]
         )
     config = encoder_config(name, frames, height)
+    patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     problems = []
-    if height % config.patch_size:
-        problems.append(("data.height", f"must be a multiple of the patch size {config.patch_size}, got {height}"))
+    if height % patch:
+        problems.append(("data.height", f"must be a multiple of the patch size {patch}, got {height}"))
     if frames % config.tubelet_size:
         problems.append(("data.frames", f"must be a multiple of the tubelet size {config.tubelet_size}, got {frames}"))
     if problems:
@@ -115,10 +117,13 @@ def make_head(in_features: int, num_classes: int, hidden: int, dropout: float) -
 class OctClassifier(nn.Module):
     """Encoder → pool → head. ``set_encoder_trainable`` implements freeze / unfreeze."""
 
+    rgb_mean: torch.Tensor
+    rgb_std: torch.Tensor
+
     def __init__(self, encoder: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
-        enc_cfg = encoder.config
+        enc_cfg: Any = encoder.config
         self.embed_dim: int = enc_cfg.hidden_size
         self.num_classes = num_classes
         self.pool: nn.Module = (

@@ -38,7 +38,7 @@ class Tracker:
             import wandb  # optional dependency: pip install 'octsearch[wandb]'
 
             self._wandb = wandb.init(
-                project=cfg.wandb_project, mode=cfg.wandb_mode, dir=str(out_dir),
+                project=cfg.wandb_project, mode=cfg.wandb_mode, dir=str(out_dir),  # type: ignore[arg-type]
                 config=run_config, name=out_dir.name, reinit="finish_previous",
             )
 

@@ -29,4 +29,4 @@ def test_no_warmup_starts_at_one() -> None:
 
 def test_monotone_decay_after_warmup() -> None:
     values = [lr_factor(s, 2, 20) for s in range(2, 21)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
