@@ -1,0 +1,212 @@
+"""``octsearch``: run a search, review it, export the best config, open the dashboard.
+
+Errors a user can cause print one line, ``octsearch: error: ...``, and exit 2 (1 when a
+worker stops because its trials keep failing, 130 when interrupted); ``--debug`` shows the
+traceback instead. Progress goes to stderr, tables to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+import optuna
+
+from octtrain.errors import OcttrainError
+from search.errors import OctsearchError, WorkerError
+from search.storage import DEFAULT_STORAGE, open_storage, redact
+
+DEVICES = ("auto", "xla", "cuda", "cpu")
+
+
+def _common(parser: argparse.ArgumentParser, *, study: bool = True) -> None:
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
+                        help=f"sqlite:///FILE, postgresql+psycopg://... or mysql+pymysql://... "
+                             f"(default: {DEFAULT_STORAGE})")
+    if study:
+        parser.add_argument("--study", metavar="NAME",
+                            help="study name (default: the space file's name; for review "
+                                 "commands, the storage's only study)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="octsearch",
+        description="Hyperparameter search for octtrain with collapse-aware pruning.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="create or join a study and run trials until N finished")
+    run.add_argument("--space", required=True, type=Path, help="search space YAML file")
+    run.add_argument("--trials", required=True, type=int, metavar="N",
+                     help="finished (complete + pruned) trials wanted in the study, all workers "
+                          "together")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="start no new trial after this many seconds")
+    run.add_argument("--seed", type=int, help="sampler seed (give each worker its own)")
+    run.add_argument("--device", choices=DEVICES, help="runtime.device of every trial")
+    run.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                     help="trial run directories go to DIR/STUDY/trial_NNNN (default: runs)")
+    run.add_argument("--max-failures", type=int, default=3, metavar="K",
+                     help="stop this worker after K failed trials in a row (default: 3)")
+    _common(run)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a search space file and list it")
+    check.add_argument("--space", required=True, type=Path, help="search space YAML file")
+    check.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    check.set_defaults(func=cmd_check)
+
+    for name, func, text in (("trials", cmd_trials, "table of every trial"),
+                             ("best", cmd_best, "the best trial in detail")):
+        p = sub.add_parser(name, help=text)
+        _common(p)
+        p.add_argument("--space", type=Path, help="name the study by its space file")
+        if name == "trials":
+            p.add_argument("--sort", choices=("number", "value"), default="number",
+                           help="row order (default: number)")
+        p.set_defaults(func=func)
+
+    export = sub.add_parser("export-best",
+                            help="write the best trial's complete trainer config (YAML)")
+    export.add_argument("--out", required=True, type=Path, help="output YAML file")
+    export.add_argument("--space", type=Path, help="name the study by its space file")
+    _common(export)
+    export.set_defaults(func=cmd_export_best)
+
+    dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    _common(dash, study=False)
+    dash.set_defaults(func=cmd_dashboard)
+    return parser
+
+
+def _study_name(args: argparse.Namespace) -> str | None:
+    if args.study:
+        return str(args.study)
+    space = getattr(args, "space", None)
+    return space.stem if space is not None else None
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the running trial is stopped and marked FAIL."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.report import format_leaderboard
+    from search.space import load_space
+    from search.study import open_study
+    from search.worker import WorkerOptions, count_trials, run_worker
+
+    if args.trials < 1:
+        raise OctsearchError(f"--trials must be at least 1, got {args.trials}")
+    if args.max_failures < 1:
+        raise OctsearchError(f"--max-failures must be at least 1, got {args.max_failures}")
+    space = load_space(args.space)
+    storage = open_storage(args.storage)
+    name = _study_name(args)
+    assert name is not None
+    study, created = open_study(space, storage, name, seed=args.seed)
+    finished, running = count_trials(study)
+    print(f"octsearch: {'created' if created else 'joined'} study {name!r} in "
+          f"{redact(storage.url)}: {finished}/{args.trials} finished, {running} running",
+          file=sys.stderr)
+    options = WorkerOptions(n_trials=args.trials, timeout_s=args.timeout, device=args.device,
+                            runs_dir=args.runs_dir, max_consecutive_failures=args.max_failures)
+    with _sigterm_interrupts():
+        summary = run_worker(study, space, storage, options, out=sys.stderr)
+    print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "
+          "trials", file=sys.stderr)
+    print(format_leaderboard(study))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from search.space import load_space
+
+    space = load_space(args.space)
+    print(f"{args.space}: valid; objective {space.objective.metric} ({space.objective.direction})")
+    for p in space.params:
+        print(f"  {p.path}: {p.describe()}")
+    for e in space.enqueue:
+        print(f"  enqueue {e.name}: {e.params}")
+    print(f"  sampler: {space.sampler.to_dict()}")
+    print(f"  pruner: {space.pruner.to_dict()}")
+    return 0
+
+
+def _review_study(args: argparse.Namespace) -> optuna.Study:
+    from search.study import load_review_study
+
+    storage = open_storage(args.storage, heartbeat=False, create=False)
+    return load_review_study(storage, _study_name(args))
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    from search.report import format_trials
+
+    print(format_trials(_review_study(args), sort=args.sort))
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from search.report import format_best
+
+    print(format_best(_review_study(args)))
+    return 0
+
+
+def cmd_export_best(args: argparse.Namespace) -> int:
+    from search.report import export_best
+
+    out = export_best(_review_study(args), args.out)
+    print(f"octsearch: wrote {out}; reproduce with: octtrain train --config {out}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from search.dashboard import serve
+
+    serve(args.storage, args.host, args.port)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # octsearch prints its own progress
+    try:
+        return int(args.func(args))
+    except (OctsearchError, OcttrainError) as err:
+        if args.debug:
+            raise
+        print(f"octsearch: error: {err}", file=sys.stderr)
+        return 1 if isinstance(err, WorkerError) else 2
+    except KeyboardInterrupt as err:
+        if args.debug:
+            raise
+        what = f" by {err}" if isinstance(err, _Terminated) else ""
+        print(f"octsearch: interrupted{what}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""``octsearch dashboard``: optuna-dashboard on the study storage, for review in a browser."""
+
+from __future__ import annotations
+
+import sys
+from socketserver import ThreadingMixIn
+from typing import TextIO
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from search.errors import OctsearchError
+from search.storage import open_storage, redact
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a browser's open connections must not keep Ctrl-C from exiting
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base signature
+        pass  # one line per HTTP request (the UI polls) would drown the terminal
+
+
+def make_dashboard_server(storage_url: str, host: str, port: int) -> WSGIServer:
+    """A WSGI server with optuna-dashboard's app on ``storage_url``; ``port=0``: any free port."""
+    try:
+        from optuna_dashboard import wsgi
+    except ImportError:
+        raise OctsearchError("optuna-dashboard is not installed: pip install "
+                             "'octsearch[dashboard]'") from None
+    app = wsgi(open_storage(storage_url, heartbeat=False, create=False))
+    try:
+        return make_server(host, port, app, server_class=_ThreadingWSGIServer,
+                           handler_class=_QuietHandler)
+    except OSError as err:
+        raise OctsearchError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
+def serve(storage_url: str, host: str, port: int, *, out: TextIO = sys.stderr) -> None:
+    """Serve the dashboard until interrupted."""
+    server = make_dashboard_server(storage_url, host, port)
+    bound_port = server.server_address[1]
+    out.write(f"octsearch: optuna-dashboard for {redact(storage_url)} on "
+              f"http://{host}:{bound_port}/ (Ctrl-C to stop)\n")
+    out.flush()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

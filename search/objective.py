@@ -1,0 +1,229 @@
+"""One trial in its own process, so a crash or OOM of the trainer fails the trial, not the worker.
+
+Parent (the worker, :func:`run_trial_process`): writes ``request.json`` into the trial's run
+directory, starts ``python -m search._trial_main request.json`` in a new session, streams its
+output to ``trial.log`` and to the worker's stderr, and reads back ``result.json``. A child
+that exits without a result (killed, segfault, XLA abort) is a failed trial whose reason is
+the tail of its output. When the parent is interrupted the child's whole process group is
+terminated before the exception goes on.
+
+Child (:func:`run_child`): opens the same storage, takes the trial by id, builds the pruner
+and objective from the space stored with the study, and runs the fit target (``octtrain.fit``)
+with an :class:`~search.reporter.EpochReporter`. It never tells the trial's state: it writes a
+:class:`TrialResult` (complete / pruned / failed) for the parent to tell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+
+from octtrain.config import config_from_dict
+from octtrain.errors import DivergedError, OcttrainError
+from search.pruner import best_step
+from search.reporter import PRUNE_REASON_ATTR, EpochReporter, metric_value
+from search.storage import open_storage
+from search.study import stored_space
+
+REQUEST_FILE = "request.json"
+RESULT_FILE = "result.json"
+LOG_FILE = "trial.log"
+TAIL_LINES = 20  # lines of a crashed child's output kept as the trial's fail reason
+KILL_GRACE_S = 10.0  # after SIGTERM, how long a child may take to exit before SIGKILL
+STORAGE_ENV = "OCTSEARCH_TRIAL_STORAGE"
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """What a trial process runs; written as JSON into the trial's run directory.
+
+    The storage URL, which may hold a password, goes to the child in the environment
+    (:data:`STORAGE_ENV`), not into the run directory.
+    """
+
+    study_name: str
+    trial_id: int
+    trial_number: int
+    run_dir: str
+    config: dict[str, Any]  # the resolved trainer config, TrainConfig.to_dict()
+    fit_target: str = "octtrain:fit"  # "module:function" with octtrain.fit's signature
+
+    def write(self, path: Path) -> None:
+        _write_json_atomic(path, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, path: Path) -> TrialRequest:
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """How a trial process ended: ``complete`` with a value, ``pruned`` or ``failed``."""
+
+    state: str
+    value: float | None = None
+    best_epoch: int | None = None
+    reason: str | None = None
+    output_tail: str | None = None  # last lines of a child that died without a result
+
+    def write(self, path: Path) -> None:
+        _write_json_atomic(path, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, path: Path) -> TrialResult | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
+    os.replace(tmp, path)  # the reader sees the whole record or none
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent side
+# ---------------------------------------------------------------------------------------------
+
+
+def run_trial_process(
+    request: TrialRequest, storage_url: str, *, echo: TextIO | None = None, prefix: str = "",
+    env: Mapping[str, str] | None = None,
+) -> TrialResult:
+    """Run the trial in a child process and return how it ended (blocks until then)."""
+    run_dir = Path(request.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path = run_dir / RESULT_FILE
+    result_path.unlink(missing_ok=True)
+    request.write(run_dir / REQUEST_FILE)
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", STORAGE_ENV: storage_url}
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    with open(run_dir / LOG_FILE, "a") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "search._trial_main", str(run_dir / REQUEST_FILE)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", env=child_env,
+            start_new_session=True,  # Ctrl-C reaches the worker, which then stops the child
+        )
+        reader = threading.Thread(target=_pump, args=(proc, log, tail, echo, prefix), daemon=True)
+        reader.start()
+        try:
+            returncode = proc.wait()
+        finally:
+            if proc.poll() is None:
+                _terminate(proc)
+            reader.join(timeout=KILL_GRACE_S)
+    result = TrialResult.read(result_path)
+    if result is not None:
+        return result  # even if the child crashed afterwards (e.g. in runtime teardown)
+    lines = [line.rstrip() for line in tail if line.strip()]
+    last = lines[-1].strip() if lines else "no output"
+    return TrialResult("failed", reason=f"trial process {_describe_exit(returncode)} without a "
+                       f"result: {last}", output_tail="\n".join(lines))
+
+
+def _pump(proc: subprocess.Popen[str], log: TextIO, tail: deque[str], echo: TextIO | None,
+          prefix: str) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log.write(line)
+        log.flush()
+        tail.append(line)
+        if echo is not None:
+            echo.write(prefix + line)
+            echo.flush()
+
+
+def _terminate(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM the child's process group (its data loaders, its XLA ranks), then SIGKILL."""
+    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {returncode}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Child side
+# ---------------------------------------------------------------------------------------------
+
+
+def _import_target(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+def run_child(request_path: Path) -> TrialResult:
+    """Run the trial described by ``request_path``; write and return its result."""
+    request = TrialRequest.read(request_path)
+    run_dir = Path(request.run_dir)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(os.environ[STORAGE_ENV], heartbeat=False, create=False)
+    study = optuna.load_study(study_name=request.study_name, storage=storage,
+                              sampler=optuna.samplers.RandomSampler())  # the worker sampled
+    space = stored_space(study)
+    study.pruner = space.pruner.build()  # Study.pruner is a plain attribute
+    trial = optuna.trial.Trial(study, request.trial_id)
+    try:
+        result = _fit(request, trial, space.objective.metric_key, space.objective.maximize)
+    except BaseException as err:  # noqa: BLE001 - a record for the parent, then re-raise
+        TrialResult("failed", reason=f"{type(err).__name__}: {err}").write(run_dir / RESULT_FILE)
+        raise
+    result.write(run_dir / RESULT_FILE)
+    return result
+
+
+def _fit(request: TrialRequest, trial: optuna.trial.Trial, metric_key: str,
+         maximize: bool) -> TrialResult:
+    fit = _import_target(request.fit_target)
+    try:
+        cfg = config_from_dict(request.config, source="trial config")
+        fitted = fit(cfg, out_dir=Path(request.run_dir),
+                     on_epoch_end=EpochReporter(trial, metric_key), progress=True)
+    except optuna.TrialPruned as err:
+        return TrialResult("pruned", reason=str(err))
+    except DivergedError as err:
+        reason = f"diverged: {err}"
+        trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+        return TrialResult("pruned", reason=reason)
+    except OcttrainError as err:
+        return TrialResult("failed", reason=f"{type(err).__name__}: {err}")
+    except Exception as err:
+        traceback.print_exc()
+        return TrialResult("failed", reason=f"{type(err).__name__}: {err}")
+    values = {int(m.get("epoch", i)): metric_value(m, metric_key)
+              for i, m in enumerate(fitted.history)}
+    value, epoch = best_step(values, maximize)
+    if math.isnan(value):
+        return TrialResult("failed", reason=f"{metric_key} is NaN in every epoch")
+    return TrialResult("complete", value=value, best_epoch=epoch)

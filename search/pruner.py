@@ -1,0 +1,289 @@
+"""Collapse-aware pruning: stop a trial whose validation predictions sit in one class.
+
+Median and percentile pruners compare a trial with *completed* trials, so they wait for
+startup trials and, when most trials collapse, compare a collapsed trial with a collapsed
+median and never fire (measured here: Optuna 5.0's ``MedianPruner`` keeps a trial reporting
+0.25 at every epoch when six completed trials also reported 0.25). :class:`CollapsePruner`
+instead judges a trial by its own validation predictions, from the first trial of a study,
+and wraps an optional inner Optuna pruner for the usual "worse than the others" rule.
+
+The per-epoch evidence is what :mod:`search.reporter` stores for every epoch: the trial's
+intermediate value (the objective) plus a user attribute ``epoch_<k>`` holding the trainer's
+metrics dict, of which the rule reads ``val/max_class_share``, ``val/majority_class``,
+``val/balanced_accuracy`` and the number of classes (``len(val/pred_hist)``). The trial's
+user attribute ``unfreeze_at_epoch`` (``-1``: the encoder is never unfrozen) moves the
+grace period past a frozen warm-up.
+
+The rule itself (:func:`collapse_reason`) and the grace period (:func:`effective_grace`) are
+pure functions; :class:`CollapsePruner` only reads the trial and remembers why it pruned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from optuna.pruners import (
+    BasePruner,
+    HyperbandPruner,
+    MedianPruner,
+    PercentilePruner,
+    SuccessiveHalvingPruner,
+)
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+if TYPE_CHECKING:
+    import optuna
+
+UNFREEZE_ATTR = "unfreeze_at_epoch"
+
+
+def epoch_attr(epoch: int) -> str:
+    """Name of the trial user attribute that holds the metrics of ``epoch`` (0-based)."""
+    return f"epoch_{epoch:03d}"
+
+
+@dataclass(frozen=True)
+class EpochEvidence:
+    """What the collapse rule sees of one validation. NaN where the trainer gave none."""
+
+    epoch: int
+    max_class_share: float = math.nan  # largest share of predictions in one class, in [0, 1]
+    majority_class: int = -1  # the class with that share
+    balanced_accuracy: float = math.nan
+    num_classes: int = 0  # 0: unknown, so the balanced-accuracy criterion is skipped
+
+    @classmethod
+    def from_metrics(cls, epoch: int, metrics: Mapping[str, Any] | None) -> EpochEvidence:
+        """Evidence from a trainer metrics dict (``None`` values, as stored for NaN, are NaN)."""
+        metrics = metrics or {}
+        hist = metrics.get("val/pred_hist") or metrics.get("val/per_class_accuracy") or []
+        majority = metrics.get("val/majority_class")
+        return cls(
+            epoch=epoch,
+            max_class_share=_float(metrics.get("val/max_class_share")),
+            majority_class=int(majority) if isinstance(majority, int) else -1,
+            balanced_accuracy=_float(metrics.get("val/balanced_accuracy")),
+            num_classes=len(hist),
+        )
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def effective_grace(grace_epochs: int, unfreeze_at_epoch: int, settle_epochs: int) -> int:
+    """First epoch the collapse rule may judge.
+
+    A trial that unfreezes its encoder at epoch ``u`` (0-based; ``-1``: never) is not judged
+    during its frozen warm-up nor for ``settle_epochs`` epochs from the unfreeze on: a frozen
+    linear head often predicts the majority class until the encoder trains. With the default
+    ``settle_epochs=2`` epochs ``0 .. u+1`` are never judged.
+    """
+    if unfreeze_at_epoch >= 0:
+        return max(grace_epochs, unfreeze_at_epoch + settle_epochs)
+    return grace_epochs
+
+
+def _collapsed_by_share(e: EpochEvidence, max_class_share: float) -> bool:
+    return e.max_class_share >= max_class_share  # False for NaN
+
+
+def _collapsed_by_balanced_accuracy(e: EpochEvidence, margin: float) -> bool:
+    return e.num_classes > 0 and e.balanced_accuracy <= 1.0 / e.num_classes + margin
+
+
+def collapse_reason(
+    epochs: Sequence[EpochEvidence],
+    *,
+    max_class_share: float = 0.9,
+    margin: float = 0.05,
+    patience: int = 2,
+    grace: int = 1,
+) -> str | None:
+    """Why the trial has collapsed, or ``None`` if it has not.
+
+    A trial has collapsed when each of its last ``patience`` epochs, consecutive and all at
+    or after epoch ``grace``, shows one of: at least ``max_class_share`` of the validation
+    predictions in one class, or balanced accuracy at most ``1/C + margin`` (chance plus a
+    margin, ``C`` classes). Only the latest epochs count: a trial that recovers is judged
+    anew. A NaN share or balanced accuracy is no evidence of collapse, so an epoch with NaN
+    metrics breaks the run of collapsed epochs; an epoch with no stored metrics does too.
+    """
+    run: list[EpochEvidence] = []
+    for e in sorted(epochs, key=lambda e: e.epoch, reverse=True):
+        if len(run) == patience:
+            break
+        contiguous = not run or e.epoch == run[-1].epoch - 1
+        by_share = _collapsed_by_share(e, max_class_share)
+        by_bacc = _collapsed_by_balanced_accuracy(e, margin)
+        if e.epoch < grace or not contiguous or not (by_share or by_bacc):
+            break
+        run.append(e)
+    if len(run) < patience:
+        return None
+    return _describe_collapse(run, max_class_share, margin)
+
+
+def _describe_collapse(run: Sequence[EpochEvidence], max_class_share: float, margin: float) -> str:
+    n = len(run)
+    span = f"for {n} epoch{'s' if n != 1 else ''}"
+    if all(_collapsed_by_share(e, max_class_share) for e in run):
+        share = min(e.max_class_share for e in run)
+        classes = sorted({e.majority_class for e in run})
+        which = (f"class {classes[0]}" if len(classes) == 1
+                 else f"one class ({', '.join(map(str, classes))})")
+        percent = math.floor(share * 100)
+        return f"collapsed: {percent}% of validation predictions are {which} {span}"
+    if all(_collapsed_by_balanced_accuracy(e, margin) for e in run):
+        bacc = max(e.balanced_accuracy for e in run)
+        chance = 1.0 / run[0].num_classes
+        return (f"collapsed: balanced accuracy {bacc:.2f} <= chance {chance:.2f} + margin "
+                f"{margin:.2f} {span}")
+    parts = []
+    for e in sorted(run, key=lambda e: e.epoch):
+        if _collapsed_by_share(e, max_class_share):
+            parts.append(f"epoch {e.epoch}: {math.floor(e.max_class_share * 100):.0f}% class "
+                         f"{e.majority_class}")
+        else:
+            parts.append(f"epoch {e.epoch}: balanced accuracy {e.balanced_accuracy:.2f}")
+    return f"collapsed: one class or chance level {span} ({'; '.join(parts)})"
+
+
+def best_step(values: Mapping[int, float], maximize: bool) -> tuple[float, int]:
+    """The best value of ``{step: value}`` and its step, NaN skipped; ``(nan, -1)`` if none."""
+    best, best_at = math.nan, -1
+    for step in sorted(values):
+        value = values[step]
+        if math.isnan(value):
+            continue
+        if math.isnan(best) or (value > best if maximize else value < best):
+            best, best_at = value, step
+    return best, best_at
+
+
+def trial_evidence(trial: optuna.trial.FrozenTrial) -> list[EpochEvidence]:
+    """The evidence of every epoch the trial has reported an intermediate value for."""
+    return [
+        EpochEvidence.from_metrics(step, trial.user_attrs.get(epoch_attr(step)))
+        for step in sorted(trial.intermediate_values)
+    ]
+
+
+def inner_reason(inner: BasePruner, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    """A human reason for a prune decided by one of Optuna's pruners."""
+    step = trial.last_step
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    best, _ = best_step(trial.intermediate_values, maximize)
+    if isinstance(inner, PercentilePruner):
+        name = "median" if isinstance(inner, MedianPruner) else "percentile"
+        if math.isnan(best):
+            return f"{name}: every value so far is NaN at epoch {step}"
+        # The percentile is not public API of Optuna's pruner; median is 50 by definition.
+        keep = 50.0 if name == "median" else float(getattr(inner, "_percentile", 50.0))
+        q = 100.0 - keep if maximize else keep
+        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        others = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
+        ref = float(np.nanpercentile(np.asarray(others, dtype=float), q)) if others else math.nan
+        op = "<" if maximize else ">"
+        label = "median" if name == "median" else f"{q:g}th percentile"
+        return f"{name}: {best:.2f} {op} {label} {ref:.2f} at epoch {step}"
+    if isinstance(inner, HyperbandPruner):
+        return f"hyperband: {best:.2f} not promoted to the next rung at epoch {step}"
+    if isinstance(inner, SuccessiveHalvingPruner):
+        return f"successive halving: {best:.2f} not promoted to the next rung at epoch {step}"
+    return f"{type(inner).__name__}: pruned at epoch {step} (best {best:.2f})"
+
+
+class CollapsePruner(BasePruner):
+    """Prune collapsed trials from trial 1; optionally also whatever ``inner`` prunes.
+
+    Nothing is pruned before the trial's effective grace epoch (:func:`effective_grace`):
+    neither the collapse rule nor the inner pruner sees a trial during its frozen warm-up or
+    the ``settle_epochs`` epochs after it unfreezes, so the inner pruner never compares a
+    trial still warming up with trials that unfroze earlier. After that the trial is pruned
+    when :func:`collapse_reason` finds a collapse, or when ``inner.prune`` says so.
+
+    NaN handling: NaN metrics are never evidence of collapse (see :func:`collapse_reason`);
+    NaN intermediate values are passed to the inner pruner unchanged (Optuna's median and
+    percentile pruners prune a trial whose values are all NaN).
+
+    The reason of each prune is kept in :attr:`reasons` under the trial number, for the
+    caller of ``trial.should_prune()`` to store with the trial.
+
+    Args:
+        max_class_share: Share of validation predictions in one class, in ``(0, 1]``, at or
+            above which an epoch counts as collapsed.
+        margin: An epoch with balanced accuracy at most ``1/C + margin`` counts as collapsed.
+        patience: Consecutive collapsed epochs needed to prune, at least 1.
+        grace_epochs: Epochs ``0 .. grace_epochs-1`` are never judged.
+        settle_epochs: Epochs from the unfreeze on that are never judged (see above).
+        inner: An Optuna pruner consulted after the grace period, or ``None``.
+    """
+
+    def __init__(
+        self,
+        max_class_share: float = 0.9,
+        margin: float = 0.05,
+        patience: int = 2,
+        grace_epochs: int = 1,
+        settle_epochs: int = 2,
+        *,
+        inner: BasePruner | None = None,
+    ) -> None:
+        if not 0.0 < max_class_share <= 1.0:
+            raise ValueError(
+                f"max_class_share must be in (0, 1], but got {max_class_share=}.")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin must be in [0, 1), but got {margin=}.")
+        if patience < 1:
+            raise ValueError(f"patience must be at least 1, but got {patience=}.")
+        if grace_epochs < 0:
+            raise ValueError(f"grace_epochs cannot be negative, but got {grace_epochs=}.")
+        if settle_epochs < 0:
+            raise ValueError(f"settle_epochs cannot be negative, but got {settle_epochs=}.")
+        self._max_class_share = max_class_share
+        self._margin = margin
+        self._patience = patience
+        self._grace_epochs = grace_epochs
+        self._settle_epochs = settle_epochs
+        self._inner = inner
+        self.reasons: dict[int, str] = {}
+
+    def judge(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | None:
+        """The reason to prune ``trial`` now, or ``None`` to let it go on."""
+        step = trial.last_step
+        if step is None:
+            return None
+        unfreeze = trial.user_attrs.get(UNFREEZE_ATTR, -1)
+        grace = effective_grace(
+            self._grace_epochs, unfreeze if isinstance(unfreeze, int) else -1, self._settle_epochs
+        )
+        if step < grace:
+            return None
+        reason = collapse_reason(
+            trial_evidence(trial),
+            max_class_share=self._max_class_share,
+            margin=self._margin,
+            patience=self._patience,
+            grace=grace,
+        )
+        if reason is not None:
+            return reason
+        if self._inner is not None and self._inner.prune(study, trial):
+            return inner_reason(self._inner, study, trial)
+        return None
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        reason = self.judge(study, trial)
+        if reason is None:
+            return False
+        self.reasons[trial.number] = reason
+        return True

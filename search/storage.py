@@ -1,0 +1,168 @@
+"""Study storage: one SQL database shared by every worker of a study.
+
+``sqlite:///FILE`` is the embedded default (one host): the database runs in WAL mode so that
+readers (the dashboard, a trial process reporting epochs) do not block the worker, and every
+connection waits up to :data:`SQLITE_BUSY_TIMEOUT_S` for a lock instead of failing.
+``postgresql+psycopg://`` and ``mysql+pymysql://`` serve many hosts; their connections are
+pooled and pre-pinged, because a trial can outlast a server's idle timeout. ``postgresql://``
+and ``mysql://`` are read as those drivers.
+
+Workers record a heartbeat for their running trial (:func:`heartbeat`). A trial whose worker
+stopped beating for :data:`GRACE_PERIOD_S` (a host lost, a worker killed with SIGKILL) is
+failed by the next worker that asks for a trial and re-queued once more with the same
+parameters (:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from search.errors import StorageError
+
+DEFAULT_STORAGE = "sqlite:///octsearch.db"  # a file in the working directory
+SQLITE_BUSY_TIMEOUT_S = 60  # how long a connection waits for another writer's lock
+HEARTBEAT_INTERVAL_S = 20  # a running trial's worker writes a heartbeat this often
+GRACE_PERIOD_S = 120  # a RUNNING trial without a heartbeat for this long is failed
+STALE_TRIAL_RETRIES = 1  # times a stale trial is re-queued with the same parameters
+POOL = {"pool_size": 2, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 1800}
+CONNECT_TIMEOUT_S = 10
+
+# User attributes a re-queued stale trial keeps; the rest belong to the run that died.
+_KEPT_ON_RETRY = ("enqueued",)
+
+_DRIVERS = {
+    "sqlite": "sqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mysql+pymysql": "mysql+pymysql",
+}
+
+
+def normalize_url(url: str) -> str:
+    """``url`` with the driver this project installs, or a StorageError naming it."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(
+            f"cannot parse storage URL {url!r}: use sqlite:///FILE, "
+            "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB"
+        ) from None
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise StorageError(
+            f"unsupported storage {parsed.drivername!r} in {redact(url)!r}: use sqlite:///FILE, "
+            "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB"
+        )
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    return {**POOL, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+
+
+def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Re-queue a stale trial with its parameters, not the per-epoch attributes of its run."""
+    trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in _KEPT_ON_RETRY}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES)(study, trial)
+
+
+def _enable_wal(url: str, create: bool) -> None:
+    """Put the SQLite file in WAL mode (persistent) before any pooled connection opens it."""
+    database = sqlalchemy.engine.make_url(url).database
+    if not database or database == ":memory:":
+        return
+    if not create and not Path(database).exists():
+        raise StorageError(f"no SQLite database {database!r} (from {url!r}) in "
+                           f"{str(Path.cwd())!r}: pass the --storage URL of the study")
+    if not Path(database).parent.exists():
+        raise StorageError(f"cannot create {url!r}: folder {str(Path(database).parent)!r} "
+                           "does not exist")
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as err:
+        raise StorageError(f"cannot open storage {url!r}: {err}") from None
+
+
+def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RDBStorage:
+    """An RDB storage with this project's settings.
+
+    ``heartbeat=True`` is for workers (they record heartbeats and fail stale trials); trial
+    processes, reports and the dashboard open the same database without it. ``create=False``
+    refuses to create a new SQLite file (review commands run in the wrong folder).
+    """
+    url = normalize_url(url)
+    backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    if backend == "sqlite":
+        _enable_wal(url, create)
+    options: dict[str, Any] = {}
+    if heartbeat:
+        options = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL_S,
+            "grace_period": GRACE_PERIOD_S,
+            "heartbeat_stale_trial_callback": _retry_stale,
+        }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(url, engine_kwargs=_engine_kwargs(url), **options)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
+        cause = getattr(err, "orig", None) or err
+        raise StorageError(f"cannot open storage {redact(url)!r}: {cause}") from None
+    return storage
+
+
+@contextmanager
+def heartbeat(storage: RDBStorage, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every heartbeat interval while the block runs.
+
+    Optuna records heartbeats only inside ``Study.optimize``; a worker that asks, runs the
+    trial in a child process and tells keeps the heartbeat itself.
+    """
+    interval = storage.get_heartbeat_interval()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            # A missed beat is retried; the grace period covers several.
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

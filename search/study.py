@@ -1,0 +1,96 @@
+"""Create a study for a space, or join one: a study holds one space for its whole life.
+
+The canonical space (:meth:`SearchSpace.to_dict`: base config, distributions, objective,
+enqueued trials, sampler, pruner) is stored as the study user attribute :data:`SPACE_ATTR`
+when the study is created; it is also what trial processes and ``export-best`` read, so a
+study never depends on the space file still being around. A worker joining with a space that
+differs is refused with the list of differences.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+
+from search.errors import SearchSpaceError, StorageError
+from search.space import SearchSpace, diff_spaces, space_from_dict
+from search.storage import redact
+
+SPACE_ATTR = "octsearch:space"
+SPACE_FILE_ATTR = "octsearch:space_file"
+ENQUEUED_ATTR = "enqueued"  # trial user attribute: the name of an enqueued trial
+
+
+def open_study(
+    space: SearchSpace, storage: RDBStorage, study_name: str, *, seed: int | None = None
+) -> tuple[optuna.Study, bool]:
+    """The study ``study_name`` for ``space``, and whether this call created it."""
+    sampler = space.sampler.build(seed)
+    pruner = space.pruner.build()
+    canonical = space.to_dict()
+    if study_name in optuna.study.get_all_study_names(storage):
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                                  pruner=pruner)
+        _check_same_space(study, canonical, storage)
+        return study, False
+    study = optuna.create_study(
+        storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
+        direction=optuna.study.StudyDirection.MAXIMIZE if space.objective.maximize
+        else optuna.study.StudyDirection.MINIMIZE,
+        load_if_exists=True,  # another worker may have created it since we looked
+    )
+    if SPACE_ATTR in study.user_attrs:
+        _check_same_space(study, canonical, storage)
+        return study, False
+    study.set_user_attr(SPACE_ATTR, canonical)
+    study.set_user_attr(SPACE_FILE_ATTR, space.source or "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([space.objective.metric])  # the dashboard's name for the value
+    for entry in space.enqueue:
+        study.enqueue_trial(entry.params, user_attrs={ENQUEUED_ATTR: entry.name},
+                            skip_if_exists=True)
+    return study, True
+
+
+def _check_same_space(study: optuna.Study, canonical: dict[str, Any], storage: RDBStorage) -> None:
+    stored = study.user_attrs.get(SPACE_ATTR)
+    where = f"study {study.study_name!r} in {redact(storage.url)!r}"
+    if stored is None:
+        raise SearchSpaceError([("", f"{where} was not created by octsearch (it stores no "
+                                 "search space): choose another --study name")])
+    differences = diff_spaces(stored, canonical)
+    if differences:
+        shown = "; ".join(differences[:8])
+        more = f"; and {len(differences) - 8} more" if len(differences) > 8 else ""
+        raise SearchSpaceError([("", f"refusing to join {where}: its search space differs from "
+                                 f"this one: {shown}{more}. Use the original space file, or a "
+                                 "new --study name for the new space")])
+
+
+def load_review_study(storage: RDBStorage, study_name: str | None) -> optuna.Study:
+    """An existing study for reading; without a name, the storage's only study."""
+    names = optuna.study.get_all_study_names(storage)
+    if study_name is None:
+        if len(names) != 1:
+            listed = ", ".join(repr(n) for n in names) or "none"
+            raise StorageError(f"{redact(storage.url)!r} holds {len(names)} studies ({listed}): "
+                               "name one with --study or --space")
+        study_name = names[0]
+    elif study_name not in names:
+        listed = ", ".join(repr(n) for n in names) or "none"
+        raise StorageError(f"no study {study_name!r} in {redact(storage.url)!r} "
+                           f"(studies: {listed})")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def stored_space(study: optuna.Study) -> SearchSpace:
+    """The space a study was created with."""
+    raw = study.user_attrs.get(SPACE_ATTR)
+    if raw is None:
+        raise StorageError(f"study {study.study_name!r} was not created by octsearch "
+                           "(it stores no search space)")
+    return space_from_dict(raw, source=f"study {study.study_name!r}")

@@ -1,0 +1,77 @@
+"""Shared fixtures of the search tests: storages and unique study names.
+
+Server storages come from ``OCTSEARCH_TEST_POSTGRES`` / ``OCTSEARCH_TEST_MYSQL``. A test that
+needs an unreachable server is skipped on a laptop and fails under ``CI=true``, so CI never
+passes by skipping. Every test gets a unique study name, deleted after the test.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from fake_fit import RAISE
+from search_testing import FAKE_SPACE, fake_options, reachable_server
+
+from search.space import space_from_dict
+from search.storage import open_storage
+from search.study import open_study
+from search.worker import run_worker
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("mysql", marks=pytest.mark.mysql)])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage kind in turn: a fresh SQLite file, then the PostgreSQL and MySQL servers."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return reachable_server(request.param)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+@pytest.fixture
+def study_name(storage_url: str) -> Iterator[str]:
+    """A unique study name, and the study deleted from ``storage_url`` afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    storage = open_storage(storage_url, heartbeat=False)
+    if name in optuna.study.get_all_study_names(storage):
+        optuna.delete_study(study_name=name, storage=storage)
+    storage.engine.dispose()
+
+
+@pytest.fixture
+def fake_space() -> dict[str, Any]:
+    return copy.deepcopy(FAKE_SPACE)
+
+
+@pytest.fixture(scope="session")
+def reviewed_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(storage URL, study name) of a finished fake study: PRUNED, FAIL and COMPLETE trials.
+
+    Trial 0 collapses (pruned at epoch 2), trial 1 raises, trial 2 learns (0.9 at epoch 4).
+    Shared read-only by the review, CLI and dashboard tests.
+    """
+    root = tmp_path_factory.mktemp("reviewed")
+    url = f"sqlite:///{root / 'study.db'}"
+    raw = copy.deepcopy(FAKE_SPACE)
+    raw["enqueue"] = [
+        {"name": "collapses", "params": {"model.head.hidden": 0, "train.lr_head": 1e-3}},
+        {"name": "raises", "params": {"model.head.hidden": 64, "train.lr_head": RAISE}},
+        {"name": "learns", "params": {"model.head.hidden": 64, "train.lr_head": 1e-3}},
+    ]
+    space = space_from_dict(raw)
+    storage = open_storage(url)
+    study, _ = open_study(space, storage, "reviewed")
+    run_worker(study, space, storage, fake_options(root, 2))
+    assert [t.state.name for t in study.get_trials()] == ["PRUNED", "FAIL", "COMPLETE"]
+    return url, "reviewed"

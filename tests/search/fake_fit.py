@@ -1,0 +1,100 @@
+"""A stand-in for ``octtrain.fit`` with the same contract, for fast worker tests.
+
+Run in the trial process as the fit target ``fake_fit:fit`` (this folder on PYTHONPATH). It
+learns when ``model.head.hidden > 0`` (balanced accuracy 0.5 + 0.1·epoch, up to 0.9) and
+collapses onto class 0 when ``hidden == 0`` (97 % of predictions, balanced accuracy 0.25).
+A test picks a misbehaviour for a trial by enqueuing one of these exact ``train.lr_head``
+values, which a sampler never draws:
+
+* ``DIVERGE``: raises :class:`octtrain.DivergedError` in epoch 1;
+* ``CRASH``: prints a line and dies with exit status 3 in epoch 1 (no result);
+* ``RAISE``: raises ``RuntimeError("boom")`` in epoch 1;
+* ``HANG``: writes its pid to ``pid`` in the run directory in epoch 1, then hangs.
+
+Every epoch sleeps ``FAKE_FIT_EPOCH_S`` seconds (default 0).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from octtrain.config import TrainConfig
+from octtrain.errors import DivergedError
+
+NUM_CLASSES = 4
+DIVERGE, CRASH, RAISE, HANG = 0.00123, 0.00234, 0.00345, 0.00456
+
+
+@dataclass
+class FakeFitResult:
+    out_dir: Path
+    epochs_run: int = 0
+    best_epoch: int = -1
+    best_value: float = math.nan
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    class_to_idx: dict[str, int] = field(default_factory=dict)
+
+
+def epoch_metrics(epoch: int, collapsed: bool) -> dict[str, Any]:
+    """A metrics dict shaped like octtrain's, 22 validation volumes (16/2/2/2)."""
+    if collapsed:
+        hist = [31, 1, 0, 0]  # 97% class 0
+        per_class = [1.0, 0.0, 0.0, 0.0]
+        bacc = 0.25
+    else:
+        bacc = min(0.9, 0.5 + 0.1 * epoch)
+        hist = [12, 8, 6, 6]
+        per_class = [bacc] * NUM_CLASSES
+    total = sum(hist)
+    return {
+        "epoch": epoch,
+        "train/loss": 1.0, "train/accuracy": 0.5, "train/balanced_accuracy": bacc,
+        "val/loss": 1.0, "val/accuracy": bacc, "val/balanced_accuracy": bacc,
+        "val/macro_f1": bacc, "val/per_class_accuracy": per_class,
+        "val/per_class_f1": [math.nan] + per_class[1:],  # NaN must survive storage
+        "val/confusion": [[h if i == j else 0 for j, h in enumerate(hist)] for i in range(4)],
+        "val/pred_hist": hist, "val/pred_entropy": 0.5,
+        "val/max_class_share": max(hist) / total, "val/majority_class": hist.index(max(hist)),
+        "lr/head": 1e-3, "lr/encoder": 0.0, "encoder_trainable": False,
+        "io/load_s": 0.0, "train/compute_s": 0.0, "epoch_s": 0.0,
+    }
+
+
+def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        progress: bool = True) -> FakeFitResult:
+    run_dir = Path(out_dir or "runs/fake")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    behaviour = cfg.train.lr_head
+    collapsed = cfg.model.head.hidden == 0
+    result = FakeFitResult(out_dir=run_dir)
+    for epoch in range(cfg.train.epochs):
+        time.sleep(float(os.environ.get("FAKE_FIT_EPOCH_S", "0")))
+        if epoch == 1:
+            if behaviour == DIVERGE:
+                raise DivergedError(epoch, math.nan)
+            if behaviour == CRASH:
+                print("fake_fit: about to crash", flush=True)
+                os._exit(3)
+            if behaviour == RAISE:
+                raise RuntimeError("boom")
+            if behaviour == HANG:
+                (run_dir / "pid").write_text(str(os.getpid()))
+                time.sleep(3600)
+        metrics = epoch_metrics(epoch, collapsed)
+        if progress:
+            print(f"fake epoch {epoch} bal_acc {metrics['val/balanced_accuracy']:.2f}",
+                  file=sys.stderr, flush=True)
+        result.history.append(metrics)
+        result.epochs_run = epoch + 1
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    return result

@@ -1,0 +1,59 @@
+"""Helpers of the search tests: server URLs, the fake-trainer space and worker options."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+
+from search.worker import WorkerOptions
+
+HERE = Path(__file__).resolve().parent
+SERVER_URLS = {
+    "postgres": ("OCTSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "mysql": ("OCTSEARCH_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+
+# A space for the fake trainer (tests/search/fake_fit.py): hidden 0 collapses, hidden 64 learns.
+FAKE_SPACE: dict[str, Any] = {
+    "base": {
+        "data": {"manifest": "unused.csv"},
+        "model": {"unfreeze_at_epoch": -1},
+        "train": {"epochs": 6},
+    },
+    "params": {
+        "model.head.hidden": {"type": "categorical", "choices": [0, 64]},
+        "train.lr_head": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    },
+    "sampler": {"type": "random"},
+    "pruner": {"collapse": {"patience": 2, "grace_epochs": 1}},
+}
+
+
+def reachable_server(kind: str) -> str:
+    """The URL of the test server ``kind``; skip (laptop) or fail (CI=true) if unreachable."""
+    env, default = SERVER_URLS[kind]
+    url = os.environ.get(env, default)
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        engine.dispose()
+    except Exception as err:  # noqa: BLE001 - any failure to connect means "no server here"
+        message = f"{kind} test server {url} is unreachable: {type(err).__name__}: {err}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+def fake_options(tmp_path: Path, n_trials: int, **kwargs: Any) -> WorkerOptions:
+    """Worker options that run trials with the fake trainer, fast."""
+    return WorkerOptions(
+        n_trials=n_trials, runs_dir=tmp_path / "runs", fit_target="fake_fit:fit",
+        env={"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
+        poll_s=0.2, **kwargs,
+    )

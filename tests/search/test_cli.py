@@ -1,0 +1,120 @@
+"""``octsearch`` error paths and review commands, run in-process and as the console script."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from search_testing import FAKE_SPACE
+
+from search.cli import _sigterm_interrupts, _Terminated, main
+from search.errors import SearchSpaceError
+from search.storage import open_storage
+
+
+def write_space(path: Path, **changes: object) -> Path:
+    raw = copy.deepcopy(FAKE_SPACE)
+    raw.update(changes)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("octsearch: error: ")
+    return err[0]
+
+
+def test_invalid_space_is_one_line_naming_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = write_space(tmp_path / "bad.yaml",
+                        params={"model.head.hiden": {"type": "int", "low": 0, "high": 8}})
+    assert main(["check", "--space", str(space)]) == 2
+    line = one_error_line(capsys)
+    assert f"{space}: params.model.head.hiden: not a trainer config setting" in line
+    with pytest.raises(SearchSpaceError):
+        main(["check", "--space", str(space), "--debug"])
+
+
+def test_check_lists_a_valid_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = write_space(tmp_path / "ok.yaml")
+    assert main(["check", "--space", str(space)]) == 0
+    out = capsys.readouterr().out
+    assert "model.head.hidden: categorical [0, 64]" in out
+    assert "train.lr_head: float [0.0001, 0.01] log" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trials", "0"], "--trials must be at least 1, got 0"),
+        (["--trials", "1", "--storage", "redis://localhost"], "unsupported storage 'redis'"),
+        (["--trials", "1", "--max-failures", "0"], "--max-failures must be at least 1, got 0"),
+    ],
+)
+def test_run_refuses_bad_arguments(args: list[str], message: str, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    space = write_space(tmp_path / "ok.yaml")
+    assert main(["run", "--space", str(space), *args]) == 2
+    assert message in one_error_line(capsys)
+
+
+def test_run_refuses_to_join_a_study_with_another_space(
+    tmp_path: Path, reviewed_study: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, name = reviewed_study
+    space = write_space(tmp_path / f"{name}.yaml")  # study name from the file name
+    assert main(["run", "--space", str(space), "--trials", "9", "--storage", url]) == 2
+    line = one_error_line(capsys)
+    assert "refusing to join study 'reviewed'" in line
+    assert "enqueue: stored [" in line  # the stored space enqueued three trials
+
+
+def test_review_commands(reviewed_study: tuple[str, str], tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    url, name = reviewed_study
+    assert main(["trials", "--storage", url]) == 0  # the storage's only study
+    assert "2 (learns)" in capsys.readouterr().out
+    assert main(["best", "--storage", url, "--study", name]) == 0
+    assert "best trial 2 (learns)" in capsys.readouterr().out
+    out = tmp_path / "best.yaml"
+    assert main(["export-best", "--storage", url, "--out", str(out)]) == 0
+    assert f"reproduce with: octtrain train --config {out}" in capsys.readouterr().err
+    assert out.exists()
+
+
+def test_review_of_a_missing_study(reviewed_study: tuple[str, str],
+                                   capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url, _ = reviewed_study
+    assert main(["best", "--storage", url, "--study", "nope"]) == 2
+    assert "no study 'nope' in 'sqlite:///" in one_error_line(capsys)
+    empty = tmp_path / "empty.db"
+    assert main(["trials", "--storage", f"sqlite:///{empty}"]) == 2
+    assert f"no SQLite database '{empty}'" in one_error_line(capsys)
+    assert not empty.exists()  # a review command never creates a study database
+    open_storage(f"sqlite:///{empty}", heartbeat=False).engine.dispose()
+    assert main(["trials", "--storage", f"sqlite:///{empty}"]) == 2
+    assert "holds 0 studies (none): name one with --study or --space" in one_error_line(capsys)
+
+
+def test_sigterm_interrupts_like_ctrl_c() -> None:
+    with pytest.raises(_Terminated, match="SIGTERM"), _sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 1)  # let the handler run
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "octsearch"
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("run", "check", "trials", "best", "export-best", "dashboard"):
+        assert command in result.stdout

@@ -1,0 +1,61 @@
+"""``octsearch dashboard``: optuna-dashboard serves a study, its trials and intermediate values."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_dashboard_serves_the_study(reviewed_study: tuple[str, str]) -> None:
+    url, name = reviewed_study
+    port = free_port()
+    exe = Path(sys.executable).parent / "octsearch"
+    proc = subprocess.Popen([str(exe), "dashboard", "--storage", url, "--port", str(port)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get(port, "/api/meta")
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "dashboard did not start in 60 s"
+                time.sleep(0.3)
+        studies = get(port, "/api/studies")["study_summaries"]
+        (summary,) = [s for s in studies if s["study_name"] == name]
+        detail = get(port, f"/api/studies/{summary['study_id']}")
+        pruned, failed, complete = detail["trials"]
+        assert [t["state"] for t in detail["trials"]] == ["Pruned", "Fail", "Complete"]
+        assert [v["step"] for v in pruned["intermediate_values"]] == [0, 1, 2]
+        assert pruned["intermediate_values"][0]["value"] == 0.25
+        attrs = {a["key"]: a["value"] for a in pruned["user_attrs"]}
+        assert attrs["prune_reason"].startswith("collapsed: 96% of validation predictions")
+        assert json.loads(attrs["epoch_000"])["val/pred_hist"] == [31, 1, 0, 0]
+        assert complete["values"] == [0.9]
+        assert len(complete["intermediate_values"]) == 6
+        assert detail["best_trials"][0]["number"] == 2
+        assert detail["objective_names"] == ["balanced_accuracy"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert proc.stderr is not None
+        assert f"http://127.0.0.1:{port}/" in proc.stderr.read()

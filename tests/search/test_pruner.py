@@ -1,0 +1,291 @@
+"""CollapsePruner through Optuna's public loop: ask, report, should_prune.
+
+Each epoch a test stores the per-epoch metrics the way the reporter does (user attribute
+``epoch_<k>``) and reports the objective, then asks ``trial.should_prune()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+import pytest
+
+from search.pruner import (
+    UNFREEZE_ATTR,
+    CollapsePruner,
+    EpochEvidence,
+    best_step,
+    collapse_reason,
+    effective_grace,
+    epoch_attr,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+NAN = math.nan
+COLLAPSED = {"share": 0.97, "bacc": 0.25}  # the seed's baseline: 97% class 0, chance level
+HEALTHY = {"share": 0.40, "bacc": 0.60}
+
+
+def metrics(share: float, bacc: float, majority: int = 0, classes: int = 4) -> dict[str, Any]:
+    hist = [0] * classes
+    hist[majority] = 1
+    return {"val/max_class_share": share, "val/balanced_accuracy": bacc,
+            "val/majority_class": majority, "val/pred_hist": hist}
+
+
+def make_study(pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    # A fixed name: Hyperband assigns brackets from a hash of the study name.
+    return optuna.create_study(direction="maximize", pruner=pruner or CollapsePruner(),
+                               study_name="pruner-test")
+
+
+def run_trial(study: optuna.Study, epochs: Sequence[dict[str, float]], *, unfreeze: int = -1,
+              value: float | None = None) -> int | None:
+    """Report ``epochs`` into a new trial; the epoch it was pruned at, or None (then complete)."""
+    trial = study.ask()
+    trial.set_user_attr(UNFREEZE_ATTR, unfreeze)
+    for epoch, e in enumerate(epochs):
+        trial.set_user_attr(epoch_attr(epoch), metrics(e["share"], e["bacc"]))
+        trial.report(e["bacc"] if value is None else value, epoch)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return epoch
+    study.tell(trial, value if value is not None else epochs[-1]["bacc"])
+    return None
+
+
+@pytest.mark.parametrize(
+    ("share", "bacc", "pruned_at"),
+    [
+        (0.97, 0.60, 2),  # collapsed by share alone (one class, yet a high bacc is impossible:
+        (0.90, 0.60, 2),  # the threshold is inclusive
+        (0.89, 0.60, None),
+        (0.50, 0.25, 2),  # collapsed by balanced accuracy alone: chance 0.25
+        (0.50, 0.30, 2),  # 1/C + margin 0.05, inclusive
+        (0.50, 0.31, None),
+        (0.97, 0.25, 2),  # both
+    ],
+)
+def test_collapse_by_share_or_balanced_accuracy(share: float, bacc: float,
+                                                pruned_at: int | None) -> None:
+    study = make_study(CollapsePruner(patience=2, grace_epochs=1))
+    assert run_trial(study, [{"share": share, "bacc": bacc}] * 6) == pruned_at
+
+
+@pytest.mark.parametrize(
+    ("epochs", "reason"),
+    [
+        ([COLLAPSED] * 3, "collapsed: 97% of validation predictions are class 0 for 2 epochs"),
+        ([{"share": 0.5, "bacc": 0.27}] * 3,
+         "collapsed: balanced accuracy 0.27 <= chance 0.25 + margin 0.05 for 2 epochs"),
+        ([{"share": 0.97, "bacc": 0.6}] * 2 + [{"share": 0.5, "bacc": 0.27}],
+         "collapsed: one class or chance level for 2 epochs (epoch 1: 97% class 0; "
+         "epoch 2: balanced accuracy 0.27)"),
+    ],
+)
+def test_prune_reason_is_stored_per_trial(epochs: list[dict[str, float]], reason: str) -> None:
+    pruner = CollapsePruner(patience=2, grace_epochs=1)
+    study = make_study(pruner)
+    assert run_trial(study, epochs) == 2
+    assert pruner.reasons == {0: reason}
+
+
+@pytest.mark.parametrize(("patience", "pruned_at"), [(1, 1), (2, 2), (3, 3), (5, 5)])
+def test_patience_counts_consecutive_collapsed_epochs(patience: int, pruned_at: int) -> None:
+    study = make_study(CollapsePruner(patience=patience, grace_epochs=1))
+    assert run_trial(study, [COLLAPSED] * 8) == pruned_at
+
+
+def test_a_recovered_epoch_restarts_the_count() -> None:
+    study = make_study(CollapsePruner(patience=2, grace_epochs=1))
+    epochs = [COLLAPSED, COLLAPSED, HEALTHY, COLLAPSED, COLLAPSED, HEALTHY]
+    assert run_trial(study, epochs) == 4
+
+
+@pytest.mark.parametrize(
+    ("grace_epochs", "unfreeze", "settle", "pruned_at"),
+    [
+        (0, -1, 2, 1),  # never unfrozen: only grace_epochs counts
+        (1, -1, 2, 2),
+        (3, -1, 2, 4),
+        (1, 3, 2, 6),  # frozen epochs 0-2, unfrozen epoch 3, the next one 4: first judged 5
+        (1, 1, 2, 4),
+        (5, 1, 2, 6),  # grace_epochs beyond the settle period wins
+        (1, 3, 0, 4),  # settle_epochs=0: judged from the unfreeze epoch on
+    ],
+)
+def test_grace_covers_frozen_warmup_and_settling(grace_epochs: int, unfreeze: int, settle: int,
+                                                 pruned_at: int) -> None:
+    study = make_study(CollapsePruner(patience=2, grace_epochs=grace_epochs,
+                                      settle_epochs=settle))
+    assert run_trial(study, [COLLAPSED] * 10, unfreeze=unfreeze) == pruned_at
+
+
+@pytest.mark.parametrize("unfreeze", [1, 2, 3, 4, 5])
+def test_defaults_never_prune_in_warmup_or_the_epoch_after_unfreezing(unfreeze: int) -> None:
+    study = make_study(CollapsePruner())
+    pruned_at = run_trial(study, [COLLAPSED] * 12, unfreeze=unfreeze)
+    assert pruned_at is not None and pruned_at > unfreeze + 1
+
+
+def test_needs_no_completed_trial() -> None:
+    study = make_study(CollapsePruner())
+    assert run_trial(study, [COLLAPSED] * 5) == 2  # the very first trial of the study
+    assert not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def test_median_pruner_never_prunes_when_completed_trials_collapsed_too() -> None:
+    """DESIGN.md's measured fact, and what the collapse pruner does about it."""
+    median = make_study(optuna.pruners.MedianPruner(n_startup_trials=5))
+    for _ in range(6):
+        assert run_trial(median, [COLLAPSED] * 6) is None
+    assert run_trial(median, [COLLAPSED] * 6) is None
+
+    collapse = make_study(CollapsePruner(inner=optuna.pruners.MedianPruner(n_startup_trials=5)))
+    assert run_trial(collapse, [COLLAPSED] * 6) == 2
+
+
+@pytest.mark.parametrize(
+    ("values", "share", "bacc", "pruned_at"),
+    [
+        ([NAN] * 5, NAN, NAN, None),  # no evidence at all: never a collapse
+        ([0.25] * 5, NAN, 0.25, 2),  # NaN share: balanced accuracy still decides
+        ([0.6] * 5, 0.97, NAN, 2),  # NaN balanced accuracy: the share still decides
+        ([0.6] * 5, NAN, 0.6, None),
+    ],
+)
+def test_nan_metrics_are_no_evidence_of_collapse(values: list[float], share: float, bacc: float,
+                                                 pruned_at: int | None) -> None:
+    study = make_study(CollapsePruner(patience=2, grace_epochs=1))
+    trial = study.ask()
+    result = None
+    for epoch, v in enumerate(values):
+        trial.set_user_attr(epoch_attr(epoch), metrics(share, bacc))
+        trial.report(v, epoch)
+        if trial.should_prune():
+            result = epoch
+            break
+    assert result == pruned_at
+
+
+def test_a_nan_epoch_breaks_the_run() -> None:
+    study = make_study(CollapsePruner(patience=2, grace_epochs=1))
+    epochs = [COLLAPSED, COLLAPSED, {"share": NAN, "bacc": NAN}, COLLAPSED, COLLAPSED]
+    assert run_trial(study, epochs) == 4
+
+
+def test_epochs_without_stored_metrics_are_not_judged() -> None:
+    study = make_study(CollapsePruner(patience=1, grace_epochs=0))
+    trial = study.ask()
+    for epoch in range(4):
+        trial.report(0.25, epoch)
+        assert not trial.should_prune()
+
+
+INNERS: list[tuple[str, optuna.pruners.BasePruner | None, str | None]] = [
+    ("none", None, None),
+    ("median", optuna.pruners.MedianPruner(n_startup_trials=2),
+     "median: 0.31 < median 0.60 at epoch 2"),
+    ("percentile", optuna.pruners.PercentilePruner(25.0, n_startup_trials=2),
+     "percentile: 0.31 < 75th percentile 0.60 at epoch 2"),
+    ("successive_halving",
+     optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+     "successive halving: 0.31 not promoted to the next rung at epoch"),
+    ("hyperband", optuna.pruners.HyperbandPruner(min_resource=1, max_resource=6,
+                                                 reduction_factor=2),
+     "hyperband: 0.31 not promoted to the next rung at epoch"),
+]
+
+
+@pytest.mark.parametrize(("name", "inner", "reason"), INNERS, ids=[i[0] for i in INNERS])
+def test_inner_pruner_prunes_a_worse_healthy_trial(
+    name: str, inner: optuna.pruners.BasePruner | None, reason: str | None
+) -> None:
+    pruner = CollapsePruner(patience=2, grace_epochs=2, inner=inner)
+    study = make_study(pruner)
+    for _ in range(8):  # hyperband spreads them over its brackets
+        assert run_trial(study, [HEALTHY] * 6) is None
+    # Not collapsed (share 0.4, bacc 0.31 > 0.30), just worse than the others.
+    pruned_at = run_trial(study, [{"share": 0.4, "bacc": 0.31}] * 6)
+    if reason is None:
+        assert pruned_at is None
+        return
+    assert pruned_at is not None and pruned_at >= 2  # never inside the grace period
+    assert pruner.reasons[8].startswith(reason)
+
+
+@pytest.mark.parametrize(("name", "inner", "reason"), INNERS, ids=[i[0] for i in INNERS])
+def test_collapse_prunes_whatever_the_inner_pruner(
+    name: str, inner: optuna.pruners.BasePruner | None, reason: str | None
+) -> None:
+    pruner = CollapsePruner(patience=2, grace_epochs=1, inner=inner)
+    study = make_study(pruner)
+    assert run_trial(study, [COLLAPSED] * 6) == 2
+    assert pruner.reasons[0].startswith("collapsed: 97%")
+
+
+def test_inner_pruner_is_not_consulted_during_warmup() -> None:
+    pruner = CollapsePruner(grace_epochs=1, inner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    study = make_study(pruner)
+    assert run_trial(study, [HEALTHY] * 8) is None
+    # Far below the median from epoch 0, but frozen until epoch 4: judged from epoch 6 on.
+    assert run_trial(study, [{"share": 0.4, "bacc": 0.35}] * 8, unfreeze=4) == 6
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_class_share": 0.0}, "max_class_share=0.0"),
+        ({"max_class_share": 1.5}, "max_class_share=1.5"),
+        ({"margin": -0.1}, "margin=-0.1"),
+        ({"patience": 0}, "patience=0"),
+        ({"grace_epochs": -1}, "grace_epochs=-1"),
+        ({"settle_epochs": -2}, "settle_epochs=-2"),
+    ],
+)
+def test_invalid_arguments_quote_the_value(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CollapsePruner(**kwargs)
+
+
+# The pure pieces, alone ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("grace", "unfreeze", "settle", "expected"),
+                         [(1, -1, 2, 1), (1, 0, 2, 2), (1, 3, 2, 5), (6, 3, 2, 6), (0, 2, 0, 2)])
+def test_effective_grace(grace: int, unfreeze: int, settle: int, expected: int) -> None:
+    assert effective_grace(grace, unfreeze, settle) == expected
+
+
+def test_collapse_reason_needs_contiguous_epochs() -> None:
+    gap = [EpochEvidence(1, 0.97, 0, 0.25, 4), EpochEvidence(3, 0.97, 0, 0.25, 4)]
+    assert collapse_reason(gap, patience=2, grace=1) is None
+    run = [EpochEvidence(2, 0.97, 0, 0.25, 4), EpochEvidence(3, 0.95, 2, 0.25, 4)]
+    assert collapse_reason(run, patience=2, grace=1) == (
+        "collapsed: 95% of validation predictions are one class (0, 2) for 2 epochs")
+
+
+def test_evidence_from_stored_metrics_reads_null_as_nan() -> None:
+    e = EpochEvidence.from_metrics(3, {"val/max_class_share": None, "val/balanced_accuracy": 0.3,
+                                       "val/majority_class": 1, "val/pred_hist": [1, 2, 3]})
+    assert math.isnan(e.max_class_share)
+    assert (e.epoch, e.majority_class, e.balanced_accuracy, e.num_classes) == (3, 1, 0.3, 3)
+
+
+@pytest.mark.parametrize(
+    ("values", "maximize", "expected"),
+    [({0: 0.2, 1: NAN, 2: 0.5, 3: 0.4}, True, (0.5, 2)),
+     ({0: 0.2, 1: NAN, 2: 0.5}, False, (0.2, 0)),
+     ({0: 0.3, 1: 0.3}, True, (0.3, 0)),  # the first of equals
+     ({0: NAN}, True, (NAN, -1)),
+     ({}, True, (NAN, -1))],
+)
+def test_best_step_skips_nan(values: dict[int, float], maximize: bool,
+                             expected: tuple[float, int]) -> None:
+    best, step = best_step(values, maximize)
+    assert step == expected[1]
+    assert best == expected[0] or (math.isnan(best) and math.isnan(expected[0]))

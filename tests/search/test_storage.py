@@ -1,0 +1,109 @@
+"""Storage URLs, SQLite settings, and heartbeats on every storage kind."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+from search_testing import reachable_server
+
+from search import storage as storage_mod
+from search.errors import StorageError
+from search.space import space_from_dict
+from search.storage import heartbeat, normalize_url, open_storage
+from search.study import ENQUEUED_ATTR, open_study
+
+
+@pytest.mark.parametrize(
+    ("url", "normalized"),
+    [
+        ("sqlite:///octsearch.db", "sqlite:///octsearch.db"),
+        ("postgresql://u:pw@h:5432/db", "postgresql+psycopg://u:pw@h:5432/db"),
+        ("postgres://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("mysql://root@h:3306/db", "mysql+pymysql://root@h:3306/db"),
+    ],
+)
+def test_urls_get_the_installed_drivers(url: str, normalized: str) -> None:
+    assert normalize_url(url) == normalized
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://localhost:6379", "unsupported storage 'redis' in 'redis://localhost:6379'"),
+        ("postgresql+psycopg2://u:secret@h/db", "unsupported storage 'postgresql+psycopg2' in "
+                                                "'postgresql+psycopg2://u:***@h/db'"),
+        ("not a url", "cannot parse storage URL 'not a url'"),
+    ],
+)
+def test_bad_urls_are_named(url: str, message: str) -> None:
+    with pytest.raises(StorageError, match=message.replace("+", r"\+").replace("*", r"\*")):
+        normalize_url(url)
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert storage.engine_kwargs["connect_args"]["timeout"] == storage_mod.SQLITE_BUSY_TIMEOUT_S
+    assert storage.get_heartbeat_interval() == storage_mod.HEARTBEAT_INTERVAL_S
+    assert open_storage(sqlite_url, heartbeat=False).get_heartbeat_interval() is None
+
+
+def test_sqlite_in_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="folder .*/missing' does not exist"):
+        open_storage(f"sqlite:///{tmp_path / 'missing' / 'study.db'}")
+
+
+def test_unreachable_server_is_a_storage_error_without_the_password() -> None:
+    with pytest.raises(StorageError) as info:
+        open_storage("postgresql+psycopg://u:secret@127.0.0.1:1/db")
+    assert "cannot open storage 'postgresql+psycopg://u:***@127.0.0.1:1/db'" in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", [pytest.param("postgres", marks=pytest.mark.postgres),
+                                  pytest.param("mysql", marks=pytest.mark.mysql)])
+def test_server_storages_pool_and_pre_ping(kind: str) -> None:
+    storage = open_storage(reachable_server(kind), heartbeat=False)
+    assert storage.engine_kwargs["pool_pre_ping"] is True
+    pool = storage.engine.pool
+    assert isinstance(pool, sqlalchemy.pool.QueuePool)
+    assert pool.size() == storage_mod.POOL["pool_size"]
+
+
+def test_heartbeat_keeps_a_trial_alive_and_a_stale_one_is_retried(
+    storage_url: str, study_name: str, fake_space: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(storage_mod, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(storage_mod, "GRACE_PERIOD_S", 2)
+    fake_space["enqueue"] = [{"name": "seed", "params": {"model.head.hidden": 64,
+                                                         "train.lr_head": 1e-3}}]
+    space = space_from_dict(fake_space)
+    storage = open_storage(storage_url)
+    study, _ = open_study(space, storage, study_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trial = study.ask()
+        space.suggest(trial)
+        trial.set_user_attr("epoch_000", {"val/balanced_accuracy": 0.5})
+        with heartbeat(storage, trial._trial_id):
+            time.sleep(2.5)
+            optuna.storages.fail_stale_trials(study)  # beating: not stale
+            assert study.get_trials()[0].state == TrialState.RUNNING
+        time.sleep(3.0)  # no beat for longer than the grace period
+        optuna.storages.fail_stale_trials(study)
+    stale, retry = study.get_trials()
+    assert stale.state == TrialState.FAIL
+    assert retry.state == TrialState.WAITING
+    assert retry.params == stale.params == {"model.head.hidden": 64, "train.lr_head": 1e-3}
+    assert retry.user_attrs == {ENQUEUED_ATTR: "seed"}  # not the dead run's epochs
+    assert retry.system_attrs["failed_trial"] == 0

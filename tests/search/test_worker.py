@@ -1,0 +1,190 @@
+"""The worker loop with real trial processes running the fake trainer (tests/search/fake_fit.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from fake_fit import CRASH, DIVERGE, HANG, RAISE
+from optuna.trial import TrialState
+from search_testing import fake_options
+
+from search.cli import _sigterm_interrupts
+from search.errors import SearchSpaceError, WorkerError
+from search.pruner import epoch_attr
+from search.space import SearchSpace, space_from_dict
+from search.storage import open_storage
+from search.study import open_study
+from search.worker import WorkerOptions, next_step, run_one_trial, run_worker
+
+COLLAPSES = {"model.head.hidden": 0, "train.lr_head": 1e-3}
+LEARNS = {"model.head.hidden": 64, "train.lr_head": 1e-3}
+
+
+def enqueue(raw: dict[str, Any], *trials: dict[str, Any]) -> dict[str, Any]:
+    raw["enqueue"] = [{"name": f"t{i}", "params": p} for i, p in enumerate(trials)]
+    return raw
+
+
+def worker(raw: dict[str, Any], url: str, name: str) -> tuple[optuna.Study, SearchSpace, Any]:
+    space = space_from_dict(raw)
+    storage = open_storage(url)
+    study, _ = open_study(space, storage, name, seed=0)
+    return study, space, storage
+
+
+def states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.get_trials()]
+
+
+@pytest.mark.parametrize(
+    ("finished", "running", "n", "step"),
+    [(0, 0, 3, "start"), (2, 0, 3, "start"), (3, 0, 3, "stop"), (4, 1, 3, "stop"),
+     (2, 1, 3, "wait"), (1, 2, 3, "wait"), (1, 1, 3, "start")],
+)
+def test_next_step_counts_running_trials_of_other_workers(finished: int, running: int, n: int,
+                                                          step: str) -> None:
+    assert next_step(finished, running, n) == step
+
+
+def test_trials_end_complete_pruned_or_diverged(fake_space: dict[str, Any], storage_url: str,
+                                                study_name: str, tmp_path: Path) -> None:
+    raw = enqueue(fake_space, COLLAPSES, LEARNS,
+                  {"model.head.hidden": 64, "train.lr_head": DIVERGE})
+    study, space, storage = worker(raw, storage_url, study_name)
+    summary = run_worker(study, space, storage, fake_options(tmp_path, 3))
+    assert summary.trials == [0, 1, 2] and summary.finished == 3
+    collapsed, learned, diverged = study.get_trials()
+
+    assert collapsed.state == TrialState.PRUNED
+    assert collapsed.user_attrs["prune_reason"] == (
+        "collapsed: 96% of validation predictions are class 0 for 2 epochs")
+    assert sorted(collapsed.intermediate_values) == [0, 1, 2]  # grace 1 + patience 2
+
+    assert learned.state == TrialState.COMPLETE
+    assert learned.value == pytest.approx(0.9) and learned.user_attrs["best_epoch"] == 4
+    epoch0 = learned.user_attrs[epoch_attr(0)]
+    assert epoch0["val/confusion"][1][1] == 8 and epoch0["val/pred_hist"] == [12, 8, 6, 6]
+    assert epoch0["val/per_class_f1"][0] is None  # NaN is stored as null
+    assert learned.user_attrs["unfreeze_at_epoch"] == -1
+    assert learned.user_attrs["overrides"] == LEARNS
+    run_dir = Path(learned.user_attrs["run_dir"])
+    assert run_dir == tmp_path / "runs" / study_name / "trial_0001"
+    assert "fake epoch 5 bal_acc 0.90" in (run_dir / "trial.log").read_text()
+
+    assert diverged.state == TrialState.PRUNED
+    assert diverged.user_attrs["prune_reason"] == (
+        "diverged: training diverged: loss is nan in epoch 1")
+
+
+def test_failed_trials_keep_their_reason_and_the_study_goes_on(
+    fake_space: dict[str, Any], sqlite_url: str, tmp_path: Path
+) -> None:
+    raw = enqueue(fake_space, {"model.head.hidden": 64, "train.lr_head": CRASH},
+                  {"model.head.hidden": 64, "train.lr_head": RAISE}, LEARNS)
+    study, space, storage = worker(raw, sqlite_url, "fail")
+    summary = run_worker(study, space, storage, fake_options(tmp_path, 1))
+    assert states(study) == ["FAIL", "FAIL", "COMPLETE"] and summary.finished == 1
+    crashed, raised, _ = study.get_trials()
+    assert crashed.user_attrs["fail_reason"] == (
+        "trial process exited with status 3 without a result: fake_fit: about to crash")
+    assert "fake epoch 0" in crashed.user_attrs["output_tail"]
+    assert raised.user_attrs["fail_reason"] == "RuntimeError: boom"
+
+
+def test_worker_stops_after_failures_in_a_row(fake_space: dict[str, Any], sqlite_url: str,
+                                              tmp_path: Path) -> None:
+    raw = enqueue(fake_space, {"model.head.hidden": 64, "train.lr_head": RAISE},
+                  {"model.head.hidden": 0, "train.lr_head": RAISE})
+    study, space, storage = worker(raw, sqlite_url, "failing")
+    with pytest.raises(WorkerError, match=r"2 trials in a row failed.*RuntimeError: boom"):
+        run_worker(study, space, storage,
+                   fake_options(tmp_path, 5, max_consecutive_failures=2))
+    assert states(study) == ["FAIL", "FAIL"]
+
+
+def test_a_second_run_joins_and_stops_at_n_finished(fake_space: dict[str, Any],
+                                                   sqlite_url: str, tmp_path: Path) -> None:
+    raw = enqueue(fake_space, COLLAPSES, LEARNS)
+    study, space, storage = worker(raw, sqlite_url, "again")
+    run_worker(study, space, storage, fake_options(tmp_path, 2))
+    study, created = open_study(space, open_storage(sqlite_url), "again")
+    assert not created
+    summary = run_worker(study, space, storage, fake_options(tmp_path, 2))
+    assert summary.trials == [] and states(study) == ["PRUNED", "COMPLETE"]
+    summary = run_worker(study, space, storage, fake_options(tmp_path, 3))
+    assert summary.trials == [2] and len(states(study)) == 3
+
+
+def test_joining_with_another_space_is_refused(fake_space: dict[str, Any], sqlite_url: str) -> None:
+    worker(fake_space, sqlite_url, "same")
+    fake_space["params"]["train.lr_head"]["high"] = 0.02
+    with pytest.raises(SearchSpaceError) as info:
+        worker(fake_space, sqlite_url, "same")
+    assert "refusing to join study 'same'" in str(info.value)
+    assert "params.train.lr_head.high: stored 0.01, this file 0.02" in str(info.value)
+
+
+def test_workers_share_one_trial_count(fake_space: dict[str, Any], storage_url: str,
+                                       study_name: str, tmp_path: Path) -> None:
+    """Two workers, each with its own connection and trial processes, stop at N finished."""
+    n = 4
+    worker(fake_space, storage_url, study_name)  # created once, joined by both
+    options = fake_options(tmp_path, n)
+    options = WorkerOptions(**{**options.__dict__, "env": {**options.env,
+                                                            "FAKE_FIT_EPOCH_S": "0.1"}})
+    errors: list[BaseException] = []
+
+    def one_worker() -> None:
+        try:
+            study, space, storage = worker(fake_space, storage_url, study_name)
+            run_worker(study, space, storage, options)
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=one_worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    finished = [t for t in study.get_trials() if t.state in (TrialState.COMPLETE,
+                                                            TrialState.PRUNED)]
+    assert len(finished) >= n
+    assert len(study.get_trials()) <= n + 1  # at most one extra when both ask at once
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+@pytest.mark.parametrize(("sig", "reason"), [(signal.SIGINT, "worker: interrupted"),
+                                           (signal.SIGTERM, "worker: interrupted by SIGTERM")])
+def test_interrupt_stops_the_trial_process_and_fails_the_trial(
+    sig: signal.Signals, reason: str, fake_space: dict[str, Any], sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C, or SIGTERM as ``octsearch run`` handles it: no trial is left RUNNING."""
+    raw = enqueue(fake_space, {"model.head.hidden": 64, "train.lr_head": HANG})
+    study, space, storage = worker(raw, sqlite_url, "hang")
+    pid_file = tmp_path / "runs" / "hang" / "trial_0000" / "pid"
+
+    def interrupt_when_hanging() -> None:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), sig)  # a real signal, as from a terminal or a scheduler
+
+    threading.Thread(target=interrupt_when_hanging, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
+        run_one_trial(study, space, storage, fake_options(tmp_path, 1))
+    trial = study.get_trials()[0]
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == reason
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the hanging trial process is gone
