@@ -1,0 +1,118 @@
+"""The `octtrain` command end to end: real processes, real files.
+
+The Scenario-A test reproduces the seed's problem and its fix on synthetic phantoms: the
+baseline config's validation predictions collapse onto one class, the fixed config learns.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from octtrain.tracking import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def octtrain(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PJRT_DEVICE", None)  # CPU: these tests are not about XLA
+    return subprocess.run([sys.executable, "-m", "octtrain.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def scenario_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default phantom set (720 volumes, 70/10/10/10), as the README's command writes it."""
+    out = tmp_path_factory.mktemp("scenario") / "synthetic"
+    proc = octtrain("make-synthetic", "--out", str(out), "--seed", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out / 'manifest.csv'}"
+    return out / "manifest.csv"
+
+
+def _train(config: str, manifest: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return octtrain("train", "--config", str(REPO / "configs" / config),
+                    "--set", f"data.manifest={manifest}", "--set", f"data.cache_dir={manifest.parent / 'cache'}",
+                    "--set", "runtime.device=cpu", "--out", str(out), *extra)
+
+
+@pytest.mark.slow
+def test_scenario_a_baseline_collapses(scenario_data: Path, tmp_path: Path) -> None:
+    proc = _train("scenario_a_baseline.yaml", scenario_data, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    epochs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert len(epochs) == 10
+    for m in epochs:
+        assert m["val/max_class_share"] >= 0.9, m["val/pred_hist"]
+        assert m["val/majority_class"] == 0
+        assert m["val/balanced_accuracy"] <= 0.35
+    assert "0_normal" in proc.stdout and "balanced accuracy" in proc.stdout
+
+
+@pytest.mark.slow
+def test_scenario_a_fixed_learns(scenario_data: Path, tmp_path: Path) -> None:
+    proc = _train("scenario_a_fixed.yaml", scenario_data, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    epochs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    best = max(m["val/balanced_accuracy"] for m in epochs)
+    assert best >= 0.6, [round(m["val/balanced_accuracy"], 3) for m in epochs]
+    # The frozen warm-up is the first 3 epochs; the encoder trains from epoch index 3 on.
+    assert [m["encoder_trainable"] for m in epochs[:5]] == [False, False, False, True, True]
+    # The best epoch's predictions are spread over the classes, not collapsed.
+    best_epoch = max(epochs, key=lambda m: m["val/balanced_accuracy"])
+    assert best_epoch["val/max_class_share"] < 0.9
+    assert min(best_epoch["val/per_class_f1"]) > 0.0
+    assert f"best epoch {best_epoch['epoch'] + 1} of" in proc.stdout
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("data: {manifest: m.csv}\ntrain: {lr_head: -1, epochs: zero}\n")
+    proc = octtrain("train", "--config", str(cfg))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"octtrain: error: {cfg}: ")
+    assert "train.epochs: must be an integer, got 'zero'" in lines[0]
+    assert "train.lr_head: must be > 0, got -1.0" in lines[0]
+
+
+def test_missing_data_is_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{manifest: {tmp_path / 'nope.csv'}}}\n")
+    proc = octtrain("train", "--config", str(cfg), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("octtrain: error:") and "nope.csv" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_override_key(tmp_path: Path) -> None:
+    proc = octtrain("train", "--config", str(REPO / "configs" / "scenario_a_fixed.yaml"),
+                    "--set", "train.lr_heda=0.1")
+    assert proc.returncode == 2
+    assert "train.lr_heda: unknown key" in proc.stderr
+
+
+def test_make_synthetic_bad_shares(tmp_path: Path) -> None:
+    proc = octtrain("make-synthetic", "--out", str(tmp_path / "d"), "--class-shares", "0.5,0.1,0.1")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("octtrain: error:") and "0.5" in proc.stderr
+
+
+def test_train_small_run_prints_table(small_manifest: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"data: {{manifest: {small_manifest}, frames: 16, height: 32, width: 32, cache_dir: {tmp_path / 'c'}}}\n"
+        "train: {epochs: 2, batch_size: 4}\nruntime: {device: cpu}\n")
+    proc = octtrain("train", "--config", str(cfg), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "epoch   1/2" in out and "epoch   2/2" in out
+    assert f"run directory: {tmp_path / 'run'}" in out
+    for name in ("0_normal", "1_drusen", "2_fluid", "3_atrophy"):
+        assert name in out

@@ -1,0 +1,116 @@
+"""The training loop through its public entry point, on a small phantom set (CPU)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from octtrain import ConfigError, DivergedError, TrainConfig, fit
+from octtrain.checkpoint import load_checkpoint
+from octtrain.config import config_from_dict
+from octtrain.tracking import read_metrics
+
+Make = Callable[..., TrainConfig]
+
+
+def _encoder_state(path: Path) -> dict[str, torch.Tensor]:
+    model = load_checkpoint(path)["model"]
+    return {k: v.clone() for k, v in model.items() if k.startswith("encoder.")}
+
+
+def test_encoder_frozen_until_unfreeze_epoch(small_config: Make, tmp_path: Path) -> None:
+    cfg = small_config(**{"train.epochs": 3, "model.unfreeze_at_epoch": 1, "train.lr_encoder": 1e-3})
+    snapshots: list[dict[str, torch.Tensor]] = []
+    flags: list[bool] = []
+
+    def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
+        snapshots.append(_encoder_state(tmp_path / "run" / "last.pt"))
+        flags.append(metrics["encoder_trainable"])
+
+    fit(cfg, out_dir=tmp_path / "run", on_epoch_end=on_epoch_end, progress=False)
+    assert flags == [False, True, True]
+    # Epoch 0 (frozen) leaves the encoder exactly as initialised by the seed; epoch 1 moves it.
+    torch.manual_seed(cfg.train.seed)
+    from octtrain.model import build_model
+
+    init = {f"encoder.{k}": v for k, v in build_model(cfg.model, *cfg.data.shape, 4).encoder.state_dict().items()}
+    assert all(torch.equal(snapshots[0][k], init[k]) for k in init)
+    changed = [k for k in init if not torch.equal(snapshots[1][k], snapshots[0][k])]
+    assert len(changed) == len(init)
+
+
+def test_callback_exception_propagates_and_run_dir_is_complete(small_config: Make, tmp_path: Path) -> None:
+    class Stop(Exception):
+        pass
+
+    seen: list[int] = []
+
+    def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
+        seen.append(epoch)
+        assert 0.0 <= metrics["val/balanced_accuracy"] <= 1.0
+        assert sum(metrics["val/pred_hist"]) == metrics["val/count"] == sum(map(sum, metrics["val/confusion"]))
+        if epoch == 1:
+            raise Stop("pruned")
+
+    with pytest.raises(Stop, match="pruned"):
+        fit(small_config(**{"train.epochs": 4}), out_dir=tmp_path / "run", on_epoch_end=on_epoch_end,
+            progress=False)
+    assert seen == [0, 1]
+    run = tmp_path / "run"
+    expected = {"config.yaml", "class_to_idx.json", "metrics.jsonl", "best.pt", "last.pt"}
+    assert {p.name for p in run.iterdir()} >= expected
+    # Train metrics are written before validation of the same epoch.
+    phases = [json.loads(line)["phase"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert phases == ["train", "epoch", "train", "epoch"]
+
+
+def test_checkpoint_describes_itself(small_config: Make, tmp_path: Path) -> None:
+    cfg = small_config(**{"train.epochs": 2})
+    result = fit(cfg, out_dir=tmp_path / "run", progress=False)
+    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert ckpt["epoch"] == result.best_epoch
+    assert ckpt["best_value"] == pytest.approx(result.best_value)
+    assert ckpt["best_metric"] == "balanced_accuracy"
+    assert config_from_dict(ckpt["config"]) == cfg
+    assert ckpt["class_to_idx"] == result.class_to_idx
+    assert {"model", "optimizer", "scheduler"} <= set(ckpt)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["epoch"] == 1
+    assert last["scheduler"]["last_epoch"] > 0
+
+
+def test_early_stopping_on_a_flat_metric(small_config: Make, tmp_path: Path) -> None:
+    """A head that cannot move keeps the metric flat: stop after `patience` epochs."""
+    cfg = small_config(**{"train.epochs": 6, "train.lr_head": 1e-12,
+                          "train.early_stopping": {"enabled": True, "patience": 2, "metric": "balanced_accuracy",
+                                                   "mode": "max", "min_delta": 0.001}})
+    result = fit(cfg, out_dir=tmp_path / "run", progress=False)
+    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 0
+    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 3
+
+
+def test_nan_loss_raises_diverged(small_config: Make, tmp_path: Path) -> None:
+    with pytest.raises(DivergedError, match="training diverged: loss is nan in epoch 0") as info:
+        fit(small_config(**{"train.lr_head": 1e30, "train.warmup_epochs": 0}), out_dir=tmp_path / "run",
+            progress=False)
+    assert info.value.epoch == 0
+
+
+def test_accumulation_larger_than_an_epoch_is_a_config_error(small_config: Make, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.grad_accum_steps: 64 micro-batches per step"):
+        fit(small_config(**{"train.grad_accum_steps": 64}), out_dir=tmp_path / "run", progress=False)
+
+
+def test_metrics_history_matches_jsonl(small_config: Make, tmp_path: Path) -> None:
+    result = fit(small_config(**{"train.epochs": 2}), out_dir=tmp_path / "run", progress=False)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [0, 1]
+    for rec, hist in zip(records, result.history, strict=True):
+        assert rec["val/confusion"] == hist["val/confusion"]
+        assert rec["val/balanced_accuracy"] == pytest.approx(hist["val/balanced_accuracy"])
+        assert rec["io/load_s"] >= 0 and rec["train/compute_s"] > 0
