@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def format_problems(problems: Sequence[tuple[str, str]], source: str | None = None) -> str:
+    """``"file.yaml: a.b: msg; c: msg"``: problems keyed by dotted path, on one line."""
+    where = f"{source}: " if source else ""
+    return where + "; ".join(f"{key}: {msg}" if key else msg for key, msg in problems)
+
+
 class OcttrainError(Exception):
     """Base class of every error the trainer raises on purpose."""
 
@@ -19,9 +25,7 @@ class ConfigError(OcttrainError):
     def __init__(self, problems: Sequence[tuple[str, str]], source: str | None = None) -> None:
         self.problems = list(problems)
         self.source = source
-        where = f"{source}: " if source else ""
-        body = "; ".join(f"{key}: {msg}" if key else msg for key, msg in self.problems)
-        super().__init__(f"{where}{body}")
+        super().__init__(format_problems(self.problems, source))
 
 
 class DataError(OcttrainError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from octtrain.errors import format_problems
+
 
 class OctsearchError(Exception):
     """Base class of every error the search service raises on purpose."""
@@ -19,9 +21,7 @@ class SearchSpaceError(OctsearchError):
     def __init__(self, problems: Sequence[tuple[str, str]], source: str | None = None) -> None:
         self.problems = list(problems)
         self.source = source
-        where = f"{source}: " if source else ""
-        body = "; ".join(f"{key}: {msg}" if key else msg for key, msg in self.problems)
-        super().__init__(f"{where}{body}")
+        super().__init__(format_problems(self.problems, source))
 
 
 class StorageError(OctsearchError):

@@ -285,7 +285,7 @@ def test_defaults_match_make_synthetic() -> None:
     args = _parse(["--out", "x"])
     assert (args.n_volumes, args.frames, args.height, args.width, args.class_shares,
             args.volumes_per_patient, args.difficulty, args.format, args.seed) == (
-        240, 16, 64, 64, "0.7,0.1,0.1,0.1", 2, 1.0, "npy", 0)
+        720, 16, 64, 64, "0.7,0.1,0.1,0.1", 2, 1.0, "npy", 0)
 
 
 @pytest.mark.parametrize(

@@ -36,8 +36,8 @@ def octsearch(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_smoke_search_end_to_end(tmp_path: Path) -> None:
     for folder in ("spaces", "configs"):
         shutil.copytree(REPO / folder, tmp_path / folder)
-    subprocess.run([str(BIN / "octtrain"), "make-synthetic", "--out", "data/smoke",
-                    "--n-volumes", "160", "--seed", "0"], cwd=tmp_path, check=True,
+    subprocess.run([str(BIN / "octtrain"), "make-synthetic", "--out", "data/synthetic",
+                    "--seed", "0"], cwd=tmp_path, check=True,
                    capture_output=True, timeout=600)
     run = ["run", "--space", "spaces/smoke.yaml", "--trials", str(N_TRIALS), "--device", "cpu"]
 
