@@ -243,6 +243,7 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
                 raise DivergedError(epoch, train_loss)
             train_metrics = {
                 "train/loss": train_loss,
+                "train/count": int(train_count),  # samples trained this epoch, all ranks
                 **{k: v for k, v in summarize(
                     totals_cpu[1:].view(num_classes, num_classes).round().long().numpy(), "train"
                 ).items() if k in ("train/accuracy", "train/balanced_accuracy", "train/max_class_share")},
