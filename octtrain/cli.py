@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from octtrain.errors import OcttrainError
+from octtrain.errors import OcttrainError, one_line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OcttrainError as err:
         if args.debug:
             raise
-        print(f"octtrain: error: {err}", file=sys.stderr)
+        print(f"octtrain: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("octtrain: interrupted", file=sys.stderr)

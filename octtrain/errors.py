@@ -11,6 +11,11 @@ def format_problems(problems: Sequence[tuple[str, str]], source: str | None = No
     return where + "; ".join(f"{key}: {msg}" if key else msg for key, msg in problems)
 
 
+def one_line(err: BaseException) -> str:
+    """An error's message on one line: what a CLI prints (drivers' messages contain newlines)."""
+    return " ".join(str(err).split())
+
+
 class OcttrainError(Exception):
     """Base class of every error the trainer raises on purpose."""
 

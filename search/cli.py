@@ -17,7 +17,7 @@ from types import FrameType
 
 import optuna
 
-from octtrain.errors import OcttrainError
+from octtrain.errors import OcttrainError, one_line
 from search.errors import OctsearchError, WorkerError
 from search.storage import DEFAULT_STORAGE, open_storage, redact
 
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OctsearchError, OcttrainError) as err:
         if args.debug:
             raise
-        print(f"octsearch: error: {err}", file=sys.stderr)
+        print(f"octsearch: error: {one_line(err)}", file=sys.stderr)
         return 1 if isinstance(err, WorkerError) else 2
     except KeyboardInterrupt as err:
         if args.debug:

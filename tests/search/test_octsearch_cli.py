@@ -17,6 +17,8 @@ from search.cli import _sigterm_interrupts, _Terminated, main
 from search.errors import SearchSpaceError
 from search.storage import open_storage
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def write_space(path: Path, **changes: object) -> Path:
     raw = copy.deepcopy(FAKE_SPACE)
@@ -118,3 +120,14 @@ def test_console_script_is_installed() -> None:
     assert result.returncode == 0
     for command in ("run", "check", "trials", "best", "export-best", "dashboard"):
         assert command in result.stdout
+
+
+def test_driver_error_with_newlines_is_one_line(tmp_path: Path) -> None:
+    """psycopg's connection errors span two lines; the CLI still prints one."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", "--space", str(REPO / "spaces" / "smoke.yaml"),
+         "--trials", "1", "--storage", "postgresql+psycopg://nobody@127.0.0.1:1/none"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("octsearch: error: cannot open storage")
