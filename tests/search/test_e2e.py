@@ -73,3 +73,46 @@ def test_smoke_search_end_to_end(tmp_path: Path) -> None:
     assert octsearch(tmp_path, "export-best", "--out", "best.yaml").returncode == 0
     run_config = Path(fixed.user_attrs["run_dir"]) / "config.yaml"  # written by octtrain.fit
     assert load_config(tmp_path / "best.yaml") == load_config(run_config)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_workers_share_one_postgres_study(tmp_path: Path) -> None:
+    """The multi-host set-up on one machine: two `octsearch run` processes with the real trainer
+    against one PostgreSQL study; together they stop at N finished trials, none left RUNNING."""
+    import uuid
+
+    from search_testing import reachable_server
+
+    url = reachable_server("postgres")
+    for folder in ("spaces", "configs"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    subprocess.run([str(BIN / "octtrain"), "make-synthetic", "--out", "data/synthetic", "--n-volumes", "240",
+                    "--seed", "1"], cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    space = tmp_path / "spaces" / "smoke.yaml"
+    space.write_text(space.read_text().replace("train.epochs: 8", "train.epochs: 6"))
+    name = f"two-workers-{uuid.uuid4().hex[:8]}"
+    n = 3
+    cmd = [str(BIN / "octsearch"), "run", "--space", "spaces/smoke.yaml", "--trials", str(n),
+           "--storage", url, "--study", name, "--device", "cpu"]
+    workers = [subprocess.Popen([*cmd, "--seed", str(seed)], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    try:
+        outputs = [w.communicate(timeout=900) for w in workers]
+        assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+        storage = open_storage(url, heartbeat=False)
+        study = optuna.load_study(study_name=name, storage=storage)
+        states = [t.state for t in study.get_trials()]
+        finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+        # Two workers asking at the same instant may each start one more trial than needed.
+        assert n <= finished <= n + 1, states
+        assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+        ran = [int(err.split("this worker ran ")[1].split()[0]) for _, err in outputs]
+        assert all(r >= 1 for r in ran) and sum(ran) == len(states), ran  # both did work
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+        storage = open_storage(url, heartbeat=False)
+        if name in optuna.study.get_all_study_names(storage):
+            optuna.delete_study(study_name=name, storage=storage)
