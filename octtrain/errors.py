@@ -20,17 +20,18 @@ class OcttrainError(Exception):
     """Base class of every error the trainer raises on purpose."""
 
 
-class ConfigError(OcttrainError):
-    """One or more problems in a trainer config, each named by its dotted key path.
-
-    All problems of a file are collected and reported at once, so a user fixes a config in one
-    round trip rather than one error at a time.
-    """
+class ProblemsError(Exception):
+    """Problems of one file, each named by its dotted key path, reported all at once so a user
+    fixes a file in one round trip rather than one error at a time."""
 
     def __init__(self, problems: Sequence[tuple[str, str]], source: str | None = None) -> None:
         self.problems = list(problems)
         self.source = source
         super().__init__(format_problems(self.problems, source))
+
+
+class ConfigError(ProblemsError, OcttrainError):
+    """Problems in a trainer config (``train.lr_head: must be > 0, got -1.0``)."""
 
 
 class DataError(OcttrainError):

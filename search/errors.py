@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from octtrain.errors import format_problems
+from octtrain.errors import ProblemsError
 
 
 class OctsearchError(Exception):
     """Base class of every error the search service raises on purpose."""
 
 
-class SearchSpaceError(OctsearchError):
-    """One or more problems in a search space, each named by its key path.
-
-    Like :class:`octtrain.ConfigError`, all problems of a file are collected and reported at
-    once. ``key`` is a dotted path into the space file, e.g. ``params.train.lr_head``.
-    """
-
-    def __init__(self, problems: Sequence[tuple[str, str]], source: str | None = None) -> None:
-        self.problems = list(problems)
-        self.source = source
-        super().__init__(format_problems(self.problems, source))
+class SearchSpaceError(ProblemsError, OctsearchError):
+    """Problems in a search space, each named by its key path, e.g. ``params.train.lr_head``;
+    all problems of a file are collected and reported at once, as for a trainer config."""
 
 
 class StorageError(OctsearchError):
