@@ -19,6 +19,8 @@ import yaml
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from octtrain.errors import DataError
+from octtrain.splits import load_class_to_idx
 from search.errors import OctsearchError
 from search.pruner import best_step, epoch_attr
 from search.reporter import PRUNE_REASON_ATTR
@@ -157,10 +159,11 @@ def format_best(study: optuna.Study) -> str:
     lines.append("  params:")
     lines += [f"    {p.path}: {_fmt(trial.params[p.path])}" for p in space.params
               if p.path in trial.params]
+    names = _class_names(trial.user_attrs.get(RUN_DIR_ATTR))
     per_class_rows = []
     for c, (acc, f1) in enumerate(zip(metrics.get("val/per_class_accuracy") or [],
                                       metrics.get("val/per_class_f1") or [], strict=False)):
-        per_class_rows.append([str(c), _fmt(_num(acc)), _fmt(_num(f1))])
+        per_class_rows.append([names.get(c, str(c)), _fmt(_num(acc)), _fmt(_num(f1))])
     if per_class_rows:
         lines.append("  per class at that epoch:")
         lines += ["    " + line for line in
@@ -172,6 +175,18 @@ def format_best(study: optuna.Study) -> str:
     if RUN_DIR_ATTR in trial.user_attrs:
         lines.append(f"  run dir: {trial.user_attrs[RUN_DIR_ATTR]}")
     return "\n".join(lines)
+
+
+def _class_names(run_dir: str | None) -> dict[int, str]:
+    """Index → class name from the trial's ``class_to_idx.json`` when this host can read the run
+    directory (a study reviewed from another host shows indices instead)."""
+    if not run_dir:
+        return {}
+    try:
+        mapping = load_class_to_idx(Path(run_dir) / "class_to_idx.json")
+    except (OSError, DataError):
+        return {}
+    return {idx: name for name, idx in mapping.items()}
 
 
 def _num(value: Any) -> float:
