@@ -70,6 +70,10 @@ def test_smoke_search_end_to_end(tmp_path: Path) -> None:
     assert "this worker ran 0 trials" in again.stderr
     assert len(study.get_trials()) == N_TRIALS
 
+    best = octsearch(tmp_path, "best", "--space", "spaces/smoke.yaml")
+    assert best.returncode == 0 and "per class at that epoch" in best.stdout
+    assert all(name in best.stdout for name in ("0_normal", "1_drusen", "2_fluid", "3_atrophy"))
+
     assert octsearch(tmp_path, "export-best", "--out", "best.yaml").returncode == 0
     run_config = Path(fixed.user_attrs["run_dir"]) / "config.yaml"  # written by octtrain.fit
     assert load_config(tmp_path / "best.yaml") == load_config(run_config)
