@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("octtrain: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `octtrain ... | head`: the reader left; no traceback
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

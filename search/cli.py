@@ -206,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = f" by {err}" if isinstance(err, _Terminated) else ""
         print(f"octsearch: interrupted{what}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `octsearch trials | head`: the reader left; no traceback
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

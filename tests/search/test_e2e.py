@@ -77,6 +77,11 @@ def test_smoke_search_end_to_end(tmp_path: Path) -> None:
     assert octsearch(tmp_path, "export-best", "--out", "best.yaml").returncode == 0
     run_config = Path(fixed.user_attrs["run_dir"]) / "config.yaml"  # written by octtrain.fit
     assert load_config(tmp_path / "best.yaml") == load_config(run_config)
+    # ... and training from it reproduces the trial (same seed, same data, CPU).
+    rerun = subprocess.run([str(BIN / "octtrain"), "train", "--config", "best.yaml", "--out", "rerun", "--quiet"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"val balanced_accuracy {fixed.value:.4f}" in rerun.stdout
 
 
 @pytest.mark.slow
