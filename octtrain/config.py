@@ -13,6 +13,7 @@ whether it is given to ``octtrain train`` or embedded in a search space.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -511,8 +512,16 @@ def load_config(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] =
     if not isinstance(raw, dict):
         raise ConfigError([("", "the top level must be a mapping of sections")], str(path))
     over = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    return config_from_dict(apply_overrides(raw, over, source=str(path)), source=str(path))
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+    """A copy of a raw (unvalidated) config dict with dotted-path values set, e.g.
+    ``{"train.lr_head": 0.003}``; an override may complete a partial config before validation.
+    Unknown keys are a ConfigError naming them."""
+    out = copy.deepcopy(dict(raw))
     problems: Problems = []
-    for key, value in over.items():
-        _set_path(raw, key, value, problems)
-    _raise_if_source(problems, str(path))
-    return config_from_dict(raw, source=str(path))
+    for key, value in overrides.items():
+        _set_path(out, key, value, problems)
+    _raise_if_source(problems, source)
+    return out

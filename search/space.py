@@ -44,6 +44,7 @@ from octtrain.config import (
     METRICS_MAX,
     METRICS_MIN,
     TrainConfig,
+    apply_overrides,
     config_from_dict,
     leaf_paths,
     load_config,
@@ -155,8 +156,8 @@ def _config_problems(err: ConfigError, prefix: str) -> Problems:
 
 
 def _parse_base(base: Any, overrides: Any, p: Problems) -> TrainConfig | None:
-    """A path is loaded with the trainer's own loader, overrides applied before validation (so
-    they may complete a partial file); an inline mapping must be complete by itself."""
+    """The trainer config of a space: a path (loaded with the trainer's own loader) or an inline
+    mapping, with the dotted overrides applied before validation, so they may complete it."""
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, Mapping):
@@ -166,7 +167,7 @@ def _parse_base(base: Any, overrides: Any, p: Problems) -> TrainConfig | None:
         if isinstance(base, str):
             return load_config(base, overrides)
         if isinstance(base, Mapping):
-            return config_from_dict(base).with_overrides(overrides, source="overrides")
+            return config_from_dict(apply_overrides(base, overrides, source="overrides"))
     except ConfigError as err:
         p.extend(_config_problems(err, "base"))
         return None

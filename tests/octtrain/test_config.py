@@ -6,6 +6,7 @@ import pytest
 
 from octtrain.config import (
     TrainConfig,
+    apply_overrides,
     config_from_dict,
     leaf_paths,
     load_config,
@@ -138,3 +139,13 @@ def test_encoder_trainable_schedule() -> None:
     assert not any(never.model.encoder_trainable(e) for e in range(5))
     free = config_from_dict({**MIN, "model": {"freeze_encoder": False}})
     assert free.model.encoder_trainable(0)
+
+
+def test_apply_overrides_completes_a_partial_raw_config() -> None:
+    raw = {"train": {"epochs": 3}}
+    done = apply_overrides(raw, {"data.manifest": "m.csv", "model.head.hidden": 64})
+    assert raw == {"train": {"epochs": 3}}  # the input is not modified
+    cfg = config_from_dict(done)
+    assert (cfg.data.manifest, cfg.model.head.hidden, cfg.train.epochs) == ("m.csv", 64, 3)
+    with pytest.raises(ConfigError, match="space.yaml: model.hed.hidden: unknown key"):
+        apply_overrides(raw, {"model.hed.hidden": 1}, source="space.yaml")

@@ -233,3 +233,15 @@ def test_diff_spaces_names_every_difference() -> None:
         'params.model.head.dropout: not in the stored study (this file: {"type": "float", ')
     assert len(differences) == 3
     assert diff_spaces(stored, stored) == []
+
+
+def test_overrides_complete_an_inline_base() -> None:
+    """An inline base without data is completed by `overrides`, as a path base would be."""
+    raw = copy.deepcopy(FAKE_SPACE)
+    del raw["base"]["data"]
+    raw["overrides"] = {"data.manifest": "elsewhere.csv", "train.epochs": 7}
+    space = space_from_dict(raw)
+    assert space.base.data.manifest == "elsewhere.csv" and space.base.train.epochs == 7
+    raw["overrides"] = {"data.manifset": "x.csv"}
+    with pytest.raises(SearchSpaceError, match="data.manifset"):
+        space_from_dict(raw)
