@@ -33,7 +33,8 @@ class Tracker:
         self._wandb: Any = None
         if not enabled:
             return
-        self._file = self.path.open("a", encoding="utf-8")
+        # "w": a run directory describes one run; re-running into it must not mix two histories.
+        self._file = self.path.open("w", encoding="utf-8")
         if cfg.wandb and cfg.wandb_mode != "disabled":
             import wandb  # optional dependency: pip install 'octsearch[wandb]'
 

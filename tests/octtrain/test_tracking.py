@@ -39,3 +39,11 @@ def test_wandb_offline_run_in_the_run_directory(small_config: Callable[..., Trai
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb"))  # the offline log that `wandb sync` uploads
     assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2
+
+
+def test_rerun_into_the_same_directory_replaces_the_history(tmp_path: Path) -> None:
+    for _ in range(2):
+        tracker = Tracker(tmp_path, LogConfig(), {})
+        tracker.log_epoch(0, {"epoch": 0})
+        tracker.close()
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 1
