@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,14 +129,28 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
             "grace_period": GRACE_PERIOD_S,
             "heartbeat_stale_trial_callback": _retry_stale,
         }
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(url, engine_kwargs=_engine_kwargs(url), **options)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
-        cause = getattr(err, "orig", None) or err
-        raise StorageError(f"cannot open storage {redact(url)!r}: {cause}") from None
-    return storage
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **options)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
+            cause = getattr(err, "orig", None) or err
+            if attempt < SCHEMA_RACE_RETRIES and _lost_schema_race(cause):
+                time.sleep(0.2 * (attempt + 1))  # the other opener finishes creating the tables
+                continue
+            raise StorageError(f"cannot open storage {redact(url)!r}: {cause}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+SCHEMA_RACE_RETRIES = 5
+
+
+def _lost_schema_race(cause: BaseException) -> bool:
+    """Workers opening a new database at the same instant all create Optuna's tables; all but
+    one fail with "already exists" / a duplicate key, and succeed once the tables are there."""
+    text = str(cause).lower()
+    return "already exists" in text or "duplicate" in text
 
 
 @contextmanager

@@ -9,6 +9,7 @@ differs is refused with the list of differences.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -27,33 +28,46 @@ ENQUEUED_ATTR = "enqueued"  # trial user attribute: the name of an enqueued tria
 def open_study(
     space: SearchSpace, storage: RDBStorage, study_name: str, *, seed: int | None = None
 ) -> tuple[optuna.Study, bool]:
-    """The study ``study_name`` for ``space``, and whether this call created it."""
+    """The study ``study_name`` for ``space``, and whether this call created it.
+
+    Many workers may start at the same instant. The creator is the one whose ``create_study``
+    succeeds; it enqueues the space's trials and stores the space *last*, so a joiner that sees
+    the space also sees the enqueued trials, and the seed trials are enqueued exactly once. A
+    joiner that arrives in between waits up to :data:`SPACE_WAIT_S` for the space to appear.
+    """
     sampler = space.sampler.build(seed)
     pruner = space.pruner.build()
     canonical = space.to_dict()
-    if study_name in optuna.study.get_all_study_names(storage):
+    try:
+        study = optuna.create_study(
+            storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
+            direction=optuna.study.StudyDirection.MAXIMIZE if space.objective.maximize
+            else optuna.study.StudyDirection.MINIMIZE,
+        )
+    except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
                                   pruner=pruner)
+        _wait_for_space(study)
         _check_same_space(study, canonical, storage)
         return study, False
-    study = optuna.create_study(
-        storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
-        direction=optuna.study.StudyDirection.MAXIMIZE if space.objective.maximize
-        else optuna.study.StudyDirection.MINIMIZE,
-        load_if_exists=True,  # another worker may have created it since we looked
-    )
-    if SPACE_ATTR in study.user_attrs:
-        _check_same_space(study, canonical, storage)
-        return study, False
-    study.set_user_attr(SPACE_ATTR, canonical)
-    study.set_user_attr(SPACE_FILE_ATTR, space.source or "")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([space.objective.metric])  # the dashboard's name for the value
     for entry in space.enqueue:
-        study.enqueue_trial(entry.params, user_attrs={ENQUEUED_ATTR: entry.name},
-                            skip_if_exists=True)
+        study.enqueue_trial(entry.params, user_attrs={ENQUEUED_ATTR: entry.name})
+    study.set_user_attr(SPACE_FILE_ATTR, space.source or "")
+    study.set_user_attr(SPACE_ATTR, canonical)  # last: publishes the study to joiners
     return study, True
+
+
+SPACE_WAIT_S = 30.0  # how long a joiner waits for a just-created study to store its space
+
+
+def _wait_for_space(study: optuna.Study) -> None:
+    """Wait while the study's creator is still setting it up (it stores the space last)."""
+    deadline = time.monotonic() + SPACE_WAIT_S
+    while SPACE_ATTR not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _check_same_space(study: optuna.Study, canonical: dict[str, Any], storage: RDBStorage) -> None:
