@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from octtrain.config import LogConfig
 
 
-def _json_ready(value: Any) -> Any:
-    """NaN/inf become None so every line is strict JSON (readable by any tool)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None`` (recursively): strict JSON that every tool,
+    storage and UI reads."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -44,7 +46,7 @@ class Tracker:
             )
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(_json_ready(record)) + "\n")
+        self._file.write(json.dumps(json_safe(record)) + "\n")
         self._file.flush()
 
     def log_train(self, epoch: int, metrics: dict[str, Any]) -> None:

@@ -15,20 +15,10 @@ from typing import Any
 
 import optuna
 
+from octtrain.tracking import json_safe
 from search.pruner import epoch_attr
 
 PRUNE_REASON_ATTR = "prune_reason"
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities as ``None``: strict JSON for every storage and UI."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def metric_value(metrics: Mapping[str, Any], key: str) -> float:
