@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,21 @@ def fake_options(tmp_path: Path, n_trials: int, **kwargs: Any) -> WorkerOptions:
         env={"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
         poll_s=0.2, **kwargs,
     )
+
+
+def run_threads(target: Callable[[], object], n: int, timeout: float) -> list[BaseException]:
+    """Run ``target`` in ``n`` threads at once; the exceptions they raised (empty: all fine)."""
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            target()
+        except BaseException as err:  # noqa: BLE001 - returned to the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=guarded) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return errors

@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 import pytest
+from search_testing import run_threads
 
 from search import study as study_module
 from search.errors import SearchSpaceError
@@ -24,21 +25,13 @@ def test_simultaneous_workers_enqueue_the_seed_trials_once(fake_space: dict[str,
     space = space_from_dict(fake_space)
     start = threading.Barrier(4)
     created: list[bool] = []
-    errors: list[BaseException] = []
 
     def worker() -> None:
         start.wait(timeout=60)
-        try:  # a fresh database too: every worker also creates Optuna's tables at once
-            storage = open_storage(storage_url, heartbeat=False)
-            created.append(open_study(space, storage, study_name)[1])
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
+        # a fresh database too: every worker also creates Optuna's tables at once
+        created.append(open_study(space, open_storage(storage_url, heartbeat=False), study_name)[1])
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = run_threads(worker, 4, timeout=120)
     assert not errors, errors
     assert sorted(created) == [False, False, False, True]
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, heartbeat=False))

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from fake_fit import CRASH, DIVERGE, HANG, RAISE
 from optuna.trial import TrialState
-from search_testing import fake_options
+from search_testing import fake_options, run_threads
 
 from search.cli import _sigterm_interrupts
 from search.errors import SearchSpaceError, WorkerError
@@ -139,20 +139,11 @@ def test_workers_share_one_trial_count(fake_space: dict[str, Any], storage_url: 
     options = fake_options(tmp_path, n)
     options = WorkerOptions(**{**options.__dict__, "env": {**options.env,
                                                             "FAKE_FIT_EPOCH_S": "0.1"}})
-    errors: list[BaseException] = []
-
     def one_worker() -> None:
-        try:
-            study, space, storage = worker(fake_space, storage_url, study_name)
-            run_worker(study, space, storage, options)
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
-            errors.append(err)
+        study, space, storage = worker(fake_space, storage_url, study_name)
+        run_worker(study, space, storage, options)
 
-    threads = [threading.Thread(target=one_worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    errors = run_threads(one_worker, 2, timeout=300)
     assert not errors
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
     finished = [t for t in study.get_trials() if t.state in (TrialState.COMPLETE,
