@@ -20,10 +20,10 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
@@ -104,11 +104,12 @@ def _enable_wal(url: str, create: bool) -> None:
     if not Path(database).parent.exists():
         raise StorageError(f"cannot create {url!r}: folder {str(Path(database).parent)!r} "
                            "does not exist")
-    try:
+
+    def set_wal() -> None:
         with contextlib.closing(sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as err:
-        raise StorageError(f"cannot open storage {url!r}: {err}") from None
+
+    _retry_open_race(set_wal, url)
 
 
 def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RDBStorage:
@@ -129,28 +130,40 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
             "grace_period": GRACE_PERIOD_S,
             "heartbeat_stale_trial_callback": _retry_stale,
         }
-    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+    def build() -> RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **options)
+
+    return _retry_open_race(build, url)
+
+
+OPEN_RACE_RETRIES = 5
+T = TypeVar("T")
+
+
+def _retry_open_race(open_fn: Callable[[], T], url: str) -> T:
+    """``open_fn()``, again after a short wait when it lost a race with a concurrent opener;
+    any other failure is a StorageError naming the (redacted) URL."""
+    for attempt in range(OPEN_RACE_RETRIES + 1):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **options)
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
+            return open_fn()
+        except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, ImportError) as err:
             cause = getattr(err, "orig", None) or err
-            if attempt < SCHEMA_RACE_RETRIES and _lost_schema_race(cause):
-                time.sleep(0.2 * (attempt + 1))  # the other opener finishes creating the tables
+            if attempt < OPEN_RACE_RETRIES and _lost_open_race(cause):
+                time.sleep(0.2 * (attempt + 1))  # the other opener finishes its set-up
                 continue
             raise StorageError(f"cannot open storage {redact(url)!r}: {cause}") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-SCHEMA_RACE_RETRIES = 5
-
-
-def _lost_schema_race(cause: BaseException) -> bool:
-    """Workers opening a new database at the same instant all create Optuna's tables; all but
-    one fail with "already exists" / a duplicate key, and succeed once the tables are there."""
+def _lost_open_race(cause: BaseException) -> bool:
+    """Workers opening a new database at the same instant all create Optuna's tables (and, on
+    SQLite, switch it to WAL): all but one fail with "already exists" / a duplicate key, or on
+    SQLite with "database is locked", which SQLite returns at once rather than wait when a lock
+    upgrade could deadlock. Each succeeds once the other has finished."""
     text = str(cause).lower()
-    return "already exists" in text or "duplicate" in text
+    return any(sign in text for sign in ("already exists", "duplicate", "database is locked"))
 
 
 @contextmanager
