@@ -6,7 +6,14 @@ The ``octsearch`` command is :func:`search.cli.main`; these are the pieces it is
 from __future__ import annotations
 
 from search.errors import OctsearchError, SearchSpaceError, StorageError, WorkerError
-from search.pruner import CollapsePruner, EpochEvidence, collapse_reason, effective_grace
+from search.pruner import (
+    CollapsePruner,
+    EpochEvidence,
+    ExplainingPruner,
+    collapse_reason,
+    effective_grace,
+    prune_reason,
+)
 from search.reporter import EpochReporter
 from search.space import SearchSpace, diff_spaces, load_space, space_from_dict
 from search.storage import DEFAULT_STORAGE, open_storage
@@ -18,6 +25,7 @@ __all__ = [
     "CollapsePruner",
     "EpochEvidence",
     "EpochReporter",
+    "ExplainingPruner",
     "OctsearchError",
     "SearchSpace",
     "SearchSpaceError",
@@ -31,6 +39,7 @@ __all__ = [
     "load_space",
     "open_storage",
     "open_study",
+    "prune_reason",
     "run_worker",
     "space_from_dict",
 ]

@@ -1,11 +1,11 @@
-"""``python -m search._trial_main REQUEST.json``: the process of one trial (see objective.py)."""
+"""``python -m search._trial_main REQUEST.json``: the process of one trial (see trial_process.py)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from search.objective import run_child
+from search.trial_process import run_child
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

@@ -94,14 +94,16 @@ def _study_name(args: argparse.Namespace) -> str | None:
     return space.stem if space is not None else None
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the running trial is stopped and marked FAIL."""
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (a KeyboardInterrupt), as
+    ``octsearch run`` handles it: a scheduler's stop ends the trial like Ctrl-C."""
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Terminated(signal.Signals(signum).name)
+        raise Terminated(signal.Signals(signum).name)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -131,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     options = WorkerOptions(n_trials=args.trials, timeout_s=args.timeout, device=args.device,
                             runs_dir=args.runs_dir, max_consecutive_failures=args.max_failures)
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         summary = run_worker(study, space, storage, options, out=sys.stderr)
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "
           "trials", file=sys.stderr)
@@ -203,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         if args.debug:
             raise
-        what = f" by {err}" if isinstance(err, _Terminated) else ""
+        what = f" by {err}" if isinstance(err, Terminated) else ""
         print(f"octsearch: interrupted{what}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `octsearch trials | head`: the reader left; no traceback

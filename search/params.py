@@ -178,29 +178,46 @@ def parse_param(path: str, spec: Any, key: str, earlier: list[Param], p: Problem
         p.append((f"{key}.type", f"unknown type {kind!r} (known: {', '.join(PARAM_TYPES)})"))
         return None
     unknown_keys(spec, PARAM_KEYS[kind], key, p)
-    when = None
-    if spec.get("when") is not None:
-        try:
-            when = Condition.parse(str(spec["when"]))
-        except ValueError as err:
-            p.append((f"{key}.when", str(err)))
-        else:
-            if when.param not in {e.path for e in earlier}:
-                p.append((f"{key}.when", f"{when.param!r} is not a parameter listed before "
-                          f"{path!r}: conditions refer to earlier parameters"))
+    when = _parse_when(path, spec.get("when"), key, earlier, p)
     if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            p.append((f"{key}.choices", f"must be a non-empty list, got {choices!r}"))
-            return None
-        bad = [c for c in choices if not (c is None or isinstance(c, (bool, int, float, str)))]
-        if bad:
-            p.append((f"{key}.choices", f"choices must be numbers, strings, booleans or null, "
-                      f"got {bad[0]!r}"))
-        dupes = [c for i, c in enumerate(choices) if any(_same_choice(c, d) for d in choices[:i])]
-        if dupes:
-            p.append((f"{key}.choices", f"{dupes[0]!r} is listed twice"))
-        return Param(path, kind, choices=tuple(choices), when=when)
+        return _parse_categorical(path, spec, key, when, p)
+    return _parse_range(path, kind, spec, key, when, p)
+
+
+def _parse_when(path: str, raw: Any, key: str, earlier: list[Param],
+                p: Problems) -> Condition | None:
+    if raw is None:
+        return None
+    try:
+        when = Condition.parse(str(raw))
+    except ValueError as err:
+        p.append((f"{key}.when", str(err)))
+        return None
+    if when.param not in {e.path for e in earlier}:
+        p.append((f"{key}.when", f"{when.param!r} is not a parameter listed before "
+                  f"{path!r}: conditions refer to earlier parameters"))
+    return when
+
+
+def _parse_categorical(path: str, spec: Mapping[str, Any], key: str, when: Condition | None,
+                       p: Problems) -> Param | None:
+    choices = spec.get("choices")
+    if not isinstance(choices, list) or not choices:
+        p.append((f"{key}.choices", f"must be a non-empty list, got {choices!r}"))
+        return None
+    bad = [c for c in choices if not (c is None or isinstance(c, (bool, int, float, str)))]
+    if bad:
+        p.append((f"{key}.choices", f"choices must be numbers, strings, booleans or null, "
+                  f"got {bad[0]!r}"))
+    dupes = [c for i, c in enumerate(choices) if any(_same_choice(c, d) for d in choices[:i])]
+    if dupes:
+        p.append((f"{key}.choices", f"{dupes[0]!r} is listed twice"))
+    return Param(path, "categorical", choices=tuple(choices), when=when)
+
+
+def _parse_range(path: str, kind: str, spec: Mapping[str, Any], key: str,
+                 when: Condition | None, p: Problems) -> Param | None:
+    """A ``float`` or ``int`` entry: ``low``, ``high``, ``log`` and ``step``."""
     integer = kind == "int"
     low, high = _number(spec.get("low"), integer), _number(spec.get("high"), integer)
     log = spec.get("log", False)

@@ -7,15 +7,18 @@ median and never fire (measured here: Optuna 5.0's ``MedianPruner`` keeps a tria
 instead judges a trial by its own validation predictions, from the first trial of a study,
 and wraps an optional inner Optuna pruner for the usual "worse than the others" rule.
 
-The per-epoch evidence is what :mod:`search.reporter` stores for every epoch: the trial's
-intermediate value (the objective) plus a user attribute ``epoch_<k>`` holding the trainer's
-metrics dict, of which the rule reads ``val/max_class_share``, ``val/majority_class``,
-``val/balanced_accuracy`` and the number of classes (``len(val/pred_hist)``). The trial's
-user attribute ``unfreeze_at_epoch`` (``-1``: the encoder is never unfrozen) moves the
-grace period past a frozen warm-up.
+The per-epoch evidence is what :mod:`search.reporter` stores for every epoch (see
+:mod:`search.record`): the trial's intermediate value (the objective) plus the trainer's
+metrics dict of the epoch, of which the rule reads ``val/max_class_share``,
+``val/majority_class``, ``val/balanced_accuracy`` and the number of classes
+(``len(val/pred_hist)``). The trial's ``unfreeze_at_epoch`` (``-1``: the encoder is never
+unfrozen) moves the grace period past a frozen warm-up.
 
 The rule itself (:func:`collapse_reason`) and the grace period (:func:`effective_grace`) are
-pure functions; :class:`CollapsePruner` only reads the trial and remembers why it pruned.
+pure functions. A pruner that can say why it prunes is an :class:`ExplainingPruner`: its
+``judge`` returns the reason or ``None``, and its ``prune`` is ``judge(...) is not None``, so the
+decision and its reason come from one calculation. :func:`prune_reason` asks any pruner, and
+is what the reporter calls each epoch.
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import numpy as np
 from optuna.pruners import (
     BasePruner,
     HyperbandPruner,
@@ -34,17 +36,11 @@ from optuna.pruners import (
     SuccessiveHalvingPruner,
 )
 from optuna.study import StudyDirection
-from optuna.trial import TrialState
+
+from search.record import best_step, epoch_metrics, unfreeze_at_epoch
 
 if TYPE_CHECKING:
     import optuna
-
-UNFREEZE_ATTR = "unfreeze_at_epoch"
-
-
-def epoch_attr(epoch: int) -> str:
-    """Name of the trial user attribute that holds the metrics of ``epoch`` (0-based)."""
-    return f"epoch_{epoch:03d}"
 
 
 @dataclass(frozen=True)
@@ -157,49 +153,57 @@ def _describe_collapse(run: Sequence[EpochEvidence], max_class_share: float, mar
     return f"collapsed: one class or chance level {span} ({'; '.join(parts)})"
 
 
-def best_step(values: Mapping[int, float], maximize: bool) -> tuple[float, int]:
-    """The best value of ``{step: value}`` and its step, NaN skipped; ``(nan, -1)`` if none."""
-    best, best_at = math.nan, -1
-    for step in sorted(values):
-        value = values[step]
-        if math.isnan(value):
-            continue
-        if math.isnan(best) or (value > best if maximize else value < best):
-            best, best_at = value, step
-    return best, best_at
-
-
 def trial_evidence(trial: optuna.trial.FrozenTrial) -> list[EpochEvidence]:
     """The evidence of every epoch the trial has reported an intermediate value for."""
-    return [
-        EpochEvidence.from_metrics(step, trial.user_attrs.get(epoch_attr(step)))
-        for step in sorted(trial.intermediate_values)
-    ]
+    return [EpochEvidence.from_metrics(step, epoch_metrics(trial, step))
+            for step in sorted(trial.intermediate_values)]
 
 
-def inner_reason(inner: BasePruner, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
-    """A human reason for a prune decided by one of Optuna's pruners."""
+@runtime_checkable
+class ExplainingPruner(Protocol):
+    """A pruner that says why it prunes: ``prune(study, trial)`` is ``judge(...) is not None``."""
+
+    def judge(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | None:
+        """The reason to prune ``trial`` now, or ``None`` to let it go on."""
+        ...
+
+
+def prune_reason(pruner: BasePruner, study: optuna.Study,
+                 trial: optuna.trial.FrozenTrial) -> str | None:
+    """Why ``pruner`` prunes ``trial`` now, or ``None`` to let it go on; one decision each call.
+
+    An :class:`ExplainingPruner` gives its own reason; for any other pruner the reason says
+    what it decided (:func:`describe_prune`).
+    """
+    if isinstance(pruner, ExplainingPruner):
+        return pruner.judge(study, trial)
+    if pruner.prune(study, trial):
+        return describe_prune(pruner, study, trial)
+    return None
+
+
+def describe_prune(pruner: BasePruner, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    """One line saying what one of Optuna's pruners decided when it pruned ``trial``.
+
+    It names only the value the pruner compared, not the threshold it compared it with: a
+    median or percentile pruner compares the trial's best value so far (NaN skipped) with the
+    completed trials at the same epoch; successive halving and Hyperband compare the value of
+    the current epoch with the trials of its rung.
+    """
     step = trial.last_step
-    maximize = study.direction == StudyDirection.MAXIMIZE
-    best, _ = best_step(trial.intermediate_values, maximize)
-    if isinstance(inner, PercentilePruner):
-        name = "median" if isinstance(inner, MedianPruner) else "percentile"
+    values = trial.intermediate_values
+    if isinstance(pruner, PercentilePruner):
+        name = "median" if isinstance(pruner, MedianPruner) else "percentile"
+        best, _ = best_step(values, study.direction == StudyDirection.MAXIMIZE)
         if math.isnan(best):
             return f"{name}: every value so far is NaN at epoch {step}"
-        # The percentile is not public API of Optuna's pruner; median is 50 by definition.
-        keep = 50.0 if name == "median" else float(getattr(inner, "_percentile", 50.0))
-        q = 100.0 - keep if maximize else keep
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        others = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
-        ref = float(np.nanpercentile(np.asarray(others, dtype=float), q)) if others else math.nan
-        op = "<" if maximize else ">"
-        label = "median" if name == "median" else f"{q:g}th percentile"
-        return f"{name}: {best:.2f} {op} {label} {ref:.2f} at epoch {step}"
-    if isinstance(inner, HyperbandPruner):
-        return f"hyperband: {best:.2f} not promoted to the next rung at epoch {step}"
-    if isinstance(inner, SuccessiveHalvingPruner):
-        return f"successive halving: {best:.2f} not promoted to the next rung at epoch {step}"
-    return f"{type(inner).__name__}: pruned at epoch {step} (best {best:.2f})"
+        kept = "the median" if name == "median" else "the kept percentile"
+        return f"{name}: best {best:.2f} is worse than {kept} of completed trials at epoch {step}"
+    if isinstance(pruner, (HyperbandPruner, SuccessiveHalvingPruner)):
+        name = "hyperband" if isinstance(pruner, HyperbandPruner) else "successive halving"
+        value = values[step] if step is not None else math.nan
+        return f"{name}: {value:.2f} not promoted to the next rung at epoch {step}"
+    return f"{type(pruner).__name__}: pruned at epoch {step}"
 
 
 class CollapsePruner(BasePruner):
@@ -215,8 +219,8 @@ class CollapsePruner(BasePruner):
     NaN intermediate values are passed to the inner pruner unchanged (Optuna's median and
     percentile pruners prune a trial whose values are all NaN).
 
-    The reason of each prune is kept in :attr:`reasons` under the trial number, for the
-    caller of ``trial.should_prune()`` to store with the trial.
+    It is an :class:`ExplainingPruner`: :meth:`judge` returns the reason of a prune (the
+    inner pruner's through :func:`prune_reason`), and :meth:`prune` is ``judge`` answered.
 
     Args:
         max_class_share: Share of validation predictions in one class, in ``(0, 1]``, at or
@@ -255,17 +259,13 @@ class CollapsePruner(BasePruner):
         self._grace_epochs = grace_epochs
         self._settle_epochs = settle_epochs
         self._inner = inner
-        self.reasons: dict[int, str] = {}
 
     def judge(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | None:
         """The reason to prune ``trial`` now, or ``None`` to let it go on."""
         step = trial.last_step
         if step is None:
             return None
-        unfreeze = trial.user_attrs.get(UNFREEZE_ATTR, -1)
-        grace = effective_grace(
-            self._grace_epochs, unfreeze if isinstance(unfreeze, int) else -1, self._settle_epochs
-        )
+        grace = effective_grace(self._grace_epochs, unfreeze_at_epoch(trial), self._settle_epochs)
         if step < grace:
             return None
         reason = collapse_reason(
@@ -277,13 +277,9 @@ class CollapsePruner(BasePruner):
         )
         if reason is not None:
             return reason
-        if self._inner is not None and self._inner.prune(study, trial):
-            return inner_reason(self._inner, study, trial)
+        if self._inner is not None:
+            return prune_reason(self._inner, study, trial)
         return None
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        reason = self.judge(study, trial)
-        if reason is None:
-            return False
-        self.reasons[trial.number] = reason
-        return True
+        return self.judge(study, trial) is not None

@@ -22,10 +22,16 @@ from optuna.trial import FrozenTrial, TrialState
 from octtrain.errors import DataError
 from octtrain.splits import load_class_to_idx
 from search.errors import OctsearchError
-from search.pruner import best_step, epoch_attr
-from search.reporter import PRUNE_REASON_ATTR
-from search.study import ENQUEUED_ATTR, stored_space
-from search.worker import BEST_EPOCH_ATTR, FAIL_REASON_ATTR, OVERRIDES_ATTR, RUN_DIR_ATTR
+from search.record import (
+    best_step,
+    end_reason,
+    enqueued_name,
+    epoch_metrics,
+    stored_best_epoch,
+    stored_overrides,
+    stored_run_dir,
+)
+from search.study import stored_space
 
 
 @dataclass(frozen=True)
@@ -44,30 +50,48 @@ class TrialRow:
 def trial_row(trial: FrozenTrial, maximize: bool) -> TrialRow:
     if trial.state == TrialState.COMPLETE and trial.value is not None:
         value = trial.value
-        epoch = trial.user_attrs.get(BEST_EPOCH_ATTR)
-        if not isinstance(epoch, int):
+        epoch = stored_best_epoch(trial)
+        if epoch is None:
             epoch = best_step(trial.intermediate_values, maximize)[1]
     elif trial.state == TrialState.FAIL:
         value, epoch = math.nan, -1
     else:
         value, epoch = best_step(trial.intermediate_values, maximize)
-    metrics = trial.user_attrs.get(epoch_attr(epoch)) or {}
+    metrics = epoch_metrics(trial, epoch) or {}
     per_class = [math.nan if a is None else float(a)
                  for a in metrics.get("val/per_class_accuracy") or []]
-    reason = trial.user_attrs.get(PRUNE_REASON_ATTR) or trial.user_attrs.get(FAIL_REASON_ATTR) or ""
     return TrialRow(trial.number, trial.state.name, value, epoch, len(trial.intermediate_values),
-                    per_class, str(reason), dict(trial.params),
-                    str(trial.user_attrs.get(ENQUEUED_ATTR, "")))
+                    per_class, end_reason(trial), dict(trial.params), enqueued_name(trial))
+
+
+def describe_trial(trial: FrozenTrial) -> str:
+    """One line: ``trial 3 PRUNED after 3 epochs (0.2500) in 41 s: collapsed: ...``."""
+    epochs = len(trial.intermediate_values)
+    text = f"trial {trial.number} {trial.state.name} after {epochs} epoch{'s' * (epochs != 1)}"
+    if trial.value is not None:
+        text += f" ({trial.value:.4f})"
+    if trial.duration is not None:
+        text += f" in {trial.duration.total_seconds():.0f} s"
+    reason = end_reason(trial)
+    if reason and trial.state != TrialState.COMPLETE:
+        text += f": {clip(reason)}"
+    return text
 
 
 def _maximize(study: optuna.Study) -> bool:
     return study.direction == StudyDirection.MAXIMIZE
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A parameter or metric for a table: floats to 3 significant digits, NaN as ``-``."""
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.3g}"
     return str(value)
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters, ending in ``...`` where it was cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _short_names(paths: Sequence[str]) -> dict[str, str]:
@@ -92,12 +116,12 @@ def format_rows(rows: Sequence[TrialRow], param_paths: Sequence[str], metric: st
                *(names[p] for p in param_paths), "reason"]
     body = []
     for r in rows:
-        reason = r.reason if len(r.reason) <= reason_width else r.reason[: reason_width - 3] + "..."
         body.append([
-            str(r.number) + (f" ({r.enqueued})" if r.enqueued else ""), r.state, _fmt(r.value),
-            "-" if r.epoch < 0 else str(r.epoch), str(r.epochs),
+            str(r.number) + (f" ({r.enqueued})" if r.enqueued else ""), r.state,
+            format_value(r.value), "-" if r.epoch < 0 else str(r.epoch), str(r.epochs),
             " ".join(f"{a:.2f}" for a in r.per_class_accuracy) or "-",
-            *(_fmt(r.params[p]) if p in r.params else "" for p in param_paths), reason,
+            *(format_value(r.params[p]) if p in r.params else "" for p in param_paths),
+            clip(r.reason, reason_width),
         ])
     return format_table(headers, body)
 
@@ -151,19 +175,21 @@ def format_best(study: optuna.Study) -> str:
     space = stored_space(study)
     trial = best_trial(study)
     row = trial_row(trial, _maximize(study))
-    metrics = trial.user_attrs.get(epoch_attr(row.epoch)) or {}
+    metrics = epoch_metrics(trial, row.epoch) or {}
     lines = [f"study {study.study_name!r}: best trial {trial.number}"
              + (f" ({row.enqueued})" if row.enqueued else ""),
              f"  {space.objective.metric}: {row.value:.4f} at epoch {row.epoch} "
              f"({row.epochs} epochs run)"]
     lines.append("  params:")
-    lines += [f"    {p.path}: {_fmt(trial.params[p.path])}" for p in space.params
+    lines += [f"    {p.path}: {format_value(trial.params[p.path])}" for p in space.params
               if p.path in trial.params]
-    names = _class_names(trial.user_attrs.get(RUN_DIR_ATTR))
+    run_dir = stored_run_dir(trial)
+    names = _class_names(run_dir)
     per_class_rows = []
     for c, (acc, f1) in enumerate(zip(metrics.get("val/per_class_accuracy") or [],
                                       metrics.get("val/per_class_f1") or [], strict=False)):
-        per_class_rows.append([names.get(c, str(c)), _fmt(_num(acc)), _fmt(_num(f1))])
+        per_class_rows.append([names.get(c, str(c)), format_value(_num(acc)),
+                               format_value(_num(f1))])
     if per_class_rows:
         lines.append("  per class at that epoch:")
         lines += ["    " + line for line in
@@ -172,8 +198,8 @@ def format_best(study: optuna.Study) -> str:
     if confusion:
         lines.append("  confusion (rows: true class, columns: predicted):")
         lines += ["    " + " ".join(f"{int(v):5d}" for v in row_) for row_ in confusion]
-    if RUN_DIR_ATTR in trial.user_attrs:
-        lines.append(f"  run dir: {trial.user_attrs[RUN_DIR_ATTR]}")
+    if run_dir is not None:
+        lines.append(f"  run dir: {run_dir}")
     return "\n".join(lines)
 
 
@@ -197,8 +223,7 @@ def export_best(study: optuna.Study, out: str | Path) -> Path:
     """Write the best trial's complete trainer config to ``out`` (YAML) and return the path."""
     space = stored_space(study)
     trial = best_trial(study)
-    overrides = trial.user_attrs.get(OVERRIDES_ATTR) or trial.params
-    cfg = space.trainer_config(overrides)
+    cfg = space.trainer_config(stored_overrides(trial))
     out = Path(out)
     header = (f"# octsearch export-best: study {study.study_name!r}, trial {trial.number}, "
               f"{space.objective.metric} {trial.value:.4f}\n"

@@ -53,7 +53,7 @@ from octtrain.config import read_yaml as read_trainer_yaml
 from octtrain.errors import ConfigError
 from search.errors import SearchSpaceError
 from search.params import Param, Problems, parse_param, probe, unknown_keys
-from search.strategy import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler
+from search.sampler_pruner import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler
 
 TOP_LEVEL_KEYS = ("base", "overrides", "objective", "params", "enqueue", "sampler", "pruner")
 
@@ -150,6 +150,8 @@ def space_from_dict(raw: Any, source: str | None = None) -> SearchSpace:
     assert base is not None
     return SearchSpace(base=base, params=tuple(params), objective=objective,
                        enqueue=tuple(enqueue), sampler=sampler, pruner=pruner, source=source)
+
+
 def _config_problems(err: ConfigError, prefix: str) -> Problems:
     where = f" (in {err.source})" if err.source else ""
     return [(f"{prefix}.{key}" if key else prefix, f"{msg}{where}") for key, msg in err.problems]
@@ -267,6 +269,7 @@ def _parse_enqueue(raw: Any, params: list[Param], base: TrainConfig | None,
     return out
 
 
+# ---------------------------------------------------------------------------------------------
 # Comparing stored and current spaces
 # ---------------------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from search.errors import StorageError
+from search.record import KEPT_ON_RETRY
 
 DEFAULT_STORAGE = "sqlite:///octsearch.db"  # a file in the working directory
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a connection waits for another writer's lock
@@ -38,9 +39,6 @@ GRACE_PERIOD_S = 120  # a RUNNING trial without a heartbeat for this long is fai
 STALE_TRIAL_RETRIES = 1  # times a stale trial is re-queued with the same parameters
 POOL = {"pool_size": 2, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 1800}
 CONNECT_TIMEOUT_S = 10
-
-# User attributes a re-queued stale trial keeps; the rest belong to the run that died.
-_KEPT_ON_RETRY = ("enqueued",)
 
 _DRIVERS = {
     "sqlite": "sqlite",
@@ -87,7 +85,7 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Re-queue a stale trial with its parameters, not the per-epoch attributes of its run."""
-    trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in _KEPT_ON_RETRY}
+    trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES)(study, trial)

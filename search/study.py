@@ -1,7 +1,7 @@
 """Create a study for a space, or join one: a study holds one space for its whole life.
 
 The canonical space (:meth:`SearchSpace.to_dict`: base config, distributions, objective,
-enqueued trials, sampler, pruner) is stored as the study user attribute :data:`SPACE_ATTR`
+enqueued trials, sampler, pruner) is stored with the study (:func:`search.record.write_space`)
 when the study is created; it is also what trial processes and ``export-best`` read, so a
 study never depends on the space file still being around. A worker joining with a space that
 differs is refused with the list of differences.
@@ -17,12 +17,9 @@ import optuna
 from optuna.storages import RDBStorage
 
 from search.errors import SearchSpaceError, StorageError
+from search.record import ENQUEUED_ATTR, stored_space_dict, write_space
 from search.space import SearchSpace, diff_spaces, space_from_dict
 from search.storage import redact
-
-SPACE_ATTR = "octsearch:space"
-SPACE_FILE_ATTR = "octsearch:space_file"
-ENQUEUED_ATTR = "enqueued"  # trial user attribute: the name of an enqueued trial
 
 
 def open_study(
@@ -55,8 +52,7 @@ def open_study(
         study.set_metric_names([space.objective.metric])  # the dashboard's name for the value
     for entry in space.enqueue:
         study.enqueue_trial(entry.params, user_attrs={ENQUEUED_ATTR: entry.name})
-    study.set_user_attr(SPACE_FILE_ATTR, space.source or "")
-    study.set_user_attr(SPACE_ATTR, canonical)  # last: publishes the study to joiners
+    write_space(study, canonical, space.source)  # last: publishes the study to joiners
     return study, True
 
 
@@ -66,12 +62,12 @@ SPACE_WAIT_S = 30.0  # how long a joiner waits for a just-created study to store
 def _wait_for_space(study: optuna.Study) -> None:
     """Wait while the study's creator is still setting it up (it stores the space last)."""
     deadline = time.monotonic() + SPACE_WAIT_S
-    while SPACE_ATTR not in study.user_attrs and time.monotonic() < deadline:
+    while stored_space_dict(study) is None and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
 def _check_same_space(study: optuna.Study, canonical: dict[str, Any], storage: RDBStorage) -> None:
-    stored = study.user_attrs.get(SPACE_ATTR)
+    stored = stored_space_dict(study)
     where = f"study {study.study_name!r} in {redact(storage.url)!r}"
     if stored is None:
         raise SearchSpaceError([("", f"{where} was not created by octsearch (it stores no "
@@ -103,7 +99,7 @@ def load_review_study(storage: RDBStorage, study_name: str | None) -> optuna.Stu
 
 def stored_space(study: optuna.Study) -> SearchSpace:
     """The space a study was created with."""
-    raw = study.user_attrs.get(SPACE_ATTR)
+    raw = stored_space_dict(study)
     if raw is None:
         raise StorageError(f"study {study.study_name!r} was not created by octsearch "
                            "(it stores no search space)")

@@ -24,6 +24,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,17 +34,19 @@ from optuna.trial import TrialState
 
 from octtrain.errors import ConfigError
 from search.errors import StorageError, WorkerError
-from search.objective import TrialRequest, TrialResult, run_trial_process
-from search.pruner import UNFREEZE_ATTR
-from search.reporter import PRUNE_REASON_ATTR
+from search.record import (
+    end_reason,
+    write_best_epoch,
+    write_failure,
+    write_overrides,
+    write_prune_reason,
+    write_run,
+)
+from search.report import clip, describe_trial, format_value
 from search.space import SearchSpace
 from search.storage import heartbeat
+from search.trial_process import Outcome, TrialRequest, TrialResult, run_trial_process
 
-FAIL_REASON_ATTR = "fail_reason"
-OUTPUT_TAIL_ATTR = "output_tail"  # last lines of a trial process that died without a result
-OVERRIDES_ATTR = "overrides"  # the trial's dotted trainer overrides: sampled params (+ device)
-RUN_DIR_ATTR = "run_dir"
-BEST_EPOCH_ATTR = "best_epoch"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -80,13 +83,21 @@ def count_trials(study: optuna.Study) -> tuple[int, int]:
     return len(trials) - running, running
 
 
-def next_step(finished: int, running: int, n_trials: int) -> str:
-    """``"stop"``, ``"wait"`` or ``"start"``: the counting rule of the module docstring."""
+class Step(Enum):
+    """What a worker does next (:func:`next_step`)."""
+
+    START = "start"  # a trial
+    WAIT = "wait"  # for the trials running elsewhere
+    STOP = "stop"  # the study has its finished trials
+
+
+def next_step(finished: int, running: int, n_trials: int) -> Step:
+    """The counting rule of the module docstring."""
     if finished >= n_trials:
-        return "stop"
+        return Step.STOP
     if finished + running >= n_trials:
-        return "wait"
-    return "start"
+        return Step.WAIT
+    return Step.START
 
 
 def _progress(out: TextIO | None, text: str) -> None:
@@ -116,14 +127,14 @@ def run_worker(
         finished, running = count_trials(study)
         summary.finished = finished
         step = next_step(finished, running, options.n_trials)
-        if step == "stop":
+        if step is Step.STOP:
             summary.stopped = (f"the study has {finished} finished trials "
                                f"(asked for {options.n_trials})")
             return summary
         if options.timeout_s is not None and time.monotonic() - start >= options.timeout_s:
             summary.stopped = f"timeout of {options.timeout_s:g} s reached"
             return summary
-        if step == "wait":
+        if step is Step.WAIT:
             if not waiting:
                 _progress(out, f"{finished} finished, {running} running in other workers: "
                           "waiting for them")
@@ -141,34 +152,16 @@ def run_worker(
         if frozen.state == TrialState.FAIL:
             failures_in_a_row += 1
             if failures_in_a_row >= options.max_consecutive_failures:
-                last = _clip(str(frozen.user_attrs.get(FAIL_REASON_ATTR)))
+                last = clip(end_reason(frozen))
                 raise WorkerError(f"{failures_in_a_row} trials in a row failed; stopping this "
                                   f"worker. Last (trial {frozen.number}): {last}")
         else:
             failures_in_a_row = 0
 
 
-def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
-    """One line: ``trial 3 PRUNED after 3 epochs (0.2500) in 41 s: collapsed: ...``."""
-    epochs = len(trial.intermediate_values)
-    text = f"trial {trial.number} {trial.state.name} after {epochs} epoch{'s' * (epochs != 1)}"
-    if trial.value is not None:
-        text += f" ({trial.value:.4f})"
-    if trial.duration is not None:
-        text += f" in {trial.duration.total_seconds():.0f} s"
-    reason = trial.user_attrs.get(PRUNE_REASON_ATTR) or trial.user_attrs.get(FAIL_REASON_ATTR)
-    if reason and trial.state != TrialState.COMPLETE:
-        text += f": {_clip(str(reason))}"
-    return text
-
-
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_one_trial(
@@ -189,7 +182,7 @@ def run_one_trial(
             reason = f"interrupted by {err}" if str(err) else "interrupted"
         else:
             reason = f"{type(err).__name__}: {err}"
-        _tell(study, trial, TrialResult("failed", reason=f"worker: {reason}"))
+        _tell(study, trial, TrialResult(Outcome.FAILED, reason=f"worker: {reason}"))
         if not isinstance(err, Exception):
             raise
     else:
@@ -203,17 +196,15 @@ def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: op
     overrides: dict[str, Any] = dict(params)
     if options.device is not None:
         overrides["runtime.device"] = options.device
-    trial.set_user_attr(OVERRIDES_ATTR, overrides)
+    write_overrides(trial, overrides)
     try:
         cfg = space.trainer_config(overrides)
     except ConfigError as err:
-        return TrialResult("failed", reason=f"invalid trainer config: {err}")
-    trial.set_user_attr(UNFREEZE_ATTR, cfg.model.unfreeze_at_epoch if cfg.model.freeze_encoder
-                        else -1)
+        return TrialResult(Outcome.FAILED, reason=f"invalid trainer config: {err}")
     run_dir = (options.runs_dir / study.study_name / f"trial_{trial.number:04d}").resolve()
-    trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
-    trial.set_user_attr("host", socket.gethostname())
-    shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+    write_run(trial, unfreeze_at_epoch=cfg.model.unfreeze_at_epoch if cfg.model.freeze_encoder
+              else -1, run_dir=run_dir, host=socket.gethostname())
+    shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
     _progress(out, f"trial {trial.number} started: {shown}")
     request = TrialRequest(
         study_name=study.study_name, trial_id=trial._trial_id, trial_number=trial.number,
@@ -223,25 +214,19 @@ def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: op
                              env=options.env)
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None:
     """Record how the trial ended. A trial another worker already failed as stale (this
     worker's heartbeat lapsed) stays as it is: its retry is queued."""
     try:
-        if result.state == "complete":
+        if result.state is Outcome.COMPLETE:
             assert result.value is not None and math.isfinite(result.value)
-            trial.set_user_attr(BEST_EPOCH_ATTR, result.best_epoch)
+            write_best_epoch(trial, result.best_epoch)
             study.tell(trial, result.value)
-        elif result.state == "pruned":
-            trial.set_user_attr(PRUNE_REASON_ATTR, result.reason)
+        elif result.state is Outcome.PRUNED:
+            write_prune_reason(trial, result.reason)
             study.tell(trial, state=TrialState.PRUNED)
         else:
-            trial.set_user_attr(FAIL_REASON_ATTR, result.reason)
-            if result.output_tail:
-                trial.set_user_attr(OUTPUT_TAIL_ATTR, result.output_tail)
+            write_failure(trial, result.reason, result.output_tail)
             study.tell(trial, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return

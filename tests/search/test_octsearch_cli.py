@@ -13,7 +13,7 @@ import pytest
 import yaml
 from search_testing import FAKE_SPACE
 
-from search.cli import _sigterm_interrupts, _Terminated, main
+from search.cli import Terminated, main, sigterm_interrupts
 from search.errors import SearchSpaceError
 from search.storage import open_storage
 
@@ -108,7 +108,7 @@ def test_review_of_a_missing_study(reviewed_study: tuple[str, str],
 
 
 def test_sigterm_interrupts_like_ctrl_c() -> None:
-    with pytest.raises(_Terminated, match="SIGTERM"), _sigterm_interrupts():
+    with pytest.raises(Terminated, match="SIGTERM"), sigterm_interrupts():
         os.kill(os.getpid(), signal.SIGTERM)
         signal.sigtimedwait([], 1)  # let the handler run
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

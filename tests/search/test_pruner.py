@@ -1,7 +1,8 @@
 """CollapsePruner through Optuna's public loop: ask, report, should_prune.
 
 Each epoch a test stores the per-epoch metrics the way the reporter does (user attribute
-``epoch_<k>``) and reports the objective, then asks ``trial.should_prune()``.
+``epoch_<k>``) and reports the objective, then asks ``trial.should_prune()``; on a prune, the
+reason is what :func:`search.pruner.prune_reason` gives for the same trial.
 """
 
 from __future__ import annotations
@@ -13,15 +14,8 @@ from typing import Any
 import optuna
 import pytest
 
-from search.pruner import (
-    UNFREEZE_ATTR,
-    CollapsePruner,
-    EpochEvidence,
-    best_step,
-    collapse_reason,
-    effective_grace,
-    epoch_attr,
-)
+from search.pruner import CollapsePruner, EpochEvidence, collapse_reason, effective_grace, prune_reason
+from search.record import UNFREEZE_ATTR, epoch_attr
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -43,25 +37,39 @@ def make_study(pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
                                study_name="pruner-test")
 
 
-def run_trial(study: optuna.Study, epochs: Sequence[dict[str, float]], *, unfreeze: int = -1,
-              value: float | None = None) -> int | None:
+def run_trial(study: optuna.Study, epochs: Sequence[dict[str, float]], *,
+              unfreeze: int = -1) -> int | None:
     """Report ``epochs`` into a new trial; the epoch it was pruned at, or None (then complete)."""
+    return run_and_explain(study, epochs, unfreeze=unfreeze, explain=False)[0]
+
+
+def run_and_explain(study: optuna.Study, epochs: Sequence[dict[str, float]], *,
+                    unfreeze: int = -1, explain: bool = True) -> tuple[int | None, str | None]:
+    """Report ``epochs`` into a new trial: (the epoch it was pruned at, why), or (None, None)
+    when it completed. Each epoch asks ``trial.should_prune()``, or with ``explain`` what the
+    reporter asks instead, :func:`prune_reason` (once: Optuna's successive halving records a
+    rung each time it is asked)."""
     trial = study.ask()
     trial.set_user_attr(UNFREEZE_ATTR, unfreeze)
     for epoch, e in enumerate(epochs):
         trial.set_user_attr(epoch_attr(epoch), metrics(e["share"], e["bacc"]))
-        trial.report(e["bacc"] if value is None else value, epoch)
-        if trial.should_prune():
+        trial.report(e["bacc"], epoch)
+        if explain:
+            (stored,) = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            reason = prune_reason(study.pruner, study, stored)
+        else:
+            reason = "should_prune" if trial.should_prune() else None
+        if reason is not None:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            return epoch
-    study.tell(trial, value if value is not None else epochs[-1]["bacc"])
-    return None
+            return epoch, reason
+    study.tell(trial, epochs[-1]["bacc"])
+    return None, None
 
 
 @pytest.mark.parametrize(
     ("share", "bacc", "pruned_at"),
     [
-        (0.97, 0.60, 2),  # collapsed by share alone (one class, yet a high bacc is impossible:
+        (0.97, 0.60, 2),  # collapsed by share alone (not a real pair: tests the criteria apart)
         (0.90, 0.60, 2),  # the threshold is inclusive
         (0.89, 0.60, None),
         (0.50, 0.25, 2),  # collapsed by balanced accuracy alone: chance 0.25
@@ -87,11 +95,9 @@ def test_collapse_by_share_or_balanced_accuracy(share: float, bacc: float,
          "epoch 2: balanced accuracy 0.27)"),
     ],
 )
-def test_prune_reason_is_stored_per_trial(epochs: list[dict[str, float]], reason: str) -> None:
-    pruner = CollapsePruner(patience=2, grace_epochs=1)
-    study = make_study(pruner)
-    assert run_trial(study, epochs) == 2
-    assert pruner.reasons == {0: reason}
+def test_prune_reason_says_which_criterion_held(epochs: list[dict[str, float]], reason: str) -> None:
+    study = make_study(CollapsePruner(patience=2, grace_epochs=1))
+    assert run_and_explain(study, epochs) == (2, reason)
 
 
 @pytest.mark.parametrize(("patience", "pruned_at"), [(1, 1), (2, 2), (3, 3), (5, 5)])
@@ -189,9 +195,9 @@ def test_epochs_without_stored_metrics_are_not_judged() -> None:
 INNERS: list[tuple[str, optuna.pruners.BasePruner | None, str | None]] = [
     ("none", None, None),
     ("median", optuna.pruners.MedianPruner(n_startup_trials=2),
-     "median: 0.31 < median 0.60 at epoch 2"),
+     "median: best 0.31 is worse than the median of completed trials at epoch 2"),
     ("percentile", optuna.pruners.PercentilePruner(25.0, n_startup_trials=2),
-     "percentile: 0.31 < 75th percentile 0.60 at epoch 2"),
+     "percentile: best 0.31 is worse than the kept percentile of completed trials at epoch 2"),
     ("successive_halving",
      optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
      "successive halving: 0.31 not promoted to the next rung at epoch"),
@@ -205,27 +211,25 @@ INNERS: list[tuple[str, optuna.pruners.BasePruner | None, str | None]] = [
 def test_inner_pruner_prunes_a_worse_healthy_trial(
     name: str, inner: optuna.pruners.BasePruner | None, reason: str | None
 ) -> None:
-    pruner = CollapsePruner(patience=2, grace_epochs=2, inner=inner)
-    study = make_study(pruner)
+    study = make_study(CollapsePruner(patience=2, grace_epochs=2, inner=inner))
     for _ in range(8):  # hyperband spreads them over its brackets
         assert run_trial(study, [HEALTHY] * 6) is None
     # Not collapsed (share 0.4, bacc 0.31 > 0.30), just worse than the others.
-    pruned_at = run_trial(study, [{"share": 0.4, "bacc": 0.31}] * 6)
+    pruned_at, why = run_and_explain(study, [{"share": 0.4, "bacc": 0.31}] * 6)
     if reason is None:
         assert pruned_at is None
         return
     assert pruned_at is not None and pruned_at >= 2  # never inside the grace period
-    assert pruner.reasons[8].startswith(reason)
+    assert why is not None and why.startswith(reason)
 
 
 @pytest.mark.parametrize(("name", "inner", "reason"), INNERS, ids=[i[0] for i in INNERS])
 def test_collapse_prunes_whatever_the_inner_pruner(
     name: str, inner: optuna.pruners.BasePruner | None, reason: str | None
 ) -> None:
-    pruner = CollapsePruner(patience=2, grace_epochs=1, inner=inner)
-    study = make_study(pruner)
-    assert run_trial(study, [COLLAPSED] * 6) == 2
-    assert pruner.reasons[0].startswith("collapsed: 97%")
+    study = make_study(CollapsePruner(patience=2, grace_epochs=1, inner=inner))
+    pruned_at, why = run_and_explain(study, [COLLAPSED] * 6)
+    assert pruned_at == 2 and why is not None and why.startswith("collapsed: 97%")
 
 
 def test_inner_pruner_is_not_consulted_during_warmup() -> None:
@@ -274,18 +278,3 @@ def test_evidence_from_stored_metrics_reads_null_as_nan() -> None:
                                        "val/majority_class": 1, "val/pred_hist": [1, 2, 3]})
     assert math.isnan(e.max_class_share)
     assert (e.epoch, e.majority_class, e.balanced_accuracy, e.num_classes) == (3, 1, 0.3, 3)
-
-
-@pytest.mark.parametrize(
-    ("values", "maximize", "expected"),
-    [({0: 0.2, 1: NAN, 2: 0.5, 3: 0.4}, True, (0.5, 2)),
-     ({0: 0.2, 1: NAN, 2: 0.5}, False, (0.2, 0)),
-     ({0: 0.3, 1: 0.3}, True, (0.3, 0)),  # the first of equals
-     ({0: NAN}, True, (NAN, -1)),
-     ({}, True, (NAN, -1))],
-)
-def test_best_step_skips_nan(values: dict[int, float], maximize: bool,
-                             expected: tuple[float, int]) -> None:
-    best, step = best_step(values, maximize)
-    assert step == expected[1]
-    assert best == expected[0] or (math.isnan(best) and math.isnan(expected[0]))

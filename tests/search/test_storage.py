@@ -15,9 +15,10 @@ from search_testing import reachable_server
 
 from search import storage as storage_mod
 from search.errors import StorageError
+from search.record import ENQUEUED_ATTR
 from search.space import space_from_dict
 from search.storage import heartbeat, normalize_url, open_storage
-from search.study import ENQUEUED_ATTR, open_study
+from search.study import open_study
 
 
 @pytest.mark.parametrize(

@@ -15,13 +15,13 @@ from fake_fit import CRASH, DIVERGE, HANG, RAISE
 from optuna.trial import TrialState
 from search_testing import fake_options, run_threads
 
-from search.cli import _sigterm_interrupts
+from search.cli import sigterm_interrupts
 from search.errors import SearchSpaceError, WorkerError
-from search.pruner import epoch_attr
+from search.record import epoch_attr
 from search.space import SearchSpace, space_from_dict
 from search.storage import open_storage
 from search.study import open_study
-from search.worker import WorkerOptions, next_step, run_one_trial, run_worker
+from search.worker import Step, WorkerOptions, next_step, run_one_trial, run_worker
 
 COLLAPSES = {"model.head.hidden": 0, "train.lr_head": 1e-3}
 LEARNS = {"model.head.hidden": 64, "train.lr_head": 1e-3}
@@ -45,11 +45,11 @@ def states(study: optuna.Study) -> list[str]:
 
 @pytest.mark.parametrize(
     ("finished", "running", "n", "step"),
-    [(0, 0, 3, "start"), (2, 0, 3, "start"), (3, 0, 3, "stop"), (4, 1, 3, "stop"),
-     (2, 1, 3, "wait"), (1, 2, 3, "wait"), (1, 1, 3, "start")],
+    [(0, 0, 3, Step.START), (2, 0, 3, Step.START), (3, 0, 3, Step.STOP), (4, 1, 3, Step.STOP),
+     (2, 1, 3, Step.WAIT), (1, 2, 3, Step.WAIT), (1, 1, 3, Step.START)],
 )
 def test_next_step_counts_running_trials_of_other_workers(finished: int, running: int, n: int,
-                                                          step: str) -> None:
+                                                          step: Step) -> None:
     assert next_step(finished, running, n) == step
 
 
@@ -171,7 +171,7 @@ def test_interrupt_stops_the_trial_process_and_fails_the_trial(
         os.kill(os.getpid(), sig)  # a real signal, as from a terminal or a scheduler
 
     threading.Thread(target=interrupt_when_hanging, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
+    with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
         run_one_trial(study, space, storage, fake_options(tmp_path, 1))
     trial = study.get_trials()[0]
     assert trial.state == TrialState.FAIL

@@ -1,4 +1,4 @@
-"""How a space is searched: the sampler and the pruner of a space file, validated.
+"""The ``sampler:`` and ``pruner:`` sections of a space file, validated into specs that build them.
 
 ``sampler: {type: tpe|random, ...}`` and ``pruner: {collapse: {...}, inner: {type: ...}}``.
 Only the options listed in :data:`SAMPLERS`, :data:`INNER_PRUNERS` and
@@ -165,6 +165,3 @@ def parse_pruner(raw: Any, p: Problems) -> PrunerSpec:
     except (ValueError, TypeError) as err:
         p.append(("pruner.inner", str(err)))
     return PrunerSpec(collapse, kind, _with_defaults(cls, options, table))
-
-
-# ---------------------------------------------------------------------------------------------

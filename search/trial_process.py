@@ -10,7 +10,7 @@ terminated before the exception goes on.
 Child (:func:`run_child`): opens the same storage, takes the trial by id, builds the pruner
 and objective from the space stored with the study, and runs the fit target (``octtrain.fit``)
 with an :class:`~search.reporter.EpochReporter`. It never tells the trial's state: it writes a
-:class:`TrialResult` (complete / pruned / failed) for the parent to tell.
+:class:`TrialResult` (an :class:`Outcome`: complete / pruned / failed) for the parent to tell.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,8 +36,8 @@ import optuna
 
 from octtrain.config import config_from_dict
 from octtrain.errors import DivergedError, OcttrainError
-from search.pruner import best_step
-from search.reporter import PRUNE_REASON_ATTR, EpochReporter, metric_value
+from search.record import best_step
+from search.reporter import EpochReporter, metric_value
 from search.storage import open_storage
 from search.study import stored_space
 
@@ -71,24 +72,33 @@ class TrialRequest:
         return cls(**json.loads(path.read_text()))
 
 
+class Outcome(str, Enum):
+    """How a trial process ended; the value is what ``result.json`` holds."""
+
+    COMPLETE = "complete"  # with a value
+    PRUNED = "pruned"  # by the pruner, or because training diverged
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class TrialResult:
-    """How a trial process ended: ``complete`` with a value, ``pruned`` or ``failed``."""
+    """How a trial process ended, and with what value or reason."""
 
-    state: str
+    state: Outcome
     value: float | None = None
     best_epoch: int | None = None
     reason: str | None = None
     output_tail: str | None = None  # last lines of a child that died without a result
 
     def write(self, path: Path) -> None:
-        _write_json_atomic(path, dataclasses.asdict(self))
+        _write_json_atomic(path, {**dataclasses.asdict(self), "state": self.state.value})
 
     @classmethod
     def read(cls, path: Path) -> TrialResult | None:
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            record = json.loads(path.read_text())
+            return cls(**{**record, "state": Outcome(record["state"])})
+        except (OSError, ValueError, TypeError, KeyError):
             return None
 
 
@@ -135,8 +145,8 @@ def run_trial_process(
         return result  # even if the child crashed afterwards (e.g. in runtime teardown)
     lines = [line.rstrip() for line in tail if line.strip()]
     last = lines[-1].strip() if lines else "no output"
-    return TrialResult("failed", reason=f"trial process {_describe_exit(returncode)} without a "
-                       f"result: {last}", output_tail="\n".join(lines))
+    return TrialResult(Outcome.FAILED, reason=f"trial process {_describe_exit(returncode)} "
+                       f"without a result: {last}", output_tail="\n".join(lines))
 
 
 def _pump(proc: subprocess.Popen[str], log: TextIO, tail: deque[str], echo: TextIO | None,
@@ -197,7 +207,8 @@ def run_child(request_path: Path) -> TrialResult:
     try:
         result = _fit(request, trial, space.objective.metric_key, space.objective.maximize)
     except BaseException as err:  # noqa: BLE001 - a record for the parent, then re-raise
-        TrialResult("failed", reason=f"{type(err).__name__}: {err}").write(run_dir / RESULT_FILE)
+        failed = TrialResult(Outcome.FAILED, reason=f"{type(err).__name__}: {err}")
+        failed.write(run_dir / RESULT_FILE)
         raise
     result.write(run_dir / RESULT_FILE)
     return result
@@ -211,19 +222,17 @@ def _fit(request: TrialRequest, trial: optuna.trial.Trial, metric_key: str,
         fitted = fit(cfg, out_dir=Path(request.run_dir),
                      on_epoch_end=EpochReporter(trial, metric_key), progress=True)
     except optuna.TrialPruned as err:
-        return TrialResult("pruned", reason=str(err))
+        return TrialResult(Outcome.PRUNED, reason=str(err))
     except DivergedError as err:
-        reason = f"diverged: {err}"
-        trial.set_user_attr(PRUNE_REASON_ATTR, reason)
-        return TrialResult("pruned", reason=reason)
+        return TrialResult(Outcome.PRUNED, reason=f"diverged: {err}")
     except OcttrainError as err:
-        return TrialResult("failed", reason=f"{type(err).__name__}: {err}")
+        return TrialResult(Outcome.FAILED, reason=f"{type(err).__name__}: {err}")
     except Exception as err:
         traceback.print_exc()
-        return TrialResult("failed", reason=f"{type(err).__name__}: {err}")
+        return TrialResult(Outcome.FAILED, reason=f"{type(err).__name__}: {err}")
     values = {int(m.get("epoch", i)): metric_value(m, metric_key)
               for i, m in enumerate(fitted.history)}
     value, epoch = best_step(values, maximize)
     if math.isnan(value):
-        return TrialResult("failed", reason=f"{metric_key} is NaN in every epoch")
-    return TrialResult("complete", value=value, best_epoch=epoch)
+        return TrialResult(Outcome.FAILED, reason=f"{metric_key} is NaN in every epoch")
+    return TrialResult(Outcome.COMPLETE, value=value, best_epoch=epoch)

@@ -1,0 +1,164 @@
+"""What octsearch stores in a study: the names and values of its attributes, read and written here.
+
+This is the contract between the worker, the trial process, the pruner, the reports and the
+dashboard, and with every study already stored: the names and the shape of the values must not
+change. A study carries two user attributes:
+
+- :data:`SPACE_ATTR`: the canonical search space (:meth:`search.space.SearchSpace.to_dict`),
+  written last when the study is created;
+- :data:`SPACE_FILE_ATTR`: the path of the space file it came from (``""`` for none).
+
+A trial carries these user attributes (the worker writes the first ones before the trial
+process starts; the reporter writes one per epoch; the worker writes how the trial ended):
+
+========================  ==================================================================
+``enqueued``              the name of an enqueued trial (set when it is enqueued; kept when a
+                          stale trial is re-queued)
+``overrides``             the dotted trainer overrides of the trial: sampled params (+ device)
+``unfreeze_at_epoch``     the epoch the encoder unfreezes (``-1``: never)
+``run_dir``               the trial's run directory (absolute)
+``host``                  the host name of the worker that ran it
+``epoch_NNN``             the trainer's metrics dict of epoch ``NNN`` (0-based; NaN as null)
+``best_epoch``            COMPLETE: the epoch of the told (best) value
+``prune_reason``          PRUNED: why, one line
+``fail_reason``           FAIL: why, one line
+``output_tail``           FAIL of a process that died without a result: its last lines
+========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import BaseTrial
+
+from octtrain.tracking import json_safe
+
+SPACE_ATTR = "octsearch:space"
+SPACE_FILE_ATTR = "octsearch:space_file"
+
+ENQUEUED_ATTR = "enqueued"
+OVERRIDES_ATTR = "overrides"
+UNFREEZE_ATTR = "unfreeze_at_epoch"
+RUN_DIR_ATTR = "run_dir"
+HOST_ATTR = "host"
+BEST_EPOCH_ATTR = "best_epoch"
+PRUNE_REASON_ATTR = "prune_reason"
+FAIL_REASON_ATTR = "fail_reason"
+OUTPUT_TAIL_ATTR = "output_tail"
+
+KEPT_ON_RETRY = (ENQUEUED_ATTR,)  # what a re-queued stale trial keeps; the rest was its run's
+
+
+def epoch_attr(epoch: int) -> str:
+    """Name of the trial user attribute that holds the metrics of ``epoch`` (0-based)."""
+    return f"epoch_{epoch:03d}"
+
+
+# Study ----------------------------------------------------------------------------------------
+
+
+def write_space(study: optuna.Study, canonical: dict[str, Any], source: str | None) -> None:
+    """Store the space with a new study; the space goes last, as it publishes the study."""
+    study.set_user_attr(SPACE_FILE_ATTR, source or "")
+    study.set_user_attr(SPACE_ATTR, canonical)
+
+
+def stored_space_dict(study: optuna.Study) -> dict[str, Any] | None:
+    """The canonical space stored with the study, or ``None`` (not made by octsearch, or not yet)."""
+    raw = study.user_attrs.get(SPACE_ATTR)
+    return raw if isinstance(raw, dict) else None
+
+
+# Trial: written ---------------------------------------------------------------------------------
+
+
+def write_overrides(trial: optuna.Trial, overrides: Mapping[str, Any]) -> None:
+    trial.set_user_attr(OVERRIDES_ATTR, dict(overrides))
+
+
+def write_run(trial: optuna.Trial, *, unfreeze_at_epoch: int, run_dir: Path, host: str) -> None:
+    """What the trial process is about to run: warm-up length, run directory and host."""
+    trial.set_user_attr(UNFREEZE_ATTR, unfreeze_at_epoch)
+    trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
+    trial.set_user_attr(HOST_ATTR, host)
+
+
+def write_epoch(trial: optuna.Trial, epoch: int, metrics: Mapping[str, Any]) -> None:
+    """The trainer's metrics of one epoch; NaN and infinities are stored as null."""
+    trial.set_user_attr(epoch_attr(epoch), json_safe(metrics))
+
+
+def write_best_epoch(trial: optuna.Trial, epoch: int | None) -> None:
+    trial.set_user_attr(BEST_EPOCH_ATTR, epoch)
+
+
+def write_prune_reason(trial: optuna.Trial, reason: str | None) -> None:
+    trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+
+
+def write_failure(trial: optuna.Trial, reason: str | None, output_tail: str | None = None) -> None:
+    trial.set_user_attr(FAIL_REASON_ATTR, reason)
+    if output_tail:
+        trial.set_user_attr(OUTPUT_TAIL_ATTR, output_tail)
+
+
+# Trial: read ------------------------------------------------------------------------------------
+
+
+def epoch_metrics(trial: BaseTrial, epoch: int) -> dict[str, Any] | None:
+    """The stored metrics of ``epoch``, or ``None`` where none were stored."""
+    metrics = trial.user_attrs.get(epoch_attr(epoch))
+    return metrics if isinstance(metrics, dict) else None
+
+
+def unfreeze_at_epoch(trial: BaseTrial) -> int:
+    """The epoch the trial's encoder unfreezes; ``-1`` (never) where none is stored."""
+    value = trial.user_attrs.get(UNFREEZE_ATTR, -1)
+    return value if isinstance(value, int) else -1
+
+
+def stored_best_epoch(trial: BaseTrial) -> int | None:
+    value = trial.user_attrs.get(BEST_EPOCH_ATTR)
+    return value if isinstance(value, int) else None
+
+
+def end_reason(trial: BaseTrial) -> str:
+    """Why the trial was pruned or failed; ``""`` for none."""
+    attrs = trial.user_attrs
+    return str(attrs.get(PRUNE_REASON_ATTR) or attrs.get(FAIL_REASON_ATTR) or "")
+
+
+def stored_overrides(trial: BaseTrial) -> dict[str, Any]:
+    """The trial's trainer overrides; its params for a trial stored without them."""
+    overrides = trial.user_attrs.get(OVERRIDES_ATTR)
+    return dict(overrides) if isinstance(overrides, dict) and overrides else dict(trial.params)
+
+
+def stored_run_dir(trial: BaseTrial) -> str | None:
+    value = trial.user_attrs.get(RUN_DIR_ATTR)
+    return str(value) if value else None
+
+
+def enqueued_name(trial: BaseTrial) -> str:
+    """The name of an enqueued trial; ``""`` for a sampled one."""
+    return str(trial.user_attrs.get(ENQUEUED_ATTR, ""))
+
+
+def best_step(values: Mapping[int, float], maximize: bool) -> tuple[float, int]:
+    """The best value of ``{step: value}`` and its step, NaN skipped; ``(nan, -1)`` if none.
+
+    Of equal values the first step wins.
+    """
+    best, best_at = math.nan, -1
+    for step in sorted(values):
+        value = values[step]
+        if math.isnan(value):
+            continue
+        if math.isnan(best) or (value > best if maximize else value < best):
+            best, best_at = value, step
+    return best, best_at
