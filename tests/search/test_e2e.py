@@ -22,7 +22,7 @@ from search.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-N_TRIALS = 2  # the two enqueued trials: the seed's fix and its collapsed baseline
+N_TRIALS = 2  # the two enqueued trials: the hand-made fix and its collapsed baseline
 
 
 def octsearch(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

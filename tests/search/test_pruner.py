@@ -20,7 +20,7 @@ from search.record import UNFREEZE_ATTR, epoch_attr
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 NAN = math.nan
-COLLAPSED = {"share": 0.97, "bacc": 0.25}  # the seed's baseline: 97% class 0, chance level
+COLLAPSED = {"share": 0.97, "bacc": 0.25}  # the collapsed baseline: 97% class 0, chance level
 HEALTHY = {"share": 0.40, "bacc": 0.60}
 
 
