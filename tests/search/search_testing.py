@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,18 @@ def fake_options(tmp_path: Path, n_trials: int, **kwargs: Any) -> WorkerOptions:
         env={"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
         poll_s=0.2, **kwargs,
     )
+
+
+def signal_when_written(path: Path, sig: signal.Signals, timeout: float = 60.0) -> None:
+    """In the background: send ``sig`` to this process once ``path`` exists (e.g. a hanging
+    trial's pid file), a real signal as from a terminal or a scheduler."""
+    def wait_and_signal() -> None:
+        deadline = time.monotonic() + timeout
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), sig)
+
+    threading.Thread(target=wait_and_signal, daemon=True).start()
 
 
 def run_threads(target: Callable[[], object], n: int, timeout: float) -> list[BaseException]:

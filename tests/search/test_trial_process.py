@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 from fake_fit import CRASH, DIVERGE, HANG, RAISE
-from search_testing import FAKE_SPACE, fake_options
+from search_testing import FAKE_SPACE, fake_options, signal_when_written
 
 from search.record import PRUNE_REASON_ATTR, epoch_attr
 from search.space import space_from_dict
@@ -94,14 +92,7 @@ def test_an_interrupted_parent_stops_the_whole_trial_process(sqlite_url: str,
     study, request = start_trial(sqlite_url, tmp_path / "run",
                                  {"model.head.hidden": 64, "train.lr_head": HANG})
     pid_file = tmp_path / "run" / "pid"
-
-    def interrupt_when_hanging() -> None:
-        deadline = time.monotonic() + 60
-        while not pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt_when_hanging, daemon=True).start()
+    signal_when_written(pid_file, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         run_trial_process(request, sqlite_url, env=fake_options(tmp_path, 1).env)
     with pytest.raises(ProcessLookupError):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import optuna
 import pytest
 from fake_fit import CRASH, DIVERGE, HANG, RAISE
 from optuna.trial import TrialState
-from search_testing import fake_options, run_threads
+from search_testing import fake_options, run_threads, signal_when_written
 
 from search.cli import sigterm_interrupts
 from search.errors import SearchSpaceError, WorkerError
@@ -163,14 +161,7 @@ def test_interrupt_stops_the_trial_process_and_fails_the_trial(
     raw = enqueue(fake_space, {"model.head.hidden": 64, "train.lr_head": HANG})
     study, space, storage = worker(raw, sqlite_url, "hang")
     pid_file = tmp_path / "runs" / "hang" / "trial_0000" / "pid"
-
-    def interrupt_when_hanging() -> None:
-        deadline = time.monotonic() + 60
-        while not pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        os.kill(os.getpid(), sig)  # a real signal, as from a terminal or a scheduler
-
-    threading.Thread(target=interrupt_when_hanging, daemon=True).start()
+    signal_when_written(pid_file, sig)
     with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
         run_one_trial(study, space, storage, fake_options(tmp_path, 1))
     trial = study.get_trials()[0]
