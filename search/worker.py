@@ -202,8 +202,8 @@ def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: op
     except ConfigError as err:
         return TrialResult(Outcome.FAILED, reason=f"invalid trainer config: {err}")
     run_dir = (options.runs_dir / study.study_name / f"trial_{trial.number:04d}").resolve()
-    write_run(trial, unfreeze_at_epoch=cfg.model.unfreeze_at_epoch if cfg.model.freeze_encoder
-              else -1, run_dir=run_dir, host=socket.gethostname())
+    unfreeze = cfg.model.unfreeze_at_epoch if cfg.model.freeze_encoder else -1
+    write_run(trial, unfreeze_at_epoch=unfreeze, run_dir=run_dir, host=socket.gethostname())
     shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
     _progress(out, f"trial {trial.number} started: {shown}")
     request = TrialRequest(
