@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig, config_from_dict, load_config
 from octtrain.errors import ConfigError, DataError, DivergedError, OcttrainError
 
@@ -18,6 +19,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DivergedError",
+    "EpochCallback",
     "FitResult",
     "OcttrainError",
     "TrainConfig",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +23,8 @@ from typing import Any
 
 import yaml
 
-from octtrain.errors import ConfigError
-
-Problems = list[tuple[str, str]]
+from octtrain.errors import ConfigError, Problems
+from octtrain.schema import build, did_you_mean, read_yaml
 
 METRICS_MAX = ("balanced_accuracy", "macro_f1", "accuracy")
 METRICS_MIN = ("loss",)
@@ -39,7 +37,7 @@ def _check(problems: Problems, ok: bool, key: str, msg: str) -> None:
 
 def _raise_if(problems: Problems) -> None:
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems)  # build() puts the section's path in front of each key
 
 
 @dataclass
@@ -286,12 +284,7 @@ class TrainConfig:
 
     def with_overrides(self, overrides: Mapping[str, Any], source: str = "overrides") -> TrainConfig:
         """A new config with dotted-path values replaced, validated as a whole."""
-        raw = self.to_dict()
-        problems: Problems = []
-        for key, value in overrides.items():
-            _set_path(raw, key, value, problems)
-        _raise_if_source(problems, source)
-        return config_from_dict(raw, source=source)
+        return config_from_dict(apply_overrides(self.to_dict(), overrides, source), source=source)
 
 
 def _plain(value: Any) -> Any:
@@ -302,129 +295,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _raise_if_source(problems: Problems, source: str | None) -> None:
-    if problems:
-        raise ConfigError(problems, source)
-
-
 # ---------------------------------------------------------------------------------------------
-# Building dataclasses from raw YAML, collecting every problem
+# Loading: YAML file, dotted overrides, validation of the whole tree
 # ---------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        return "a list"
-    if tp is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-def _coerce(tp: Any, value: Any, key: str, problems: Problems) -> Any:
-    """``value`` as type ``tp``, or a problem recorded under ``key`` (returns None then)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            problems.append((key, f"must be a mapping, got {value!r}"))
-            return None
-        return _build(tp, dict(value), key, problems)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            trial: Problems = []
-            out = _coerce(arg, value, key, trial)
-            if not trial:
-                return out
-        problems.append((key, f"must be {_type_name(tp)}, got {value!r}"))
-        return None
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            problems.append((key, f"must be a list, got {value!r}"))
-            return None
-        return [_coerce(item_tp, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
-    if origin is tuple:
-        item_tps = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(item_tps):
-            problems.append((key, f"must be a list of {len(item_tps)} values, got {value!r}"))
-            return None
-        pairs = enumerate(zip(item_tps, value, strict=True))
-        return tuple(_coerce(t, v, f"{key}[{i}]", problems) for i, (t, v) in pairs)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - a field type this builder does not know is a programming error
-        raise TypeError(f"unsupported config field type {tp!r} at {key}")
-    problems.append((key, f"must be {_type_name(tp)}, got {value!r}"))
-    return None
-
-
-def _build(cls: Any, raw: dict[str, Any], prefix: str, problems: Problems) -> Any:
-    normalize = getattr(cls, "_normalize_raw", None)
-    if normalize is not None:
-        raw = normalize(dict(raw))
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    dotted = f"{prefix}." if prefix else ""
-    for unknown in sorted(set(raw) - set(fields)):
-        problems.append((f"{dotted}{unknown}", f"unknown key (known: {', '.join(fields)})"))
-    kwargs: dict[str, Any] = {}
-    before = len(problems)
-    for name, f in fields.items():
-        key = f"{dotted}{name}"
-        if name in raw:
-            kwargs[name] = _coerce(hints[name], raw[name], key, problems)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            if dataclasses.is_dataclass(hints[name]):
-                kwargs[name] = _coerce(hints[name], {}, key, problems)
-            else:
-                problems.append((key, "is required"))
-    bad = {key for key, _ in problems[before:]}
-    if bad:
-        # Still run the section's own checks on the fields that did parse, with defaults in
-        # place of the broken ones, so that one pass reports every problem of the file.
-        for name, f in fields.items():
-            if kwargs.get(name) is None and name in raw and raw[name] is not None:
-                if f.default is not dataclasses.MISSING:
-                    kwargs[name] = f.default
-                elif f.default_factory is not dataclasses.MISSING:
-                    kwargs[name] = f.default_factory()
-                else:
-                    return None
-    try:
-        built = cls(**kwargs)
-    except ConfigError as err:
-        for k, m in err.problems:
-            key = f"{dotted}{k}" if k else prefix
-            if key not in bad:
-                problems.append((key, m))
-        return None
-    return None if bad else built
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> TrainConfig:
@@ -432,26 +305,48 @@ def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> Train
     if not isinstance(raw, Mapping):
         raise ConfigError([("", f"the top level must be a mapping, got {type(raw).__name__}")], source)
     problems: Problems = []
-    cfg = _build(TrainConfig, dict(raw), "", problems)
-    _raise_if_source(problems, source)
+    cfg = build(TrainConfig, dict(raw), "", problems)
+    if problems:
+        raise ConfigError(problems, source)
     assert isinstance(cfg, TrainConfig)
     return cfg
 
 
-def _set_path(raw: dict[str, Any], key: str, value: Any, problems: Problems) -> None:
-    parts = key.split(".")
-    node: Any = raw
-    known = leaf_paths()
-    if key not in known and not any(p.startswith(key + ".") for p in known):
-        problems.append((key, "unknown key: not a trainer config setting"))
-        return
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[parts[-1]] = value
+def load_config(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
+    """Load and validate a trainer YAML file, applying ``--set`` style overrides first."""
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([("", "the top level must be a mapping of sections")], str(path))
+    over = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    return config_from_dict(apply_overrides(raw, over, source=str(path)), source=str(path))
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any],
+                    source: str | None = None) -> dict[str, Any]:
+    """A copy of a raw (unvalidated) config dict with dotted-path values set, e.g.
+    ``{"train.lr_head": 0.003}``; an override may complete a partial config before validation.
+    Keys that are not trainer settings are a ConfigError naming them."""
+    out = copy.deepcopy(dict(raw))
+    problems: Problems = []
+    for key, value in overrides.items():
+        problem = unknown_setting(key)
+        if problem is not None:
+            problems.append((key, problem))
+            continue
+        node: Any = out
+        *sections, leaf = key.split(".")
+        for part in sections:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[leaf] = value
+    if problems:
+        raise ConfigError(problems, source)
+    return out
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -468,7 +363,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             out[key] = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as err:
             problems.append((key, f"value {text!r} is not valid YAML ({err.__class__.__name__})"))
-    _raise_if_source(problems, "--set")
+    if problems:
+        raise ConfigError(problems, "--set")
     return out
 
 
@@ -486,42 +382,11 @@ def leaf_paths(cls: Any = None, prefix: str = "") -> list[str]:
     return out
 
 
-def read_yaml(path: str | Path) -> Any:
-    """A YAML file's content; missing file or bad syntax is a ConfigError naming the file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError([("", "file not found")], str(path)) from None
-    except OSError as err:
-        raise ConfigError([("", f"cannot read ({err.strerror})")], str(path)) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError([("", f"invalid YAML{where}: {problem}")], str(path)) from None
-
-
-def load_config(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
-    """Load and validate a trainer YAML file, applying ``--set`` style overrides first."""
-    raw = read_yaml(path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError([("", "the top level must be a mapping of sections")], str(path))
-    over = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    return config_from_dict(apply_overrides(raw, over, source=str(path)), source=str(path))
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
-    """A copy of a raw (unvalidated) config dict with dotted-path values set, e.g.
-    ``{"train.lr_head": 0.003}``; an override may complete a partial config before validation.
-    Unknown keys are a ConfigError naming them."""
-    out = copy.deepcopy(dict(raw))
-    problems: Problems = []
-    for key, value in overrides.items():
-        _set_path(out, key, value, problems)
-    _raise_if_source(problems, source)
-    return out
+def unknown_setting(path: str, *, sections: bool = True) -> str | None:
+    """None when ``path`` is a trainer setting (or, with ``sections``, a section such as
+    ``model.head``); else the problem: ``unknown key: not a trainer config setting (did you
+    mean model.head.hidden?)``."""
+    known = leaf_paths()
+    if path in known or (sections and any(p.startswith(path + ".") for p in known)):
+        return None
+    return f"unknown key: not a trainer config setting{did_you_mean(path, known)}"

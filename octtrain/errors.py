@@ -1,8 +1,15 @@
-"""Errors a user can cause. The CLIs print them as one line and exit non-zero."""
+"""Errors a user can cause, and how both CLIs put a problem into words.
+
+The CLIs print an error as one line and exit non-zero. Validators collect :data:`Problems`
+(dotted key path, message) and raise them all at once in a :class:`ProblemsError`.
+"""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
+
+Problems = list[tuple[str, str]]  # (dotted key path in the file, message); "" for the file
 
 
 def format_problems(problems: Sequence[tuple[str, str]], source: str | None = None) -> str:
@@ -14,6 +21,26 @@ def format_problems(problems: Sequence[tuple[str, str]], source: str | None = No
 def one_line(err: BaseException) -> str:
     """An error's message on one line: what a CLI prints (drivers' messages contain newlines)."""
     return " ".join(str(err).split())
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in ``...`` when it was cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_exit(code: int | None) -> str:
+    """How a child process ended, for a message that starts with its name:
+    ``exited with status 3``, ``was killed by SIGKILL (out of memory?)``; ``failed`` when
+    there is no exit status (None)."""
+    if code is None:
+        return "failed"
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"was killed by signal {-code}"
+    return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
 
 
 class OcttrainError(Exception):

@@ -19,7 +19,6 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from octtrain.callback import EpochCallback, EpochChannel, EpochDecision
 from octtrain.checkpoint import save_checkpoint
 from octtrain.config import TrainConfig
 from octtrain.dataset import Splits, build_splits
@@ -39,12 +39,10 @@ from octtrain.loss import cross_entropy_with_smoothing, resolve_class_weights
 from octtrain.metrics import summarize
 from octtrain.model import OctClassifier, build_model
 from octtrain.progress import ProgressBar
-from octtrain.runtime import EpochChannel, Runtime, init_runtime, launch
+from octtrain.runtime import Runtime, init_runtime, launch
 from octtrain.schedule import lr_factor
 from octtrain.splits import save_class_to_idx
 from octtrain.tracking import Tracker
-
-EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
 @dataclass
@@ -284,7 +282,7 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
             # trial ends all ranks at this epoch instead of leaving some in a collective.
             decision = channel.decide(epoch, metrics) if master else None
             decision = runtime.broadcast_object(decision, f"octtrain.decision.{epoch}")
-            if decision[0] == "stop":
+            if decision is EpochDecision.STOP:
                 stopped_early = True
                 break
             if stopper.should_stop:

@@ -31,7 +31,6 @@ import importlib.util
 import os
 import pickle
 import secrets
-import signal
 import socket
 import threading
 import time
@@ -46,8 +45,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from octtrain.callback import EpochCallback, EpochChannel, EpochDecision
 from octtrain.config import RuntimeConfig
-from octtrain.errors import ConfigError
+from octtrain.errors import ConfigError, describe_exit
 
 
 def xla_available() -> bool:
@@ -339,31 +339,6 @@ def _initialize_xla_cache(path: str) -> None:
 # Multi-process launch with a coordinator that owns the epoch callback
 # ---------------------------------------------------------------------------------------------
 
-EpochCallback = Callable[[int, dict[str, Any]], None]
-Decision = tuple[str, str]  # ("continue" | "stop", why)
-
-
-class EpochChannel:
-    """Rank 0's way to run the epoch callback: ``decide(epoch, metrics)`` → continue or stop.
-
-    In a single-process run the callback runs in place and its exception propagates as is;
-    in a launched run it runs in the coordinator, whose answer comes back over ``conn``.
-    """
-
-    def __init__(self, callback: EpochCallback | None = None, conn: Connection | None = None):
-        self._callback = callback
-        self._conn = conn
-
-    def decide(self, epoch: int, metrics: dict[str, Any]) -> Decision:
-        if self._conn is not None:
-            self._conn.send(("epoch", epoch, metrics))
-            reply: Decision = self._conn.recv()
-            return reply
-        if self._callback is not None:
-            self._callback(epoch, metrics)
-        return ("continue", "")
-
-
 RankFn = Callable[[Runtime, EpochChannel], Any]
 
 
@@ -489,14 +464,14 @@ class _Coordinator:
                     with self._lock:
                         self.errors[rank] = (_unpack_error(blob), tb)
 
-    def _decide(self, epoch: int, metrics: dict[str, Any]) -> Decision:
+    def _decide(self, epoch: int, metrics: dict[str, Any]) -> EpochDecision:
         try:
             if self._on_epoch_end is not None:
                 self._on_epoch_end(epoch, metrics)
         except BaseException as err:  # the callback's verdict: stop every rank at this epoch
             self.callback_error = err
-            return ("stop", f"{type(err).__name__}: {err}")
-        return ("continue", "")
+            return EpochDecision.STOP
+        return EpochDecision.CONTINUE
 
     def close(self, timeout: float = 10.0) -> None:
         """Wait for the ranks' last messages (their processes have ended), stop listening."""
@@ -548,16 +523,7 @@ class _Coordinator:
 
 
 def _describe(rank: int, exitcode: int | None, detail: str) -> str:
-    if exitcode is None:
-        how = "failed"
-    elif exitcode < 0:
-        try:
-            how = f"was killed by {signal.Signals(-exitcode).name} (exit code {exitcode})"
-        except ValueError:
-            how = f"exited with code {exitcode}"
-    else:
-        how = f"exited with code {exitcode}"
-    return f"rank {rank} {how}" + (f":\n{detail}" if detail else "")
+    return f"rank {rank} {describe_exit(exitcode)}" + (f":\n{detail}" if detail else "")
 
 
 def launch(rank_fn: RankFn, cfg: RuntimeConfig, on_epoch_end: EpochCallback | None) -> Any:

@@ -49,8 +49,8 @@ from octtrain.config import (
     leaf_paths,
     load_config,
 )
-from octtrain.config import read_yaml as read_trainer_yaml
 from octtrain.errors import ConfigError
+from octtrain.schema import read_yaml as read_trainer_yaml
 from search.errors import SearchSpaceError
 from search.params import Param, Problems, parse_param, probe, unknown_keys
 from search.sampler_pruner import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler

@@ -18,9 +18,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from octtrain import runtime as rt
+from octtrain.callback import EpochChannel, EpochDecision
 from octtrain.config import RuntimeConfig
 from octtrain.errors import ConfigError
-from octtrain.runtime import EpochChannel, Runtime, init_runtime, resolve_device
+from octtrain.runtime import Runtime, init_runtime, resolve_device
 
 TEST_DEVICE = os.environ.get("OCTTRAIN_TEST_DEVICE", "cpu")
 
@@ -201,7 +202,7 @@ def test_epoch_channel_runs_the_callback_in_place_and_lets_its_exception_through
             raise Pruned("collapsed")
 
     channel = EpochChannel(callback)
-    assert channel.decide(0, {"val/balanced_accuracy": 0.25}) == ("continue", "")
+    assert channel.decide(0, {"val/balanced_accuracy": 0.25}) is EpochDecision.CONTINUE
     with pytest.raises(Pruned, match="collapsed"):
         channel.decide(1, {"val/balanced_accuracy": 0.25})
     assert [e for e, _ in seen] == [0, 1]

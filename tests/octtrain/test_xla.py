@@ -85,6 +85,7 @@ def test_no_new_graph_after_the_first_epoch_except_when_the_encoder_unfreezes(
 LAUNCH_SCRIPT = '''
 import json, os, sys
 import torch
+from octtrain.callback import EpochDecision
 from octtrain.config import RuntimeConfig
 from octtrain.errors import ConfigError
 from octtrain.runtime import launch
@@ -109,7 +110,7 @@ def body(runtime, channel):
         decision = channel.decide(epoch, metrics) if runtime.is_master else None
         decision = runtime.broadcast_object(decision, f"decision.{epoch}")
         epochs += 1
-        if decision[0] == "stop":
+        if decision is EpochDecision.STOP:
             break
     return epochs
 
