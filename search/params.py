@@ -21,9 +21,8 @@ import optuna
 import yaml
 
 from octtrain.config import TrainConfig
-from octtrain.errors import ConfigError
-
-Problems = list[tuple[str, str]]  # (key path in the space file, message)
+from octtrain.errors import ConfigError, Problems, format_problems
+from octtrain.schema import unknown_keys, yaml_number
 
 PARAM_TYPES = ("float", "int", "categorical")
 PARAM_KEYS = {
@@ -141,30 +140,6 @@ def _same_choice(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def unknown_keys(raw: Mapping[str, Any], known: tuple[str, ...] | list[str], prefix: str,
-                 p: Problems) -> None:
-    """A problem for each key of ``raw`` not in ``known``."""
-    for key in raw:
-        if key not in known:
-            p.append((f"{prefix}.{key}", f"unknown key (known: {', '.join(known)})"))
-
-
-def _number(value: Any, integer: bool) -> Any:
-    """``value`` as an int/float, or None. YAML 1.1 reads ``1e-4`` (no dot) as a string."""
-    if isinstance(value, bool):
-        return None
-    if integer:
-        return value if isinstance(value, int) else None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
 def parse_param(path: str, spec: Any, key: str, earlier: list[Param], p: Problems) -> Param | None:
     """The entry ``spec`` of ``path`` as a Param, or None; problems go under ``key``.
 
@@ -219,7 +194,8 @@ def _parse_range(path: str, kind: str, spec: Mapping[str, Any], key: str,
                  when: Condition | None, p: Problems) -> Param | None:
     """A ``float`` or ``int`` entry: ``low``, ``high``, ``log`` and ``step``."""
     integer = kind == "int"
-    low, high = _number(spec.get("low"), integer), _number(spec.get("high"), integer)
+    low = yaml_number(spec.get("low"), integer=integer)
+    high = yaml_number(spec.get("high"), integer=integer)
     log = spec.get("log", False)
     step = spec.get("step")
     what = "an integer" if integer else "a number"
@@ -230,7 +206,7 @@ def _parse_range(path: str, kind: str, spec: Mapping[str, Any], key: str,
         p.append((f"{key}.log", f"must be true or false, got {log!r}"))
         log = False
     if step is not None:
-        step = _number(step, integer)
+        step = yaml_number(step, integer=integer)
         if step is None or step <= 0:
             p.append((f"{key}.step", f"must be {what} > 0, got {spec.get('step')!r}"))
             step = None
@@ -256,5 +232,4 @@ def probe(base: TrainConfig, param: Param, key: str, p: Problems) -> None:
         try:
             base.with_overrides({param.path: value})
         except ConfigError as err:
-            msgs = "; ".join(f"{k}: {m}" if k else m for k, m in err.problems)
-            p.append((key, f"the trainer rejects {value!r}: {msgs}"))
+            p.append((key, f"the trainer rejects {value!r}: {format_problems(err.problems)}"))

@@ -19,7 +19,7 @@ import yaml
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from octtrain.errors import DataError
+from octtrain.errors import DataError, clip
 from octtrain.splits import load_class_to_idx
 from search.errors import OctsearchError
 from search.record import (
@@ -87,11 +87,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.3g}"
     return str(value)
-
-
-def clip(text: str, limit: int = 300) -> str:
-    """``text`` cut to ``limit`` characters, ending in ``...`` where it was cut."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _short_names(paths: Sequence[str]) -> dict[str, str]:

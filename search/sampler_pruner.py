@@ -17,7 +17,8 @@ from typing import Any
 
 import optuna
 
-from search.params import Problems, unknown_keys
+from octtrain.errors import Problems
+from octtrain.schema import unknown_keys, yaml_number
 from search.pruner import CollapsePruner
 
 # Options a space file may pass to each sampler and inner pruner, with their kinds.
@@ -81,26 +82,30 @@ class PrunerSpec:
 
 def _check_options(raw: Mapping[str, Any], table: dict[str, str], prefix: str,
                    p: Problems) -> dict[str, Any]:
+    """The options of ``raw`` (all but ``type``; null: the class default) of the kinds in
+    ``table``; a problem for each unknown or ill-typed one."""
+    given = {name: value for name, value in raw.items() if name != "type" and value is not None}
+    unknown_keys(given, list(table), prefix, p, kind="option")
     out: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name == "type" or value is None:  # null: the class default
-            continue
+    for name, value in given.items():
         kind = table.get(name)
         if kind is None:
-            known = ", ".join(table) or "none"
-            p.append((f"{prefix}.{name}", f"unknown option (known: {known})"))
             continue
-        ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-            "bool": isinstance(value, bool),
-            "int|auto": value == "auto" or (isinstance(value, int) and not isinstance(value, bool)),
-        }[kind]
-        if not ok:
+        checked = _option_value(kind, value)
+        if checked is None:
             p.append((f"{prefix}.{name}", f"must be {kind.replace('|', ' or ')}, got {value!r}"))
             continue
-        out[name] = float(value) if kind == "float" else value
+        out[name] = checked
     return out
+
+
+def _option_value(kind: str, value: Any) -> Any:
+    """``value`` as an option of ``kind`` (``int``, ``float``, ``bool``, ``int|auto``), or None."""
+    if kind == "bool":
+        return value if isinstance(value, bool) else None
+    if kind == "int|auto" and value == "auto":
+        return value
+    return yaml_number(value, integer=kind != "float")
 
 
 def _with_defaults(cls: Any, options: dict[str, Any], table: dict[str, str]) -> dict[str, Any]:

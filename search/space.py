@@ -31,7 +31,6 @@ are dotted paths into the file (``params.train.lr_head``).
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,13 +45,13 @@ from octtrain.config import (
     TrainConfig,
     apply_overrides,
     config_from_dict,
-    leaf_paths,
     load_config,
+    unknown_setting,
 )
-from octtrain.errors import ConfigError
-from octtrain.schema import read_yaml as read_trainer_yaml
+from octtrain.errors import ConfigError, Problems, clip
+from octtrain.schema import read_yaml, unknown_keys
 from search.errors import SearchSpaceError
-from search.params import Param, Problems, parse_param, probe, unknown_keys
+from search.params import Param, parse_param, probe
 from search.sampler_pruner import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler
 
 TOP_LEVEL_KEYS = ("base", "overrides", "objective", "params", "enqueue", "sampler", "pruner")
@@ -123,11 +122,7 @@ class SearchSpace:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a space file; every problem goes into one SearchSpaceError."""
-    try:
-        raw = read_trainer_yaml(path)
-    except ConfigError as err:
-        raise SearchSpaceError(err.problems, str(path)) from None
-    return space_from_dict(raw, source=str(path))
+    return space_from_dict(read_yaml(path, SearchSpaceError), source=str(path))
 
 
 def space_from_dict(raw: Any, source: str | None = None) -> SearchSpace:
@@ -136,9 +131,7 @@ def space_from_dict(raw: Any, source: str | None = None) -> SearchSpace:
         raise SearchSpaceError([("", f"the top level must be a mapping, got {type(raw).__name__}")],
                                source)
     p: Problems = []
-    for key in raw:
-        if key not in TOP_LEVEL_KEYS:
-            p.append((str(key), f"unknown key (known: {', '.join(TOP_LEVEL_KEYS)})"))
+    unknown_keys(raw, TOP_LEVEL_KEYS, "", p)
     base = _parse_base(raw.get("base"), raw.get("overrides"), p)
     objective = _parse_objective(raw.get("objective"), p)
     params = _parse_params(raw.get("params"), base, p)
@@ -203,15 +196,13 @@ def _parse_params(raw: Any, base: TrainConfig | None, p: Problems) -> list[Param
     if not isinstance(raw, Mapping) or not raw:
         p.append(("params", f"must be a non-empty mapping of dotted trainer keys, got {raw!r}"))
         return []
-    known = leaf_paths()
     params: list[Param] = []
     for path, spec in raw.items():
         key = f"params.{path}"
         before = len(p)
-        if path not in known:
-            close = difflib.get_close_matches(str(path), known, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            p.append((key, f"not a trainer config setting{hint}"))
+        unknown = unknown_setting(str(path), sections=False)
+        if unknown is not None:
+            p.append((key, unknown))
         param = parse_param(str(path), spec, key, params, p)
         if param is None or len(p) > before:
             continue
@@ -292,6 +283,5 @@ def diff_spaces(stored: Any, current: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _short(value: Any) -> str:
+    return clip(json.dumps(value), 80)

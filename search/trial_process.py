@@ -35,7 +35,7 @@ from typing import Any, TextIO
 import optuna
 
 from octtrain.config import config_from_dict
-from octtrain.errors import DivergedError, OcttrainError
+from octtrain.errors import DivergedError, OcttrainError, describe_exit
 from search.record import best_step
 from search.reporter import EpochReporter, metric_value
 from search.storage import open_storage
@@ -145,7 +145,7 @@ def run_trial_process(
         return result  # even if the child crashed afterwards (e.g. in runtime teardown)
     lines = [line.rstrip() for line in tail if line.strip()]
     last = lines[-1].strip() if lines else "no output"
-    return TrialResult(Outcome.FAILED, reason=f"trial process {_describe_exit(returncode)} "
+    return TrialResult(Outcome.FAILED, reason=f"trial process {describe_exit(returncode)} "
                        f"without a result: {last}", output_tail="\n".join(lines))
 
 
@@ -173,14 +173,6 @@ def _terminate(proc: subprocess.Popen[str]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def _describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return f"was killed by {name}{hint}"
-    return f"exited with status {returncode}"
 
 
 # ---------------------------------------------------------------------------------------------

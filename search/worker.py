@@ -32,7 +32,7 @@ import optuna
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 
-from octtrain.errors import ConfigError
+from octtrain.errors import ConfigError, clip
 from search.errors import StorageError, WorkerError
 from search.record import (
     end_reason,
@@ -42,7 +42,7 @@ from search.record import (
     write_prune_reason,
     write_run,
 )
-from search.report import clip, describe_trial, format_value
+from search.report import describe_trial, format_value
 from search.space import SearchSpace
 from search.storage import heartbeat
 from search.trial_process import Outcome, TrialRequest, TrialResult, run_trial_process

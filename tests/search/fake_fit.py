@@ -20,11 +20,11 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig
 from octtrain.errors import DivergedError
 
@@ -69,7 +69,7 @@ def epoch_metrics(epoch: int, collapsed: bool) -> dict[str, Any]:
 
 
 def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
-        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        on_epoch_end: EpochCallback | None = None,
         progress: bool = True) -> FakeFitResult:
     run_dir = Path(out_dir or "runs/fake")
     run_dir.mkdir(parents=True, exist_ok=True)

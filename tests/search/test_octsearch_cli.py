@@ -41,7 +41,8 @@ def test_invalid_space_is_one_line_naming_file_and_key(
                         params={"model.head.hiden": {"type": "int", "low": 0, "high": 8}})
     assert main(["check", "--space", str(space)]) == 2
     line = one_error_line(capsys)
-    assert f"{space}: params.model.head.hiden: not a trainer config setting" in line
+    assert (f"{space}: params.model.head.hiden: unknown key: not a trainer config setting "
+            "(did you mean model.head.hidden?)") in line
     with pytest.raises(SearchSpaceError):
         main(["check", "--space", str(space), "--debug"])
 

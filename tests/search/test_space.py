@@ -88,7 +88,12 @@ def with_param(path: str, spec: Any) -> dict[str, Any]:
          "max_class_share=1.5"),
         (with_changes(pruner={"collapse": {"patiense": 2}}), "pruner.collapse.patiense",
          "unknown option (known: max_class_share, margin, patience, grace_epochs, "
-         "settle_epochs)"),
+         "settle_epochs) (did you mean patience?)"),
+        (with_changes(pruner={"collapse": {"patience": "2"}}), "pruner.collapse.patience",
+         "must be int, got '2'"),
+        (with_changes(samplr={"type": "tpe"}), "samplr",
+         "unknown key (known: base, overrides, objective, params, enqueue, sampler, pruner) "
+         "(did you mean sampler?)"),
         (with_changes(base="no/such/config.yaml"), "base",
          "file not found (in no/such/config.yaml)"),
         (with_changes(base={"data": {"manifest": "m.csv"}, "train": {"epochs": 0}}),
@@ -184,6 +189,12 @@ def test_conditional_parameter_is_sampled_only_when_its_condition_holds() -> Non
     assert 1e-6 <= unfrozen["train.lr_encoder"] <= 1e-4
     cfg = space.trainer_config(unfrozen)
     assert cfg.model.unfreeze_at_epoch == 2 and cfg.train.lr_encoder == unfrozen["train.lr_encoder"]
+
+
+def test_float_options_written_like_1e_minus_2_are_numbers() -> None:
+    """YAML 1.1 reads ``5e-2`` (no dot) as a string; options take it as the number it means."""
+    space = space_from_dict(with_changes(pruner={"collapse": {"margin": "5e-2"}}))
+    assert space.pruner.collapse["margin"] == 0.05
 
 
 def test_canonical_form_round_trips_and_fills_defaults() -> None:
