@@ -1,4 +1,4 @@
-"""OCT-safe augmentation of a ``(T, H, W)`` volume (seed §3.6).
+"""OCT-safe augmentation of a ``(T, H, W)`` volume: no transform that changes the anatomy.
 
 What is safe for OCT, and why:
 
@@ -25,7 +25,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from octtrain.config import AugmentConfig
+from octtrain.config import AugmentSection
 
 Step = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
@@ -103,7 +103,7 @@ def random_intensity(
 
 
 class Augment:
-    """The augmentation of one split, built from an :class:`AugmentConfig`.
+    """The augmentation of one split, built from an :class:`AugmentSection`.
 
     Which steps run is decided here, once (flip → rotation → intensity); a config with nothing
     enabled has no steps, so calling it returns the input tensor itself and draws no random
@@ -111,7 +111,7 @@ class Augment:
     DataLoader workers.
     """
 
-    def __init__(self, cfg: AugmentConfig) -> None:
+    def __init__(self, cfg: AugmentSection) -> None:
         self.cfg = cfg
         steps: list[Step] = []
         if cfg.flip:

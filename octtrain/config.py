@@ -1,7 +1,10 @@
-"""Typed trainer config: one dataclass per component, loaded from the seed's YAML format.
+"""Typed trainer config: one dataclass per section of the YAML file, validated once.
 
-The YAML has the sections ``model``, ``train`` and ``data`` of the Scenario-A fix plan (seed
-§3.3, §3.4, §3.6, §8), plus ``runtime`` (device, processes, XLA cache) and ``log`` (W&B).
+The sections are ``data`` (:class:`DataSection`, with ``augment``), ``model``
+(:class:`ModelSection`, with ``head``), ``train`` (:class:`TrainSection`: optimisation and the
+epoch loop, with ``early_stopping``), ``runtime`` (device, processes, XLA cache) and ``log``
+(W&B); :class:`TrainConfig` is the whole file.
+
 Every section validates itself in ``__post_init__``; :func:`config_from_dict` walks the whole
 tree and collects *every* problem (unknown key, wrong type, bad value) into one
 :class:`~octtrain.errors.ConfigError` that names the file and the dotted key path.
@@ -41,8 +44,9 @@ def _raise_if(problems: Problems) -> None:
 
 
 @dataclass
-class AugmentConfig:
-    """OCT-safe augmentation (seed §3.6). Each B-scan of a volume gets the same transform.
+class AugmentSection:
+    """The ``data.augment`` section: OCT-safe augmentation, the same transform for every B-scan
+    of a volume.
 
     ``flip`` mirrors the width axis (left/right within a B-scan), never the depth (frame) axis.
     ``rotation_deg`` is the largest in-plane rotation in degrees. ``intensity_jitter`` is the
@@ -79,8 +83,8 @@ class AugmentConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where the volumes are and how they are brought to a fixed ``(T, H, W)``."""
+class DataSection:
+    """The ``data:`` section: where the volumes are and how they become a fixed ``(T, H, W)``."""
 
     manifest: str | None = None  # CSV: path,label,patient_id[,split]
     root: str | None = None  # or: one folder per class
@@ -93,8 +97,8 @@ class DataConfig:
     test_fraction: float = 0.15
     split_seed: int = 0
     num_workers: int = 0  # DataLoader worker processes
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    val_augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    val_augment: AugmentSection = field(default_factory=AugmentSection)
 
     def __post_init__(self) -> None:
         p: Problems = []
@@ -114,7 +118,8 @@ class DataConfig:
                f"{self.val_fraction + self.test_fraction!r}")
         _check(p, self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers!r}")
         _check(p, not self.val_augment.enabled, "val_augment",
-               "validation must not be augmented (seed §3.6): set flip: false, "
+               "validation must not be augmented (its metrics would change from epoch to epoch): "
+               "set flip: false, "
                "rotation_deg: 0, intensity_jitter: false")
         _raise_if(p)
 
@@ -124,8 +129,9 @@ class DataConfig:
 
 
 @dataclass
-class HeadConfig:
-    """``hidden: 0`` is a linear probe; ``hidden > 0`` is Linear → GELU → Dropout → Linear."""
+class HeadSection:
+    """The ``model.head`` section: ``hidden: 0`` is a linear probe; ``hidden > 0`` is
+    Linear → GELU → Dropout → Linear."""
 
     hidden: int = 0
     dropout: float = 0.0
@@ -138,14 +144,14 @@ class HeadConfig:
 
 
 @dataclass
-class ModelConfig:
-    """V-JEPA 2 encoder + pooling + classification head (seed §3.3)."""
+class ModelSection:
+    """The ``model:`` section: V-JEPA 2 encoder + pooling + classification head."""
 
     encoder: str = "tiny"  # "tiny" (random-init preset), a hub id, or a save_pretrained dir
     pool_method: str = "mean"  # mean | attentive
     freeze_encoder: bool = True
     unfreeze_at_epoch: int = -1  # -1: never; k: encoder trains from epoch k (epochs count from 0)
-    head: HeadConfig = field(default_factory=HeadConfig)
+    head: HeadSection = field(default_factory=HeadSection)
 
     def __post_init__(self) -> None:
         p: Problems = []
@@ -164,7 +170,9 @@ class ModelConfig:
 
 
 @dataclass
-class EarlyStoppingConfig:
+class EarlyStoppingSection:
+    """The ``train.early_stopping`` section; its metric also picks the best checkpoint."""
+
     enabled: bool = True
     patience: int = 10  # epochs without improvement before stopping
     metric: str = "balanced_accuracy"
@@ -186,8 +194,8 @@ class EarlyStoppingConfig:
 
 
 @dataclass
-class LoopConfig:
-    """The ``train:`` section: optimisation and the epoch loop (seed §3.4)."""
+class TrainSection:
+    """The ``train:`` section: optimisation and the epoch loop."""
 
     epochs: int = 50
     batch_size: int = 1  # per process, per micro-batch
@@ -202,7 +210,7 @@ class LoopConfig:
     label_smoothing: float = 0.0
     class_weights: str | list[float] = "auto"  # auto | none | [w_0, ..., w_{C-1}]
     seed: int = 0
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
 
     def __post_init__(self) -> None:
         p: Problems = []
@@ -232,8 +240,9 @@ class LoopConfig:
 
 
 @dataclass
-class RuntimeConfig:
-    """Where a run executes. All device specifics live in :mod:`octtrain.runtime`."""
+class RuntimeSection:
+    """The ``runtime:`` section: where a run executes. Device specifics live in
+    :mod:`octtrain.runtime`."""
 
     device: str = "auto"  # auto | xla | cuda | cpu
     num_processes: int = 1  # data-parallel processes in one run (TPU chips, or gloo on CPU)
@@ -249,7 +258,9 @@ class RuntimeConfig:
 
 
 @dataclass
-class LogConfig:
+class LogSection:
+    """The ``log:`` section: metrics go to ``metrics.jsonl`` always, to W&B when enabled."""
+
     wandb: bool = False
     wandb_project: str = "octsearch"
     wandb_mode: str = "offline"  # online | offline | disabled
@@ -263,13 +274,13 @@ class LogConfig:
 
 @dataclass
 class TrainConfig:
-    """A complete, validated trainer config."""
+    """A complete, validated trainer config: the whole YAML file."""
 
-    data: DataConfig
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: LoopConfig = field(default_factory=LoopConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    data: DataSection
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    log: LogSection = field(default_factory=LogSection)
 
     def __post_init__(self) -> None:
         p: Problems = []

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from octtrain.augment import Augment
-from octtrain.config import AugmentConfig, DataConfig
+from octtrain.config import AugmentSection, DataSection
 from octtrain.preprocess import VolumeCache
 from octtrain.splits import Record, split_records
 
@@ -30,7 +30,7 @@ class VolumeDataset(Dataset[tuple[torch.Tensor, int]]):
     ) -> None:
         self.records: list[Record] = list(records)
         self.cache = cache
-        self.augment = augment if augment is not None else Augment(AugmentConfig())
+        self.augment = augment if augment is not None else Augment(AugmentSection())
 
     @property
     def labels(self) -> list[int]:
@@ -59,7 +59,7 @@ class Splits:
 
 
 def build_splits(
-    cfg: DataConfig,
+    cfg: DataSection,
     *,
     augment_train: bool = True,
     class_to_idx: Mapping[str, int] | None = None,
@@ -73,7 +73,7 @@ def build_splits(
     """
     records, mapping = split_records(cfg, class_to_idx)
     cache = VolumeCache(cfg.cache_dir, cfg.shape, cfg.clip_percentiles)
-    train_augment = Augment(cfg.augment if augment_train else AugmentConfig())
+    train_augment = Augment(cfg.augment if augment_train else AugmentSection())
     return Splits(
         train=VolumeDataset(records["train"], cache, train_augment),
         val=VolumeDataset(records["val"], cache),

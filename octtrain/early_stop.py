@@ -1,10 +1,10 @@
-"""Early stopping and best-checkpoint selection on one validation metric (seed §4)."""
+"""Early stopping and best-checkpoint selection on one validation metric."""
 
 from __future__ import annotations
 
 import math
 
-from octtrain.config import EarlyStoppingConfig
+from octtrain.config import EarlyStoppingSection
 
 
 def is_improvement(value: float, best: float | None, mode: str, min_delta: float) -> bool:
@@ -20,7 +20,7 @@ def is_improvement(value: float, best: float | None, mode: str, min_delta: float
 class EarlyStopping:
     """Tracks the best epoch; ``should_stop`` after ``patience`` epochs without improvement."""
 
-    def __init__(self, cfg: EarlyStoppingConfig) -> None:
+    def __init__(self, cfg: EarlyStoppingSection) -> None:
         self.cfg = cfg
         self.best: float | None = None
         self.best_epoch = -1

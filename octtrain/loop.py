@@ -251,7 +251,7 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
                 "io/load_s": io_s,
                 "train/compute_s": compute_s,
             }
-            tracker.log_train(epoch, train_metrics)  # before validation (seed §4)
+            tracker.log_train(epoch, train_metrics)  # before validation, which may hang or die
 
             # ---- validate ------------------------------------------------------------------
             val_metrics = _validate(model, val_loader, runtime, num_classes, show,

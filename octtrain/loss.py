@@ -1,4 +1,4 @@
-"""Class-weighted cross-entropy with label smoothing, and the class weights it uses (seed §3.1-3.2)."""
+"""Class-weighted cross-entropy with label smoothing, and the class weights it uses."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def cross_entropy_with_smoothing(
     weight: torch.Tensor | None = None,
     smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Class-weighted CE with label smoothing, with the seed's semantics (§3.2).
+    """Class-weighted CE with label smoothing, each sample weighted by its true class.
 
     The target distribution puts ``1 - smoothing`` on the true class and
     ``smoothing / (C - 1)`` on each other class. Each sample's loss is multiplied by
@@ -24,7 +24,7 @@ def cross_entropy_with_smoothing(
 
     Why not ``F.cross_entropy(weight=w)``: its mean reduction divides by the *sum of the batch's
     weights*, so with one sample per micro-batch (batch size 1 + gradient accumulation, the
-    seed's TPU setting) the weight cancels and class weighting silently does nothing. Here the
+    usual TPU setting) the weight cancels and class weighting silently does nothing. Here the
     weight scales the sample's loss regardless of batch size.
 
     NaN/inf in ``logits`` propagate into the result; the loop turns that into a DivergedError.

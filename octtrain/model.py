@@ -1,4 +1,4 @@
-"""V-JEPA 2 encoder + pooling + classification head for OCT volumes (seed §3.3).
+"""V-JEPA 2 encoder + pooling + classification head for OCT volumes.
 
 Input is a batch of preprocessed grayscale volumes ``(B, T, H, W)`` in [0, 1], the B-scan
 axis as the frame axis. The encoder is transformers' V-JEPA 2 video encoder; its predictor
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from transformers import VJEPA2Config, VJEPA2Model
 
-from octtrain.config import ModelConfig
+from octtrain.config import ModelSection
 from octtrain.errors import ConfigError
 
 # A random-init V-JEPA 2 small enough to train on two CPU cores in seconds per epoch
@@ -120,7 +120,7 @@ class OctClassifier(nn.Module):
     rgb_mean: torch.Tensor
     rgb_std: torch.Tensor
 
-    def __init__(self, encoder: nn.Module, cfg: ModelConfig, num_classes: int) -> None:
+    def __init__(self, encoder: nn.Module, cfg: ModelSection, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
         enc_cfg: Any = encoder.config
@@ -163,6 +163,6 @@ class OctClassifier(nn.Module):
         return self.head(self.features(volumes))  # (B, C) logits
 
 
-def build_model(cfg: ModelConfig, frames: int, height: int, width: int, num_classes: int) -> OctClassifier:
+def build_model(cfg: ModelSection, frames: int, height: int, width: int, num_classes: int) -> OctClassifier:
     encoder = load_encoder(cfg.encoder, frames, height, width)
     return OctClassifier(encoder, cfg, num_classes)

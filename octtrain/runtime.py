@@ -4,7 +4,7 @@ This is the only module of ``octtrain`` that imports ``torch_xla`` (lazily, so C
 need not install it). The loop talks to a :class:`Runtime` and never asks which device it is on.
 
 Collectives follow one rule: every rank calls them, in the same order, outside any
-master-only branch. torch_xla has no object broadcast (the seed called one that does not
+master-only branch. torch_xla has no object broadcast (``xm.broadcast_object`` does not
 exist): objects travel with ``xm.mesh_reduce`` (a rendezvous every rank joins) and tensors
 with ``xm.all_reduce``. Without XLA the same logic runs on ``torch.distributed`` (gloo on
 CPU, nccl on CUDA), which is how the multi-process logic is tested with real processes on a
@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 from octtrain.callback import EpochCallback, EpochChannel, EpochDecision
-from octtrain.config import RuntimeConfig
+from octtrain.config import RuntimeSection
 from octtrain.errors import ConfigError, describe_exit
 
 
@@ -288,7 +288,7 @@ def _lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> Ite
             group["lr"] = lr
 
 
-def init_runtime(cfg: RuntimeConfig, rank: int = 0, world_size: int = 1) -> Runtime:
+def init_runtime(cfg: RuntimeSection, rank: int = 0, world_size: int = 1) -> Runtime:
     """The runtime of this process. XLA reads rank and world size from PJRT itself."""
     kind = resolve_device(cfg.device)
     if kind == "xla":
@@ -302,7 +302,7 @@ def init_runtime(cfg: RuntimeConfig, rank: int = 0, world_size: int = 1) -> Runt
                    distributed=dist.is_initialized())
 
 
-def _init_xla(cfg: RuntimeConfig) -> Runtime:
+def _init_xla(cfg: RuntimeSection) -> Runtime:
     import torch_xla
     import torch_xla.runtime as xr
 
@@ -372,7 +372,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rank_entry(index: int, rank_fn: RankFn, cfg: RuntimeConfig, kind: str, world: int,
+def _rank_entry(index: int, rank_fn: RankFn, cfg: RuntimeSection, kind: str, world: int,
                 master_port: int, address: Any, key: bytes) -> None:
     """Body of every launched rank. ``index`` comes first because that is how both
     ``torch_xla.launch`` (the global ordinal from PJRT) and our spawn call it."""
@@ -526,7 +526,7 @@ def _describe(rank: int, exitcode: int | None, detail: str) -> str:
     return f"rank {rank} {describe_exit(exitcode)}" + (f":\n{detail}" if detail else "")
 
 
-def launch(rank_fn: RankFn, cfg: RuntimeConfig, on_epoch_end: EpochCallback | None) -> Any:
+def launch(rank_fn: RankFn, cfg: RuntimeSection, on_epoch_end: EpochCallback | None) -> Any:
     """Run ``rank_fn(runtime, channel)`` on ``cfg.num_processes`` ranks; return rank 0's result.
 
     ``rank_fn`` must be picklable (a module-level function or a functools.partial of one), as
@@ -558,7 +558,7 @@ def launch(rank_fn: RankFn, cfg: RuntimeConfig, on_epoch_end: EpochCallback | No
     return coordinator.outcome(exitcodes, stopped, launch_error)
 
 
-def _spawn(rank_fn: RankFn, cfg: RuntimeConfig, kind: str, world: int, address: Any,
+def _spawn(rank_fn: RankFn, cfg: RuntimeSection, kind: str, world: int, address: Any,
            key: bytes) -> tuple[dict[int, int | None], set[int]]:
     """Start ``world`` ranks, wait for them; return their exit codes and the ranks we stopped.
 

@@ -1,6 +1,6 @@
 """Which volumes exist, their class and patient, and which split each belongs to.
 
-Two ways to describe a dataset (``DataConfig.manifest`` or ``DataConfig.root``):
+Two ways to describe a dataset (``DataSection.manifest`` or ``DataSection.root``):
 
 * **Manifest CSV** with the header ``path,label,patient_id[,split]`` (extra columns are
   ignored). ``path`` is relative to the manifest's own directory (or absolute), ``label`` is a
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from octtrain import readers
-from octtrain.config import DataConfig
+from octtrain.config import DataSection
 from octtrain.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -237,7 +237,7 @@ def _check_given_splits(entries: Sequence[Entry]) -> None:
 
 
 def assign_splits(
-    entries: Sequence[Entry], class_to_idx: Mapping[str, int], cfg: DataConfig
+    entries: Sequence[Entry], class_to_idx: Mapping[str, int], cfg: DataSection
 ) -> dict[str, list[Record]]:
     """Records per split: the given ``split`` values, or a patient-grouped stratified split."""
     for e in entries:
@@ -267,7 +267,7 @@ def assign_splits(
 
 
 def split_records(
-    cfg: DataConfig, class_to_idx: Mapping[str, int] | None = None
+    cfg: DataSection, class_to_idx: Mapping[str, int] | None = None
 ) -> tuple[dict[str, list[Record]], dict[str, int]]:
     """Index the dataset of ``cfg`` and split it: ``({"train": [...], ...}, class_to_idx)``.
 
@@ -277,7 +277,7 @@ def split_records(
     if cfg.manifest is not None:
         entries = read_manifest(cfg.manifest)
     else:
-        assert cfg.root is not None  # DataConfig guarantees exactly one of the two
+        assert cfg.root is not None  # DataSection guarantees exactly one of the two
         entries = index_folder(cfg.root)
     mapping = (dict(class_to_idx) if class_to_idx is not None
                else class_to_idx_from_names(e.label for e in entries))

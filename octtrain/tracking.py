@@ -1,6 +1,6 @@
 """Where a run's metrics go: ``metrics.jsonl`` in the run directory, and W&B when enabled.
 
-Train metrics are written as soon as the training epoch ends and *before* validation (seed §4):
+Train metrics are written as soon as the training epoch ends and *before* validation:
 if validation hangs or dies, the dashboard still shows the epoch that was trained.
 Only the master rank tracks; other ranks get a tracker that drops everything.
 """
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from octtrain.config import LogConfig
+from octtrain.config import LogSection
 
 
 def json_safe(value: Any) -> Any:
@@ -29,7 +29,7 @@ def json_safe(value: Any) -> Any:
 
 
 class Tracker:
-    def __init__(self, out_dir: Path, cfg: LogConfig, run_config: dict[str, Any], enabled: bool = True):
+    def __init__(self, out_dir: Path, cfg: LogSection, run_config: dict[str, Any], enabled: bool = True):
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
         self._wandb: Any = None

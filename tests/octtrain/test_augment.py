@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from octtrain.augment import Augment, hflip, rotate, scale_intensity
-from octtrain.config import AugmentConfig
+from octtrain.config import AugmentSection
 
 
 def _frames_of_constants(t: int = 6, h: int = 9, w: int = 11) -> torch.Tensor:
@@ -58,7 +58,7 @@ def test_scale_intensity() -> None:
 
 
 def test_disabled_config_is_identity_without_rng() -> None:
-    aug = Augment(AugmentConfig())
+    aug = Augment(AugmentSection())
     assert aug.is_identity
     x = torch.rand(4, 8, 8)
     state = torch.get_rng_state()
@@ -68,16 +68,16 @@ def test_disabled_config_is_identity_without_rng() -> None:
 
 def test_zero_rotation_and_jitter_is_identity() -> None:
     x = torch.rand(4, 8, 8)
-    aug = Augment(AugmentConfig(flip=False, rotation_deg=0.0, intensity_jitter=0.0))
+    aug = Augment(AugmentSection(flip=False, rotation_deg=0.0, intensity_jitter=0.0))
     assert torch.equal(aug(x), x)
 
 
 @pytest.mark.parametrize(
     "cfg",
-    [AugmentConfig(flip=True), AugmentConfig(rotation_deg=45),
-     AugmentConfig(intensity_jitter=0.3), AugmentConfig(True, 45, 0.3)],
+    [AugmentSection(flip=True), AugmentSection(rotation_deg=45),
+     AugmentSection(intensity_jitter=0.3), AugmentSection(True, 45, 0.3)],
 )
-def test_depth_order_never_changes(cfg: AugmentConfig) -> None:
+def test_depth_order_never_changes(cfg: AugmentSection) -> None:
     x = _frames_of_constants()
     aug = Augment(cfg)
     g = torch.Generator().manual_seed(0)
@@ -90,7 +90,7 @@ def test_depth_order_never_changes(cfg: AugmentConfig) -> None:
 
 def test_flip_draws_both_outcomes_and_only_mirrors_width() -> None:
     x = torch.rand(3, 5, 7)
-    aug = Augment(AugmentConfig(flip=True))
+    aug = Augment(AugmentSection(flip=True))
     g = torch.Generator().manual_seed(1)
     seen = {"same": 0, "flipped": 0}
     for _ in range(40):
@@ -105,7 +105,7 @@ def test_flip_draws_both_outcomes_and_only_mirrors_width() -> None:
 
 def test_intensity_jitter_stays_in_range() -> None:
     x = torch.full((2, 4, 4), 0.5)
-    aug = Augment(AugmentConfig(intensity_jitter=0.1))
+    aug = Augment(AugmentSection(intensity_jitter=0.1))
     g = torch.Generator().manual_seed(2)
     factors = torch.stack([aug(x, g)[0, 0, 0] / 0.5 for _ in range(200)])
     assert float(factors.min()) >= 0.9 and float(factors.max()) <= 1.1
@@ -114,7 +114,7 @@ def test_intensity_jitter_stays_in_range() -> None:
 
 def test_rotation_angle_is_uniform_in_range() -> None:
     x = torch.rand(2, 9, 9)
-    aug = Augment(AugmentConfig(rotation_deg=5))
+    aug = Augment(AugmentSection(rotation_deg=5))
     g, replay = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     for _ in range(5):
         angle = -5 + 10 * float(torch.rand((), generator=replay))
@@ -123,7 +123,7 @@ def test_rotation_angle_is_uniform_in_range() -> None:
 
 
 def test_same_generator_seed_same_result_and_pickles() -> None:
-    aug = Augment(AugmentConfig(True, 5, 0.1))
+    aug = Augment(AugmentSection(True, 5, 0.1))
     clone = pickle.loads(pickle.dumps(aug))
     x = torch.rand(4, 8, 8)
     a = aug(x, torch.Generator().manual_seed(9))
@@ -132,7 +132,7 @@ def test_same_generator_seed_same_result_and_pickles() -> None:
 
 
 def test_global_rng_is_used_by_default() -> None:
-    aug = Augment(AugmentConfig(intensity_jitter=0.2))
+    aug = Augment(AugmentSection(intensity_jitter=0.2))
     x = torch.ones(2, 4, 4)
     torch.manual_seed(5)
     a = aug(x)

@@ -1,6 +1,6 @@
 """The `octtrain` command end to end: real processes, real files.
 
-The Scenario-A test reproduces the seed's problem and its fix on synthetic phantoms: the
+The Scenario-A test reproduces the collapse and its fix on synthetic phantoms: the
 baseline config's validation predictions collapse onto one class, the fixed config learns.
 """
 

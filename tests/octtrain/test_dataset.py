@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from octtrain import readers
 from octtrain.augment import Augment
-from octtrain.config import AugmentConfig, DataConfig
+from octtrain.config import AugmentSection, DataSection
 from octtrain.dataset import Record, VolumeDataset, build_splits
 from octtrain.preprocess import VolumeCache, preprocess
 from octtrain.synthetic import CLASS_NAMES
@@ -21,8 +21,8 @@ SHAPE = (4, 16, 16)  # the phantoms are 4 × 32 × 32: B-scans get resized
 
 
 def _cfg(tmp_path: Path, manifest: Path | None = None, root: Path | None = None,
-         **kwargs: Any) -> DataConfig:
-    return DataConfig(manifest=str(manifest) if manifest else None,
+         **kwargs: Any) -> DataSection:
+    return DataSection(manifest=str(manifest) if manifest else None,
                       root=str(root) if root else None, frames=SHAPE[0], height=SHAPE[1],
                       width=SHAPE[2], cache_dir=str(tmp_path / "cache"), **kwargs)
 
@@ -69,7 +69,7 @@ def test_labels_read_no_volume(tmp_path: Path, tiny_manifest: Path,
 
 def test_second_epoch_reads_no_source(tmp_path: Path, tiny_manifest: Path,
                                       count_reads: Any) -> None:
-    cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentConfig(True, 5, 0.1))
+    cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentSection(True, 5, 0.1))
     splits = build_splits(cfg)
     everything = [splits.train, splits.val, splits.test]
     for ds in everything:  # epoch 1
@@ -87,7 +87,7 @@ def test_second_epoch_reads_no_source(tmp_path: Path, tiny_manifest: Path,
 
 def test_val_and_test_are_deterministic_train_is_augmented(tmp_path: Path,
                                                             tiny_manifest: Path) -> None:
-    cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentConfig(True, 10, 0.2))
+    cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentSection(True, 10, 0.2))
     splits = build_splits(cfg)
     torch.manual_seed(0)
     for ds in (splits.val, splits.test):
@@ -99,7 +99,7 @@ def test_val_and_test_are_deterministic_train_is_augmented(tmp_path: Path,
 
 
 def test_augment_train_false(tmp_path: Path, tiny_manifest: Path) -> None:
-    cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentConfig(True, 10, 0.2))
+    cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentSection(True, 10, 0.2))
     splits = build_splits(cfg, augment_train=False)
     assert splits.train.augment.is_identity
     assert torch.equal(splits.train[0][0], splits.train[0][0])
@@ -132,7 +132,7 @@ def test_dataloader_workers_draw_different_augmentations(tmp_path: Path) -> None
     cache = VolumeCache(tmp_path / "cache", SHAPE, (0.0, 100.0))
     plain = torch.from_numpy(cache.load(str(src)))
     record = Record(str(src), 0, "p")
-    ds = VolumeDataset([record] * 4, cache, Augment(AugmentConfig(intensity_jitter=0.5)))
+    ds = VolumeDataset([record] * 4, cache, Augment(AugmentSection(intensity_jitter=0.5)))
     torch.manual_seed(0)
     loader = DataLoader(ds, batch_size=1, num_workers=2)
     factors = [float((x[0] / plain.clamp_min(1e-3)).flatten()[plain.flatten().argmax()])

@@ -23,14 +23,14 @@ import pytest
 import torch
 
 from octtrain.callback import EpochChannel, EpochDecision
-from octtrain.config import RuntimeConfig, TrainConfig
+from octtrain.config import RuntimeSection, TrainConfig
 from octtrain.errors import ConfigError
 from octtrain.runtime import RankFailed, Runtime, launch
 from octtrain.tracking import read_metrics
 
 pytestmark = pytest.mark.timeout(240)
 
-TWO_CPU_RANKS = RuntimeConfig(device="cpu", num_processes=2)
+TWO_CPU_RANKS = RuntimeSection(device="cpu", num_processes=2)
 
 
 def _live_ranks() -> list[int]:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from octtrain.config import EarlyStoppingConfig
+from octtrain.config import EarlyStoppingSection
 from octtrain.early_stop import EarlyStopping, is_improvement
 
 
@@ -24,7 +24,7 @@ def test_is_improvement(value: float, best: float | None, mode: str, delta: floa
 
 
 def test_patience() -> None:
-    stop = EarlyStopping(EarlyStoppingConfig(patience=2))
+    stop = EarlyStopping(EarlyStoppingSection(patience=2))
     assert stop.update(0, 0.3) and not stop.should_stop
     assert not stop.update(1, 0.3) and not stop.should_stop
     assert not stop.update(2, 0.2) and stop.should_stop
@@ -32,7 +32,7 @@ def test_patience() -> None:
 
 
 def test_disabled_never_stops() -> None:
-    stop = EarlyStopping(EarlyStoppingConfig(enabled=False, patience=1))
+    stop = EarlyStopping(EarlyStoppingSection(enabled=False, patience=1))
     for e in range(5):
         stop.update(e, 0.1)
     assert not stop.should_stop

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from octtrain.config import HeadConfig, ModelConfig
+from octtrain.config import HeadSection, ModelSection
 from octtrain.errors import ConfigError
 from octtrain.model import AttentivePool, MeanPool, build_model, make_head
 
@@ -25,7 +25,7 @@ def test_head_shapes(hidden: int, n_linear: int) -> None:
 
 @pytest.mark.parametrize("pool", ["mean", "attentive"])
 def test_forward_shapes(pool: str) -> None:
-    model = build_model(ModelConfig(pool_method=pool, head=HeadConfig(128, 0.1)), 16, 64, 64, 4)
+    model = build_model(ModelSection(pool_method=pool, head=HeadSection(128, 0.1)), 16, 64, 64, 4)
     assert isinstance(model.pool, AttentivePool if pool == "attentive" else MeanPool)
     assert model.encoder.config.crop_size == 64  # RoPE grid follows the input size
     out = model(torch.rand(2, 16, 64, 64))
@@ -34,7 +34,7 @@ def test_forward_shapes(pool: str) -> None:
 
 
 def test_frozen_encoder_gets_no_grad_and_unfrozen_does() -> None:
-    model = build_model(ModelConfig(freeze_encoder=True, unfreeze_at_epoch=1), 4, 32, 32, 4)
+    model = build_model(ModelSection(freeze_encoder=True, unfreeze_at_epoch=1), 4, 32, 32, 4)
     model(torch.rand(2, 4, 32, 32)).sum().backward()
     assert all(p.grad is None for p in model.encoder_parameters())
     assert all(p.grad is not None for p in model.head_parameters())
@@ -44,7 +44,7 @@ def test_frozen_encoder_gets_no_grad_and_unfrozen_does() -> None:
 
 
 def test_predictor_is_not_part_of_the_model() -> None:
-    model = build_model(ModelConfig(), 4, 32, 32, 4)
+    model = build_model(ModelSection(), 4, 32, 32, 4)
     assert not any("predictor" in name for name, _ in model.named_parameters())
 
 
@@ -54,9 +54,9 @@ def test_predictor_is_not_part_of_the_model() -> None:
 )
 def test_shape_errors_name_the_key(shape: tuple[int, int, int], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
-        build_model(ModelConfig(), *shape, 4)
+        build_model(ModelSection(), *shape, 4)
 
 
 def test_unknown_encoder_directory() -> None:
     with pytest.raises(ConfigError, match="model.encoder"):
-        build_model(ModelConfig(encoder="/nonexistent/vjepa2"), 16, 64, 64, 4)
+        build_model(ModelSection(encoder="/nonexistent/vjepa2"), 16, 64, 64, 4)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from octtrain import runtime as rt
 from octtrain.callback import EpochChannel, EpochDecision
-from octtrain.config import RuntimeConfig
+from octtrain.config import RuntimeSection
 from octtrain.errors import ConfigError
 from octtrain.runtime import Runtime, init_runtime, resolve_device
 
@@ -28,7 +28,7 @@ TEST_DEVICE = os.environ.get("OCTTRAIN_TEST_DEVICE", "cpu")
 
 @pytest.fixture
 def runtime() -> Runtime:
-    return init_runtime(RuntimeConfig(device=TEST_DEVICE))
+    return init_runtime(RuntimeSection(device=TEST_DEVICE))
 
 
 # ---- device resolution ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from octtrain.config import DataConfig
+from octtrain.config import DataSection
 from octtrain.errors import DataError
 from octtrain.splits import (
     class_to_idx_from_names,
@@ -154,7 +154,7 @@ def test_given_split_column_is_used_verbatim(tmp_path: Path) -> None:
             ("c.npy", "x", "p3", "val"), ("d.npy", "y", "p4", "test"),
             ("e.npy", "x", "p1", "train")]
     manifest = _dataset(tmp_path, rows, "path,label,patient_id,split")
-    records, mapping = split_records(DataConfig(manifest=str(manifest)))
+    records, mapping = split_records(DataSection(manifest=str(manifest)))
     assert mapping == {"x": 0, "y": 1}
     assert [(Path(r.path).name, r.label, r.patient_id) for r in records["train"]] == [
         ("a.npy", 0, "p1"), ("b.npy", 1, "p2"), ("e.npy", 0, "p1")]
@@ -188,14 +188,14 @@ def test_manifest_errors_name_file_and_line(tmp_path: Path, text: str, message: 
     manifest = tmp_path / "m.csv"
     manifest.write_text(text)
     with pytest.raises(DataError) as err:
-        split_records(DataConfig(manifest=str(manifest)))
+        split_records(DataSection(manifest=str(manifest)))
     assert str(manifest) in str(err.value)
     assert message in str(err.value)
 
 
 def test_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope.csv: manifest not found"):
-        split_records(DataConfig(manifest=str(tmp_path / "nope.csv")))
+        split_records(DataSection(manifest=str(tmp_path / "nope.csv")))
 
 
 def test_computed_split_is_grouped_and_stratified(tmp_path: Path) -> None:
@@ -203,7 +203,7 @@ def test_computed_split_is_grouped_and_stratified(tmp_path: Path) -> None:
     rows = [(f"n{p}_{v}.npy", "n", f"n{p}") for p in range(30) for v in range(2)]
     rows += [(f"r{p}_{v}.npy", "r", f"r{p}") for p in range(4) for v in range(2)]
     manifest = _dataset(tmp_path, rows)
-    records, _ = split_records(DataConfig(manifest=str(manifest), val_fraction=0.2,
+    records, _ = split_records(DataSection(manifest=str(manifest), val_fraction=0.2,
                                           test_fraction=0.1, split_seed=1))
     patients = {s: {r.patient_id for r in rs} for s, rs in records.items()}
     assert not patients["train"] & patients["val"]
@@ -221,14 +221,14 @@ def test_patient_with_mixed_labels_goes_by_majority(tmp_path: Path) -> None:
     rows = [("a.npy", "x", "p1"), ("b.npy", "x", "p1"), ("c.npy", "y", "p1"),
             ("d.npy", "y", "p2")]
     manifest = _dataset(tmp_path, rows)
-    records, _ = split_records(DataConfig(manifest=str(manifest), val_fraction=0.0,
+    records, _ = split_records(DataSection(manifest=str(manifest), val_fraction=0.0,
                                           test_fraction=0.0))
     assert len(records["train"]) == 4
 
 
 def test_given_class_to_idx_is_used(tmp_path: Path) -> None:
     manifest = _dataset(tmp_path, [("a.npy", "x", "p1"), ("b.npy", "y", "p2")])
-    cfg = DataConfig(manifest=str(manifest), val_fraction=0.0, test_fraction=0.0)
+    cfg = DataSection(manifest=str(manifest), val_fraction=0.0, test_fraction=0.0)
     records, mapping = split_records(cfg, {"y": 0, "x": 1, "z": 2})
     assert mapping == {"y": 0, "x": 1, "z": 2}
     assert [r.label for r in records["train"]] == [1, 0]
@@ -279,7 +279,7 @@ def test_index_folder_errors(tmp_path: Path, layout: list[str], message: str) ->
 
 def test_missing_root(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope: data root not found"):
-        split_records(DataConfig(root=str(tmp_path / "nope")))
+        split_records(DataSection(root=str(tmp_path / "nope")))
 
 
 # ---------------------------------------------------------------------------------------------

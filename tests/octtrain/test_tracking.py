@@ -6,12 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from octtrain import TrainConfig, fit
-from octtrain.config import LogConfig
+from octtrain.config import LogSection
 from octtrain.tracking import Tracker, read_metrics
 
 
 def test_jsonl_is_strict_json_with_train_before_epoch(tmp_path: Path) -> None:
-    tracker = Tracker(tmp_path, LogConfig(), {})
+    tracker = Tracker(tmp_path, LogSection(), {})
     tracker.log_train(0, {"train/loss": 1.5})
     tracker.log_epoch(0, {"epoch": 0, "train/loss": 1.5, "val/balanced_accuracy": math.nan,
                           "val/per_class_accuracy": [0.5, math.inf]})
@@ -25,7 +25,7 @@ def test_jsonl_is_strict_json_with_train_before_epoch(tmp_path: Path) -> None:
 
 
 def test_disabled_tracker_writes_nothing(tmp_path: Path) -> None:
-    tracker = Tracker(tmp_path, LogConfig(wandb=True), {}, enabled=False)  # a non-master rank
+    tracker = Tracker(tmp_path, LogSection(wandb=True), {}, enabled=False)  # a non-master rank
     tracker.log_train(0, {"train/loss": 1.0})
     tracker.close()
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "wandb").exists()
@@ -43,7 +43,7 @@ def test_wandb_offline_run_in_the_run_directory(small_config: Callable[..., Trai
 
 def test_rerun_into_the_same_directory_replaces_the_history(tmp_path: Path) -> None:
     for _ in range(2):
-        tracker = Tracker(tmp_path, LogConfig(), {})
+        tracker = Tracker(tmp_path, LogSection(), {})
         tracker.log_epoch(0, {"epoch": 0})
         tracker.close()
     assert len(read_metrics(tmp_path / "metrics.jsonl")) == 1

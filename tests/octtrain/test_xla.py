@@ -86,7 +86,7 @@ LAUNCH_SCRIPT = '''
 import json, os, sys
 import torch
 from octtrain.callback import EpochDecision
-from octtrain.config import RuntimeConfig
+from octtrain.config import RuntimeSection
 from octtrain.errors import ConfigError
 from octtrain.runtime import launch
 
@@ -121,7 +121,7 @@ class Pruned(Exception):
 
 if __name__ == "__main__":
     seen = []
-    one = RuntimeConfig(device="xla", num_processes=1)
+    one = RuntimeSection(device="xla", num_processes=1)
     out = {"coordinator_pid": os.getpid()}
     out["result"] = launch(body, one, lambda epoch, m: seen.append(m))
     out["seen"] = seen
@@ -134,7 +134,7 @@ if __name__ == "__main__":
     except Pruned as err:
         out["pruned"] = str(err)
     try:
-        launch(body, RuntimeConfig(device="xla", num_processes=2), None)
+        launch(body, RuntimeSection(device="xla", num_processes=2), None)
     except ConfigError as err:
         out["mismatch"] = str(err)
     print("RESULT " + json.dumps(out))
