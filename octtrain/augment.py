@@ -25,7 +25,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from octtrain.config import AugmentSection
+from octtrain.sections import AugmentSection
 
 Step = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 

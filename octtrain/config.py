@@ -1,13 +1,9 @@
-"""Typed trainer config: one dataclass per section of the YAML file, validated once.
+"""The trainer config: :class:`TrainConfig` (a whole YAML file), how it is loaded and overridden,
+and the few process knobs that come from the environment (:class:`EnvKnobs`).
 
-The sections are ``data`` (:class:`DataSection`, with ``augment``), ``model``
-(:class:`ModelSection`, with ``head``), ``train`` (:class:`TrainSection`: optimisation and the
-epoch loop, with ``early_stopping``), ``runtime`` (device, processes, XLA cache) and ``log``
-(W&B); :class:`TrainConfig` is the whole file.
-
-Every section validates itself in ``__post_init__``; :func:`config_from_dict` walks the whole
-tree and collects *every* problem (unknown key, wrong type, bad value) into one
-:class:`~octtrain.errors.ConfigError` that names the file and the dotted key path.
+A config is validated once: :func:`config_from_dict` builds every section of
+:mod:`octtrain.sections` and collects *every* problem (unknown key, wrong type, bad value) into
+one :class:`~octtrain.errors.ConfigError` that names the file and the dotted key path.
 
 Relative paths (``data.manifest``, ``data.root``, ``data.cache_dir``) are relative to the
 working directory of the process, not to the config file, so a config means the same thing
@@ -18,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,249 +24,16 @@ from typing import Any
 import yaml
 
 from octtrain.errors import ConfigError, Problems
-from octtrain.schema import build, did_you_mean, read_yaml
-
-METRICS_MAX = ("balanced_accuracy", "macro_f1", "accuracy")
-METRICS_MIN = ("loss",)
-
-
-def _check(problems: Problems, ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        problems.append((key, msg))
-
-
-def _raise_if(problems: Problems) -> None:
-    if problems:
-        raise ConfigError(problems)  # build() puts the section's path in front of each key
-
-
-@dataclass
-class AugmentSection:
-    """The ``data.augment`` section: OCT-safe augmentation, the same transform for every B-scan
-    of a volume.
-
-    ``flip`` mirrors the width axis (left/right within a B-scan), never the depth (frame) axis.
-    ``rotation_deg`` is the largest in-plane rotation in degrees. ``intensity_jitter`` is the
-    scale ``s`` of a multiplicative jitter ``x * U(1-s, 1+s)``; in YAML ``true`` means 0.1,
-    ``false`` means 0 and ``{scale: s}`` means ``s``.
-    """
-
-    flip: bool = False
-    rotation_deg: float = 0.0
-    intensity_jitter: float = 0.0
-
-    def __post_init__(self) -> None:
-        p: Problems = []
-        _check(p, 0 <= self.rotation_deg <= 45, "rotation_deg",
-               f"must be in [0, 45] degrees, got {self.rotation_deg!r}")
-        _check(p, 0 <= self.intensity_jitter < 1, "intensity_jitter",
-               f"scale must be in [0, 1), got {self.intensity_jitter!r}")
-        _raise_if(p)
-
-    @property
-    def enabled(self) -> bool:
-        return self.flip or self.rotation_deg > 0 or self.intensity_jitter > 0
-
-    @staticmethod
-    def _normalize_raw(raw: dict[str, Any]) -> dict[str, Any]:
-        jitter = raw.get("intensity_jitter")
-        if isinstance(jitter, bool):
-            raw["intensity_jitter"] = 0.1 if jitter else 0.0
-        elif isinstance(jitter, Mapping) and set(jitter) == {"scale"}:
-            raw["intensity_jitter"] = jitter["scale"]
-        if raw.get("rotation_deg") is False:
-            raw["rotation_deg"] = 0.0
-        return raw
-
-
-@dataclass
-class DataSection:
-    """The ``data:`` section: where the volumes are and how they become a fixed ``(T, H, W)``."""
-
-    manifest: str | None = None  # CSV: path,label,patient_id[,split]
-    root: str | None = None  # or: one folder per class
-    frames: int = 16  # T: B-scans per volume after depth resampling
-    height: int = 64  # H of each B-scan after resizing (pixels)
-    width: int = 64  # W of each B-scan after resizing (pixels)
-    clip_percentiles: tuple[float, float] = (1.0, 99.0)  # intensity clip before scaling to [0, 1]
-    cache_dir: str | None = None  # preprocessed-volume cache; None: $XDG_CACHE_HOME/octtrain
-    val_fraction: float = 0.15  # of patients, when the manifest has no split column
-    test_fraction: float = 0.15
-    split_seed: int = 0
-    num_workers: int = 0  # DataLoader worker processes
-    augment: AugmentSection = field(default_factory=AugmentSection)
-    val_augment: AugmentSection = field(default_factory=AugmentSection)
-
-    def __post_init__(self) -> None:
-        p: Problems = []
-        _check(p, (self.manifest is None) != (self.root is None), "manifest",
-               "give exactly one of data.manifest (a CSV) and data.root (a folder per class)")
-        for name in ("frames", "height", "width"):
-            value = getattr(self, name)
-            _check(p, value >= 2, name, f"must be >= 2, got {value!r}")
-        lo, hi = self.clip_percentiles
-        _check(p, 0 <= lo < hi <= 100, "clip_percentiles",
-               f"must be [low, high] with 0 <= low < high <= 100, got {list(self.clip_percentiles)}")
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            _check(p, 0 <= value < 1, name, f"must be in [0, 1), got {value!r}")
-        _check(p, self.val_fraction + self.test_fraction < 1, "val_fraction",
-               "val_fraction + test_fraction must leave patients for training, got "
-               f"{self.val_fraction + self.test_fraction!r}")
-        _check(p, self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers!r}")
-        _check(p, not self.val_augment.enabled, "val_augment",
-               "validation must not be augmented (its metrics would change from epoch to epoch): "
-               "set flip: false, "
-               "rotation_deg: 0, intensity_jitter: false")
-        _raise_if(p)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.frames, self.height, self.width)
-
-
-@dataclass
-class HeadSection:
-    """The ``model.head`` section: ``hidden: 0`` is a linear probe; ``hidden > 0`` is
-    Linear → GELU → Dropout → Linear."""
-
-    hidden: int = 0
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        p: Problems = []
-        _check(p, self.hidden >= 0, "hidden", f"must be >= 0 (0 = linear), got {self.hidden!r}")
-        _check(p, 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout!r}")
-        _raise_if(p)
-
-
-@dataclass
-class ModelSection:
-    """The ``model:`` section: V-JEPA 2 encoder + pooling + classification head."""
-
-    encoder: str = "tiny"  # "tiny" (random-init preset), a hub id, or a save_pretrained dir
-    pool_method: str = "mean"  # mean | attentive
-    freeze_encoder: bool = True
-    unfreeze_at_epoch: int = -1  # -1: never; k: encoder trains from epoch k (epochs count from 0)
-    head: HeadSection = field(default_factory=HeadSection)
-
-    def __post_init__(self) -> None:
-        p: Problems = []
-        _check(p, self.pool_method in ("mean", "attentive"), "pool_method",
-               f"must be 'mean' or 'attentive', got {self.pool_method!r}")
-        _check(p, self.unfreeze_at_epoch >= -1, "unfreeze_at_epoch",
-               f"must be -1 (never) or an epoch >= 0, got {self.unfreeze_at_epoch!r}")
-        _check(p, bool(self.encoder), "encoder", "must name 'tiny', a hub id or a directory")
-        _raise_if(p)
-
-    def encoder_trainable(self, epoch: int) -> bool:
-        """Whether the encoder gets gradients in ``epoch`` (0-based)."""
-        if not self.freeze_encoder:
-            return True
-        return 0 <= self.unfreeze_at_epoch <= epoch
-
-
-@dataclass
-class EarlyStoppingSection:
-    """The ``train.early_stopping`` section; its metric also picks the best checkpoint."""
-
-    enabled: bool = True
-    patience: int = 10  # epochs without improvement before stopping
-    metric: str = "balanced_accuracy"
-    mode: str = "max"
-    min_delta: float = 0.0  # an improvement must beat the best by more than this
-
-    def __post_init__(self) -> None:
-        p: Problems = []
-        _check(p, self.patience >= 1, "patience", f"must be >= 1, got {self.patience!r}")
-        _check(p, self.metric in METRICS_MAX + METRICS_MIN, "metric",
-               f"must be one of {list(METRICS_MAX + METRICS_MIN)}, got {self.metric!r}")
-        _check(p, self.mode in ("max", "min"), "mode", f"must be 'max' or 'min', got {self.mode!r}")
-        if self.metric in METRICS_MAX and self.mode == "min":
-            p.append(("mode", f"{self.metric} is better when higher: use mode: max"))
-        if self.metric in METRICS_MIN and self.mode == "max":
-            p.append(("mode", f"{self.metric} is better when lower: use mode: min"))
-        _check(p, self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta!r}")
-        _raise_if(p)
-
-
-@dataclass
-class TrainSection:
-    """The ``train:`` section: optimisation and the epoch loop."""
-
-    epochs: int = 50
-    batch_size: int = 1  # per process, per micro-batch
-    lr_head: float = 3e-3
-    lr_encoder: float = 1e-5
-    weight_decay: float = 1e-4
-    optimizer: str = "AdamW"
-    scheduler: str = "cosine"  # cosine | constant (both after linear warmup)
-    warmup_epochs: int = 2
-    grad_accum_steps: int = 1  # effective batch = batch_size * grad_accum_steps * processes
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
-    label_smoothing: float = 0.0
-    class_weights: str | list[float] = "auto"  # auto | none | [w_0, ..., w_{C-1}]
-    seed: int = 0
-    early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
-
-    def __post_init__(self) -> None:
-        p: Problems = []
-        for name in ("epochs", "batch_size", "grad_accum_steps"):
-            value = getattr(self, name)
-            _check(p, value >= 1, name, f"must be >= 1, got {value!r}")
-        for name in ("lr_head", "lr_encoder"):
-            value = getattr(self, name)
-            _check(p, value > 0, name, f"must be > 0, got {value!r}")
-        _check(p, self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
-        _check(p, self.optimizer.lower() == "adamw", "optimizer",
-               f"only AdamW is supported, got {self.optimizer!r}")
-        _check(p, self.scheduler in ("cosine", "constant"), "scheduler",
-               f"must be 'cosine' or 'constant', got {self.scheduler!r}")
-        _check(p, self.warmup_epochs >= 0, "warmup_epochs",
-               f"must be >= 0, got {self.warmup_epochs!r}")
-        _check(p, self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip!r}")
-        _check(p, 0 <= self.label_smoothing < 1, "label_smoothing",
-               f"must be in [0, 1), got {self.label_smoothing!r}")
-        if isinstance(self.class_weights, str):
-            _check(p, self.class_weights in ("auto", "none"), "class_weights",
-                   f"must be 'auto', 'none' or a list of weights, got {self.class_weights!r}")
-        else:
-            _check(p, len(self.class_weights) >= 2 and all(w > 0 for w in self.class_weights),
-                   "class_weights", f"a list needs one weight > 0 per class, got {self.class_weights}")
-        _raise_if(p)
-
-
-@dataclass
-class RuntimeSection:
-    """The ``runtime:`` section: where a run executes. Device specifics live in
-    :mod:`octtrain.runtime`."""
-
-    device: str = "auto"  # auto | xla | cuda | cpu
-    num_processes: int = 1  # data-parallel processes in one run (TPU chips, or gloo on CPU)
-    xla_cache_dir: str | None = None  # persistent XLA compile cache (same shapes: no recompile)
-
-    def __post_init__(self) -> None:
-        p: Problems = []
-        _check(p, self.device in ("auto", "xla", "cuda", "cpu"), "device",
-               f"must be one of auto, xla, cuda, cpu, got {self.device!r}")
-        _check(p, self.num_processes >= 1, "num_processes",
-               f"must be >= 1, got {self.num_processes!r}")
-        _raise_if(p)
-
-
-@dataclass
-class LogSection:
-    """The ``log:`` section: metrics go to ``metrics.jsonl`` always, to W&B when enabled."""
-
-    wandb: bool = False
-    wandb_project: str = "octsearch"
-    wandb_mode: str = "offline"  # online | offline | disabled
-
-    def __post_init__(self) -> None:
-        p: Problems = []
-        _check(p, self.wandb_mode in ("online", "offline", "disabled"), "wandb_mode",
-               f"must be online, offline or disabled, got {self.wandb_mode!r}")
-        _raise_if(p)
+from octtrain.schema import build, did_you_mean, read_yaml, yaml_number
+from octtrain.sections import (
+    DataSection,
+    LogSection,
+    ModelSection,
+    RuntimeSection,
+    TrainSection,
+    check,
+    raise_if,
+)
 
 
 @dataclass
@@ -285,9 +49,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         p: Problems = []
         unfreeze = self.model.unfreeze_at_epoch
-        _check(p, unfreeze < self.train.epochs, "model.unfreeze_at_epoch",
+        check(p, unfreeze < self.train.epochs, "model.unfreeze_at_epoch",
                f"epoch {unfreeze} is never reached with train.epochs={self.train.epochs}")
-        _raise_if(p)
+        raise_if(p)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready dict; ``config_from_dict(cfg.to_dict())`` gives back ``cfg``."""
@@ -401,3 +165,37 @@ def unknown_setting(path: str, *, sections: bool = True) -> str | None:
     if path in known or (sections and any(p.startswith(path + ".") for p in known)):
         return None
     return f"unknown key: not a trainer config setting{did_you_mean(path, known)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Knobs from the environment
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvKnobs:
+    """Process knobs that are no part of a run's config (they do not change its results).
+
+    Read once, from the environment, by :func:`octtrain.fit`, and passed down from there:
+    ``OCTTRAIN_DIST_TIMEOUT_S``, ``OCTTRAIN_RANK_GRACE_S``, ``OCTTRAIN_DEBUG_SAVE_RANKS``.
+    """
+
+    dist_timeout_s: float = 300.0  # how long a gloo/nccl collective waits for a missing peer
+    rank_grace_s: float = 10.0  # after a rank dies, how long its peers get to fail on their own
+    save_rank_weights: bool = False  # test hook: every rank writes rank<r>_weights.pt at the end
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EnvKnobs:
+        """The knobs set in ``env`` (default: ``os.environ``); a bad value is a ConfigError."""
+        env = os.environ if env is None else env
+        problems: Problems = []
+        seconds: dict[str, float] = {}
+        for name, var in (("dist_timeout_s", "OCTTRAIN_DIST_TIMEOUT_S"),
+                          ("rank_grace_s", "OCTTRAIN_RANK_GRACE_S")):
+            text = env.get(var)
+            value = getattr(cls, name) if text is None else yaml_number(text)
+            check(problems, value is not None and value > 0, var,
+                  f"must be a number of seconds > 0, got {text!r}")
+            seconds[name] = float(value or 0)
+        raise_if(problems)
+        return cls(**seconds, save_rank_weights=env.get("OCTTRAIN_DEBUG_SAVE_RANKS") == "1")

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from octtrain.augment import Augment
-from octtrain.config import AugmentSection, DataSection
 from octtrain.preprocess import VolumeCache
+from octtrain.sections import AugmentSection, DataSection
 from octtrain.splits import Record, split_records
 
 __all__ = ["Record", "Splits", "VolumeDataset", "build_splits"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from octtrain.config import EarlyStoppingSection
+from octtrain.sections import EarlyStoppingSection
 
 
 def is_improvement(value: float, best: float | None, mode: str, min_delta: float) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import random
 import time
 import uuid
@@ -31,15 +30,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from octtrain.callback import EpochCallback, EpochChannel, EpochDecision
 from octtrain.checkpoint import save_checkpoint
-from octtrain.config import TrainConfig
+from octtrain.config import EnvKnobs, TrainConfig
 from octtrain.dataset import Splits, build_splits
 from octtrain.early_stop import EarlyStopping
 from octtrain.errors import ConfigError, DataError, DivergedError
+from octtrain.launch import launch
 from octtrain.loss import cross_entropy_with_smoothing, resolve_class_weights
 from octtrain.metrics import summarize
 from octtrain.model import OctClassifier, build_model
 from octtrain.progress import ProgressBar
-from octtrain.runtime import Runtime, init_runtime, launch
+from octtrain.runtime import Runtime, init_runtime
 from octtrain.schedule import lr_factor
 from octtrain.splits import save_class_to_idx
 from octtrain.tracking import Tracker
@@ -71,13 +71,15 @@ def fit(
     (a search stops a trial this way). Raises :class:`DivergedError` when the training loss is
     NaN/inf, :class:`ConfigError`/:class:`DataError` for bad settings or data.
     """
+    knobs = EnvKnobs.from_env()
     run_dir = _make_run_dir(out_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    rank_fn = functools.partial(_train_rank, cfg=cfg, run_dir=run_dir, progress=progress)
+    rank_fn = functools.partial(_train_rank, cfg=cfg, run_dir=run_dir, progress=progress,
+                                save_rank_weights=knobs.save_rank_weights)
     if cfg.runtime.num_processes == 1:
         runtime = init_runtime(cfg.runtime)
         return rank_fn(runtime, EpochChannel(on_epoch_end))
-    result: FitResult = launch(rank_fn, cfg.runtime, on_epoch_end)
+    result: FitResult = launch(rank_fn, cfg.runtime, on_epoch_end, knobs)
     return result
 
 
@@ -139,7 +141,7 @@ def _param_groups(model: OctClassifier, lr_head: float, lr_encoder: float, wd: f
 
 
 def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, run_dir: Path,
-                progress: bool) -> FitResult:
+                progress: bool, save_rank_weights: bool) -> FitResult:
     tcfg, dcfg = cfg.train, cfg.data
     master = runtime.is_master
     show = progress and master
@@ -293,7 +295,7 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
                 break
     finally:
         tracker.close()
-    if os.environ.get("OCTTRAIN_DEBUG_SAVE_RANKS") == "1":
+    if save_rank_weights:
         # Test hook: every rank writes its final weights, so a test can check that the
         # data-parallel replicas stayed identical (a checkpoint holds rank 0's only).
         torch.save(runtime.to_cpu(model.state_dict()), run_dir / f"rank{rank}_weights.pt")

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 from transformers import VJEPA2Config, VJEPA2Model
 
-from octtrain.config import ModelSection
 from octtrain.errors import ConfigError
+from octtrain.sections import ModelSection
 
 # A random-init V-JEPA 2 small enough to train on two CPU cores in seconds per epoch
 # (DESIGN.md, "Facts measured here"). Real runs pass a hub id or a save_pretrained directory.

@@ -14,13 +14,8 @@ XLA graphs stay fixed: batches keep one shape (the loop's job), and values that 
 step (the scheduled LR, AdamW's step count) are device data, never Python scalars traced into
 the graph (see :func:`_lr_on_device`).
 
-Multi-process runs use a *coordinator*: the calling process spawns the ranks and keeps the
-``on_epoch_end`` callback. Rank 0 sends each epoch's metrics to the coordinator over a local
-socket, the coordinator runs the callback (for a search: ``trial.report`` / ``should_prune``)
-and answers continue or stop; rank 0 then sends that decision to every rank, so all ranks
-leave the loop at the same epoch and none hangs in a collective when a trial is pruned. Every
-rank also reports its own failure over that socket, so the coordinator can name the rank that
-failed first instead of the peers that merely lost it.
+Starting the ranks of a multi-process run is :mod:`octtrain.launch`'s job; what is specific to a
+device there (``torch_xla.launch``, joining a gloo/nccl group) is here.
 """
 
 from __future__ import annotations
@@ -29,25 +24,17 @@ import contextlib
 import datetime
 import importlib.util
 import os
-import pickle
-import secrets
-import socket
-import threading
-import time
-import traceback
 import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Client, Connection, Listener, wait
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from octtrain.callback import EpochCallback, EpochChannel, EpochDecision
-from octtrain.config import RuntimeSection
-from octtrain.errors import ConfigError, describe_exit
+from octtrain.errors import ConfigError
+from octtrain.sections import RuntimeSection
 
 
 def xla_available() -> bool:
@@ -79,19 +66,6 @@ class CollectiveError(RuntimeError):
     Raised in place of the backend's error (gloo: "Connection closed by peer") so that the
     coordinator can tell a rank's own failure from the echo of another rank's death.
     """
-
-
-class RankFailed(RuntimeError):
-    """A spawned rank failed: it raised (that exception is the ``__cause__``) or it died
-    without a word (a signal, the OOM killer, ``os._exit``)."""
-
-    def __init__(self, message: str, rank: int | None = None, exitcode: int | None = None):
-        super().__init__(message)
-        self.rank = rank
-        self.exitcode = exitcode
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self), self.rank, self.exitcode))
 
 
 @dataclass
@@ -336,266 +310,26 @@ def _initialize_xla_cache(path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Multi-process launch with a coordinator that owns the epoch callback
+# Process groups: what a launched rank needs before init_runtime
 # ---------------------------------------------------------------------------------------------
 
-RankFn = Callable[[Runtime, EpochChannel], Any]
 
+def init_process_group(kind: str, rank: int, world_size: int, port: int, timeout_s: float) -> None:
+    """Join the ``torch.distributed`` group of a CPU (gloo) or CUDA (nccl) run on this host.
 
-def _pack_error(err: BaseException) -> bytes:
-    """``err`` as bytes that unpickle to the same type with the same attributes.
-
-    Plain pickling calls ``type(err)(*err.args)`` on load, which fails for exceptions whose
-    ``__init__`` takes other arguments than their message (``ConfigError(problems)``,
-    ``DivergedError(epoch, loss)``); rebuilding from ``args`` and ``__dict__`` does not. An
-    exception that cannot travel at all becomes a RuntimeError with its type and message.
+    XLA ranks need none: PJRT connects them. ``timeout_s`` bounds how long a collective waits
+    for a peer that will never come (it died).
     """
-    try:
-        blob = pickle.dumps((type(err), err.args, dict(vars(err))))
-        _unpack_error(blob)
-        return blob
-    except Exception:
-        return pickle.dumps((RuntimeError, (f"{type(err).__name__}: {err}",), {}))
+    if kind == "xla":
+        return
+    backend = "nccl" if kind == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
 
 
-def _unpack_error(blob: bytes) -> BaseException:
-    cls, args, state = pickle.loads(blob)
-    err: BaseException = cls.__new__(cls, *args)
-    err.args = args
-    err.__dict__.update(state)
-    return err
+def launch_xla(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """Run ``fn(ordinal, *args)`` in one process per local XLA device (``torch_xla.launch``:
+    PJRT assigns the ordinals); returns when all have ended, raises if one raised."""
+    import torch_xla
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rank_entry(index: int, rank_fn: RankFn, cfg: RuntimeSection, kind: str, world: int,
-                master_port: int, address: Any, key: bytes) -> None:
-    """Body of every launched rank. ``index`` comes first because that is how both
-    ``torch_xla.launch`` (the global ordinal from PJRT) and our spawn call it."""
-    conn = Client(address, authkey=key)  # first: even a failing set-up is reported
-    runtime: Runtime | None = None
-    try:
-        if kind != "xla":
-            backend = "nccl" if kind == "cuda" else "gloo"
-            timeout_s = int(os.environ.get("OCTTRAIN_DIST_TIMEOUT_S", "300"))
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{master_port}",
-                                    rank=index, world_size=world,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
-        runtime = init_runtime(cfg, rank=index, world_size=world)
-        if runtime.world_size != world:
-            raise ConfigError([("runtime.num_processes", (
-                f"is {world} but torch_xla.launch started {runtime.world_size} ranks (it uses "
-                "every local device; limit them with TPU_VISIBLE_CHIPS or CPU_NUM_DEVICES)"))])
-        channel = EpochChannel(conn=conn) if runtime.is_master else EpochChannel()
-        result = rank_fn(runtime, channel)
-    except BaseException as err:  # report to the coordinator, then die non-zero
-        rank = runtime.rank if runtime is not None else index
-        with contextlib.suppress(OSError):
-            conn.send(("error", rank, _pack_error(err), traceback.format_exc()))
-        raise
-    else:
-        # Each host's first rank hands back its result (identical on every rank: metrics are
-        # summed over ranks and the stop decision is broadcast); the others only say done.
-        reporter = runtime.local_rank == 0
-        conn.send(("done", runtime.rank, reporter, result if reporter else None))
-    finally:
-        conn.close()
-        if runtime is not None:
-            runtime.close()
-
-
-class _Coordinator:
-    """The calling process's end of the ranks' sockets: runs the epoch callback for rank 0,
-    collects each rank's result or failure, and decides what ``launch`` returns or raises."""
-
-    def __init__(self, on_epoch_end: EpochCallback | None) -> None:
-        self.key = secrets.token_bytes(16)
-        self._listener = Listener(("127.0.0.1", 0), authkey=self.key, backlog=64)
-        self.address = self._listener.address
-        self._on_epoch_end = on_epoch_end
-        self._lock = threading.Lock()
-        self._closing = False
-        self._handlers: list[threading.Thread] = []
-        self.callback_error: BaseException | None = None
-        self.errors: dict[int, tuple[BaseException, str]] = {}  # rank → (exception, traceback)
-        self.result: Any = None
-        self.has_result = False
-        self._acceptor = threading.Thread(target=self._accept, name="octtrain-coordinator",
-                                          daemon=True)
-        self._acceptor.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn = self._listener.accept()
-            except OSError:
-                return
-            except Exception:  # a stray client that failed authentication
-                continue
-            if self._closing:
-                conn.close()
-                return
-            handler = threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                                       name="octtrain-coordinator-rank")
-            with self._lock:
-                self._handlers.append(handler)
-            handler.start()
-
-    def _serve(self, conn: Connection) -> None:
-        with conn:
-            while True:
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
-                    return
-                if msg[0] == "epoch":
-                    conn.send(self._decide(msg[1], msg[2]))
-                elif msg[0] == "done":
-                    _, _rank, reporter, result = msg
-                    if reporter:
-                        with self._lock:
-                            self.result, self.has_result = result, True
-                elif msg[0] == "error":
-                    _, rank, blob, tb = msg
-                    with self._lock:
-                        self.errors[rank] = (_unpack_error(blob), tb)
-
-    def _decide(self, epoch: int, metrics: dict[str, Any]) -> EpochDecision:
-        try:
-            if self._on_epoch_end is not None:
-                self._on_epoch_end(epoch, metrics)
-        except BaseException as err:  # the callback's verdict: stop every rank at this epoch
-            self.callback_error = err
-            return EpochDecision.STOP
-        return EpochDecision.CONTINUE
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Wait for the ranks' last messages (their processes have ended), stop listening."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            handlers = list(self._handlers)
-        for handler in handlers:
-            handler.join(max(0.0, deadline - time.monotonic()))
-        self._closing = True
-        with contextlib.suppress(OSError, EOFError):
-            Client(self.address, authkey=self.key).close()  # wakes the blocking accept()
-        self._acceptor.join(timeout=1.0)
-        self._listener.close()
-
-    def outcome(self, exitcodes: dict[int, int | None], stopped: set[int],
-                launch_error: BaseException | None) -> Any:
-        """Rank 0's result, or the exception that explains the run best.
-
-        1. The callback's exception (the caller asked to stop; every rank ended cleanly).
-        2. Rank 0's own exception (not a collective that lost a peer).
-        3. The lowest rank that failed on its own or died silently: :class:`RankFailed`
-           naming it and its exit code, caused by its exception if it reported one.
-        4. A collective error (a peer vanished and nobody said why), else launch's own error.
-        """
-        if self.callback_error is not None:
-            raise self.callback_error
-        own = {r: e for r, e in self.errors.items() if not isinstance(e[0], CollectiveError)}
-        if 0 in own:
-            err, tb = own[0]
-            raise err from RankFailed(_describe(0, exitcodes.get(0), tb), 0, exitcodes.get(0))
-        silent = {r for r, code in exitcodes.items()
-                  if code not in (0, None) and r not in self.errors and r not in stopped}
-        culprits = sorted(set(own) | silent)
-        if culprits:
-            rank = culprits[0]
-            cause, tb = own.get(rank, (None, ""))
-            code = exitcodes.get(rank)
-            raise RankFailed(_describe(rank, code, tb), rank, code) from cause
-        if self.errors:
-            rank = min(self.errors)
-            err, tb = self.errors[rank]
-            raise err from RankFailed(_describe(rank, exitcodes.get(rank), tb), rank)
-        if launch_error is not None:
-            raise launch_error
-        if not self.has_result:
-            code = exitcodes.get(0)
-            raise RankFailed(_describe(0, code, "it ended without reporting a result"), 0, code)
-        return self.result
-
-
-def _describe(rank: int, exitcode: int | None, detail: str) -> str:
-    return f"rank {rank} {describe_exit(exitcode)}" + (f":\n{detail}" if detail else "")
-
-
-def launch(rank_fn: RankFn, cfg: RuntimeSection, on_epoch_end: EpochCallback | None) -> Any:
-    """Run ``rank_fn(runtime, channel)`` on ``cfg.num_processes`` ranks; return rank 0's result.
-
-    ``rank_fn`` must be picklable (a module-level function or a functools.partial of one), as
-    ranks are new processes. XLA ranks come from ``torch_xla.launch`` (one per local device:
-    PJRT assigns ordinals); CPU/CUDA ranks are spawned here and joined by ``torch.distributed``.
-    An exception from ``on_epoch_end`` stops every rank at that epoch and is re-raised here;
-    rank 0's own exception is re-raised here too; a rank that died is a :class:`RankFailed`.
-    """
-    kind = resolve_device(cfg.device)
-    world = cfg.num_processes
-    coordinator = _Coordinator(on_epoch_end)
-    exitcodes: dict[int, int | None] = {}
-    stopped: set[int] = set()
-    launch_error: BaseException | None = None
-    try:
-        if kind == "xla":
-            import torch_xla
-
-            try:
-                torch_xla.launch(_rank_entry, args=(rank_fn, cfg, kind, world, 0,
-                                                    coordinator.address, coordinator.key))
-            except Exception as err:  # a rank raised; its own report says which and why
-                launch_error = err
-        else:
-            exitcodes, stopped = _spawn(rank_fn, cfg, kind, world, coordinator.address,
-                                        coordinator.key)
-    finally:
-        coordinator.close()
-    return coordinator.outcome(exitcodes, stopped, launch_error)
-
-
-def _spawn(rank_fn: RankFn, cfg: RuntimeSection, kind: str, world: int, address: Any,
-           key: bytes) -> tuple[dict[int, int | None], set[int]]:
-    """Start ``world`` ranks, wait for them; return their exit codes and the ranks we stopped.
-
-    When a rank dies, its peers normally fail fast in their next collective (gloo notices
-    the closed socket) and report; those still running after ``OCTTRAIN_RANK_GRACE_S`` are
-    stuck (e.g. in a collective that will only time out) and are terminated.
-    """
-    ctx = torch.multiprocessing.get_context("spawn")
-    port = _free_port()
-    procs = [
-        ctx.Process(target=_rank_entry, args=(r, rank_fn, cfg, kind, world, port, address, key),
-                    name=f"octtrain-rank{r}", daemon=True)
-        for r in range(world)
-    ]
-    for p in procs:
-        p.start()
-    grace = float(os.environ.get("OCTTRAIN_RANK_GRACE_S", "10"))
-    deadline: float | None = None
-    stopped: set[int] = set()
-    try:
-        while True:
-            running = [p for p in procs if p.exitcode is None]
-            if not running:
-                break
-            if deadline is None and any(p.exitcode not in (None, 0) for p in procs):
-                deadline = time.monotonic() + grace
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            wait([p.sentinel for p in running], timeout=0.5)
-    finally:
-        for r, p in enumerate(procs):
-            if p.is_alive():
-                stopped.add(r)
-                p.terminate()
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    return {r: p.exitcode for r, p in enumerate(procs)}, stopped
+    torch_xla.launch(fn, args=args)

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from octtrain import readers
-from octtrain.config import DataSection
 from octtrain.errors import DataError
+from octtrain.sections import DataSection
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("path", "label", "patient_id")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from octtrain.config import LogSection
+from octtrain.sections import LogSection
 
 
 def json_safe(value: Any) -> Any:

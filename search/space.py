@@ -40,8 +40,6 @@ from typing import Any
 import optuna
 
 from octtrain.config import (
-    METRICS_MAX,
-    METRICS_MIN,
     TrainConfig,
     apply_overrides,
     config_from_dict,
@@ -50,6 +48,7 @@ from octtrain.config import (
 )
 from octtrain.errors import ConfigError, Problems, clip
 from octtrain.schema import read_yaml, unknown_keys
+from octtrain.sections import METRICS_MAX, METRICS_MIN
 from search.errors import SearchSpaceError
 from search.params import Param, parse_param, probe
 from search.sampler_pruner import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler

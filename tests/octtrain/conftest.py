@@ -1,7 +1,10 @@
-"""Shared fixtures of the data tests: a tiny phantom data set and a read counter."""
+"""Shared fixtures: a tiny phantom data set, a read counter, small trainer configs, and a
+list of the rank processes still alive."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -80,3 +83,28 @@ def small_config(small_manifest: Path, tmp_path: Path) -> Callable[..., TrainCon
         return base.with_overrides(overrides)
 
     return make
+
+
+@pytest.fixture
+def live_ranks() -> Callable[[], list[int]]:
+    """A function listing the rank processes of this test process that still run."""
+    return _live_ranks
+
+
+def _live_ranks() -> list[int]:
+    """PIDs of running processes spawned by this one through multiprocessing (ranks), not
+    counting multiprocessing's own resource tracker, which lives as long as this process."""
+    multiprocessing.active_children()  # reaps finished multiprocessing children
+    me, alive = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]  # after "pid (comm)"
+        if int(ppid) == me and state != "Z" and b"spawn_main" in cmdline:
+            alive.append(int(entry.name))
+    return alive

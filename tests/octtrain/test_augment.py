@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from octtrain.augment import Augment, hflip, rotate, scale_intensity
-from octtrain.config import AugmentSection
+from octtrain.sections import AugmentSection
 
 
 def _frames_of_constants(t: int = 6, h: int = 9, w: int = 11) -> torch.Tensor:

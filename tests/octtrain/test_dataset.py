@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 
 from octtrain import readers
 from octtrain.augment import Augment
-from octtrain.config import AugmentSection, DataSection
 from octtrain.dataset import Record, VolumeDataset, build_splits
 from octtrain.preprocess import VolumeCache, preprocess
+from octtrain.sections import AugmentSection, DataSection
 from octtrain.synthetic import CLASS_NAMES
 
 SHAPE = (4, 16, 16)  # the phantoms are 4 × 32 × 32: B-scans get resized

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from octtrain.config import EarlyStoppingSection
 from octtrain.early_stop import EarlyStopping, is_improvement
+from octtrain.sections import EarlyStoppingSection
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from octtrain.config import HeadSection, ModelSection
 from octtrain.errors import ConfigError
 from octtrain.model import AttentivePool, MeanPool, build_model, make_head
+from octtrain.sections import HeadSection, ModelSection
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 The Runtime tests run on ``OCTTRAIN_TEST_DEVICE`` (``cpu`` by default), as timm's tests pick
 their device from the environment: ``OCTTRAIN_TEST_DEVICE=xla PJRT_DEVICE=CPU`` runs them on
-CPU-PJRT, ``=cuda`` on a GPU. Multi-process behaviour is in ``test_distributed.py``, training
+CPU-PJRT, ``=cuda`` on a GPU. Starting ranks is in ``test_launch.py``, training
 on XLA in ``test_xla.py``.
 """
 
@@ -17,11 +17,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from octtrain import runtime as rt
-from octtrain.callback import EpochChannel, EpochDecision
-from octtrain.config import RuntimeSection
 from octtrain.errors import ConfigError
 from octtrain.runtime import Runtime, init_runtime, resolve_device
+from octtrain.sections import RuntimeSection
 
 TEST_DEVICE = os.environ.get("OCTTRAIN_TEST_DEVICE", "cpu")
 
@@ -185,31 +183,3 @@ def test_to_cpu_copies_nested_tensors(runtime: Runtime) -> None:
     state = {"a": torch.ones(2, device=device), "b": [torch.zeros(1, device=device), 3]}
     out = runtime.to_cpu(state)
     assert out["a"].device.type == "cpu" and out["b"][0].device.type == "cpu" and out["b"][1] == 3
-
-
-# ---- the epoch callback in a single process ---------------------------------------------------
-
-
-def test_epoch_channel_runs_the_callback_in_place_and_lets_its_exception_through() -> None:
-    seen: list[tuple[int, dict[str, Any]]] = []
-
-    class Pruned(Exception):
-        pass
-
-    def callback(epoch: int, metrics: dict[str, Any]) -> None:
-        seen.append((epoch, metrics))
-        if epoch == 1:
-            raise Pruned("collapsed")
-
-    channel = EpochChannel(callback)
-    assert channel.decide(0, {"val/balanced_accuracy": 0.25}) is EpochDecision.CONTINUE
-    with pytest.raises(Pruned, match="collapsed"):
-        channel.decide(1, {"val/balanced_accuracy": 0.25})
-    assert [e for e, _ in seen] == [0, 1]
-
-
-def test_rank_failed_survives_pickling() -> None:
-    import pickle
-
-    err = pickle.loads(pickle.dumps(rt.RankFailed("rank 1 exited with code 7", 1, 7)))
-    assert (str(err), err.rank, err.exitcode) == ("rank 1 exited with code 7", 1, 7)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from octtrain.config import DataSection
 from octtrain.errors import DataError
+from octtrain.sections import DataSection
 from octtrain.splits import (
     class_to_idx_from_names,
     index_folder,

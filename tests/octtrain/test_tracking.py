@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from octtrain import TrainConfig, fit
-from octtrain.config import LogSection
+from octtrain.sections import LogSection
 from octtrain.tracking import Tracker, read_metrics
 
 

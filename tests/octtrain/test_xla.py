@@ -86,9 +86,9 @@ LAUNCH_SCRIPT = '''
 import json, os, sys
 import torch
 from octtrain.callback import EpochDecision
-from octtrain.config import RuntimeSection
+from octtrain.sections import RuntimeSection
 from octtrain.errors import ConfigError
-from octtrain.runtime import launch
+from octtrain.launch import launch
 
 
 def body(runtime, channel):
