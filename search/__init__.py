@@ -5,15 +5,9 @@ The ``octsearch`` command is :func:`search.cli.main`; these are the pieces it is
 
 from __future__ import annotations
 
+from search.collapse import EpochEvidence, collapse_reason, effective_grace, stuck_reason
 from search.errors import OctsearchError, SearchSpaceError, StorageError, WorkerError
-from search.pruner import (
-    CollapsePruner,
-    EpochEvidence,
-    ExplainingPruner,
-    collapse_reason,
-    effective_grace,
-    prune_reason,
-)
+from search.pruner import CollapsePruner, ExplainingPruner, prune_reason
 from search.reporter import EpochReporter
 from search.space import SearchSpace, diff_spaces, load_space, space_from_dict
 from search.storage import DEFAULT_STORAGE, open_storage
@@ -42,4 +36,5 @@ __all__ = [
     "prune_reason",
     "run_worker",
     "space_from_dict",
+    "stuck_reason",
 ]

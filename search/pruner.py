@@ -4,29 +4,25 @@ Median and percentile pruners compare a trial with *completed* trials, so they w
 startup trials and, when most trials collapse, compare a collapsed trial with a collapsed
 median and never fire (measured here: Optuna 5.0's ``MedianPruner`` keeps a trial reporting
 0.25 at every epoch when six completed trials also reported 0.25). :class:`CollapsePruner`
-instead judges a trial by its own validation predictions, from the first trial of a study,
-and wraps an optional inner Optuna pruner for the usual "worse than the others" rule.
+instead judges a trial by its own per-epoch record, from the first trial of a study, with the
+rule of :mod:`search.collapse`, and wraps an optional inner Optuna pruner for the usual "worse
+than the others" rule.
 
 The per-epoch evidence is what :mod:`search.reporter` stores for every epoch (see
 :mod:`search.record`): the trial's intermediate value (the objective) plus the trainer's
-metrics dict of the epoch, of which the rule reads ``val/max_class_share``,
-``val/majority_class``, ``val/balanced_accuracy`` and the number of classes
-(``len(val/pred_hist)``). The trial's ``unfreeze_at_epoch`` (``-1``: the encoder is never
-unfrozen) moves the grace period past a frozen warm-up.
+metrics dict of the epoch. The trial's ``unfreeze_at_epoch`` (``-1``: the encoder is never
+unfrozen) moves the grace period of the post-warm-up criterion and of the inner pruner.
 
-The rule itself (:func:`collapse_reason`) and the grace period (:func:`effective_grace`) are
-pure functions. A pruner that can say why it prunes is an :class:`ExplainingPruner`: its
-``judge`` returns the reason or ``None``, and its ``prune`` is ``judge(...) is not None``, so the
-decision and its reason come from one calculation. :func:`prune_reason` asks any pruner, and
-is what the reporter calls each epoch.
+A pruner that can say why it prunes is an :class:`ExplainingPruner`: its ``judge`` returns the
+reason or ``None``, and its ``prune`` is ``judge(...) is not None``, so the decision and its
+reason come from one calculation. :func:`prune_reason` asks any pruner, and is what the
+reporter calls each epoch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from optuna.pruners import (
     BasePruner,
@@ -37,120 +33,11 @@ from optuna.pruners import (
 )
 from optuna.study import StudyDirection
 
+from search.collapse import EpochEvidence, Thresholds, collapse_reason, effective_grace, stuck_reason
 from search.record import best_step, epoch_metrics, unfreeze_at_epoch
 
 if TYPE_CHECKING:
     import optuna
-
-
-@dataclass(frozen=True)
-class EpochEvidence:
-    """What the collapse rule sees of one validation. NaN where the trainer gave none."""
-
-    epoch: int
-    max_class_share: float = math.nan  # largest share of predictions in one class, in [0, 1]
-    majority_class: int = -1  # the class with that share
-    balanced_accuracy: float = math.nan
-    num_classes: int = 0  # 0: unknown, so the balanced-accuracy criterion is skipped
-
-    @classmethod
-    def from_metrics(cls, epoch: int, metrics: Mapping[str, Any] | None) -> EpochEvidence:
-        """Evidence from a trainer metrics dict (``None`` values, as stored for NaN, are NaN)."""
-        metrics = metrics or {}
-        hist = metrics.get("val/pred_hist") or metrics.get("val/per_class_accuracy") or []
-        majority = metrics.get("val/majority_class")
-        return cls(
-            epoch=epoch,
-            max_class_share=_float(metrics.get("val/max_class_share")),
-            majority_class=int(majority) if isinstance(majority, int) else -1,
-            balanced_accuracy=_float(metrics.get("val/balanced_accuracy")),
-            num_classes=len(hist),
-        )
-
-
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def effective_grace(grace_epochs: int, unfreeze_at_epoch: int, settle_epochs: int) -> int:
-    """First epoch the collapse rule may judge.
-
-    A trial that unfreezes its encoder at epoch ``u`` (0-based; ``-1``: never) is not judged
-    during its frozen warm-up nor for ``settle_epochs`` epochs from the unfreeze on: a frozen
-    linear head often predicts the majority class until the encoder trains. With the default
-    ``settle_epochs=2`` epochs ``0 .. u+1`` are never judged.
-    """
-    if unfreeze_at_epoch >= 0:
-        return max(grace_epochs, unfreeze_at_epoch + settle_epochs)
-    return grace_epochs
-
-
-def _collapsed_by_share(e: EpochEvidence, max_class_share: float) -> bool:
-    return e.max_class_share >= max_class_share  # False for NaN
-
-
-def _collapsed_by_balanced_accuracy(e: EpochEvidence, margin: float) -> bool:
-    return e.num_classes > 0 and e.balanced_accuracy <= 1.0 / e.num_classes + margin
-
-
-def collapse_reason(
-    epochs: Sequence[EpochEvidence],
-    *,
-    max_class_share: float = 0.9,
-    margin: float = 0.05,
-    patience: int = 2,
-    grace: int = 1,
-) -> str | None:
-    """Why the trial has collapsed, or ``None`` if it has not.
-
-    A trial has collapsed when each of its last ``patience`` epochs, consecutive and all at
-    or after epoch ``grace``, shows one of: at least ``max_class_share`` of the validation
-    predictions in one class, or balanced accuracy at most ``1/C + margin`` (chance plus a
-    margin, ``C`` classes). Only the latest epochs count: a trial that recovers is judged
-    anew. A NaN share or balanced accuracy is no evidence of collapse, so an epoch with NaN
-    metrics breaks the run of collapsed epochs; an epoch with no stored metrics does too.
-    """
-    run: list[EpochEvidence] = []
-    for e in sorted(epochs, key=lambda e: e.epoch, reverse=True):
-        if len(run) == patience:
-            break
-        contiguous = not run or e.epoch == run[-1].epoch - 1
-        by_share = _collapsed_by_share(e, max_class_share)
-        by_bacc = _collapsed_by_balanced_accuracy(e, margin)
-        if e.epoch < grace or not contiguous or not (by_share or by_bacc):
-            break
-        run.append(e)
-    if len(run) < patience:
-        return None
-    return _describe_collapse(run, max_class_share, margin)
-
-
-def _describe_collapse(run: Sequence[EpochEvidence], max_class_share: float, margin: float) -> str:
-    n = len(run)
-    span = f"for {n} epoch{'s' if n != 1 else ''}"
-    if all(_collapsed_by_share(e, max_class_share) for e in run):
-        share = min(e.max_class_share for e in run)
-        classes = sorted({e.majority_class for e in run})
-        which = (f"class {classes[0]}" if len(classes) == 1
-                 else f"one class ({', '.join(map(str, classes))})")
-        percent = math.floor(share * 100)
-        return f"collapsed: {percent}% of validation predictions are {which} {span}"
-    if all(_collapsed_by_balanced_accuracy(e, margin) for e in run):
-        bacc = max(e.balanced_accuracy for e in run)
-        chance = 1.0 / run[0].num_classes
-        return (f"collapsed: balanced accuracy {bacc:.2f} <= chance {chance:.2f} + margin "
-                f"{margin:.2f} {span}")
-    parts = []
-    for e in sorted(run, key=lambda e: e.epoch):
-        if _collapsed_by_share(e, max_class_share):
-            parts.append(f"epoch {e.epoch}: {math.floor(e.max_class_share * 100):.0f}% class "
-                         f"{e.majority_class}")
-        else:
-            parts.append(f"epoch {e.epoch}: balanced accuracy {e.balanced_accuracy:.2f}")
-    return f"collapsed: one class or chance level {span} ({'; '.join(parts)})"
 
 
 def trial_evidence(trial: optuna.trial.FrozenTrial) -> list[EpochEvidence]:
@@ -209,15 +96,21 @@ def describe_prune(pruner: BasePruner, study: optuna.Study, trial: optuna.trial.
 class CollapsePruner(BasePruner):
     """Prune collapsed trials from trial 1; optionally also whatever ``inner`` prunes.
 
-    Nothing is pruned before the trial's effective grace epoch (:func:`effective_grace`):
-    neither the collapse rule nor the inner pruner sees a trial during its frozen warm-up or
-    the ``settle_epochs`` epochs after it unfreezes, so the inner pruner never compares a
-    trial still warming up with trials that unfroze earlier. After that the trial is pruned
-    when :func:`collapse_reason` finds a collapse, or when ``inner.prune`` says so.
+    Each epoch, in this order (:mod:`search.collapse` has the rule and why it is so):
 
-    NaN handling: NaN metrics are never evidence of collapse (see :func:`collapse_reason`);
-    NaN intermediate values are passed to the inner pruner unchanged (Optuna's median and
-    percentile pruners prune a trial whose values are all NaN).
+    1. from epoch 0, frozen warm-up included: prune a trial *stuck* in a collapse for
+       ``stuck_patience`` epochs (collapsed validation predictions that do not move, and a
+       training balanced accuracy at chance level);
+    2. from the trial's effective grace epoch (:func:`~search.collapse.effective_grace`: after
+       the frozen warm-up and ``settle_epochs`` more) on: prune a trial *collapsed* for
+       ``patience`` epochs (moving or not) while its training balanced accuracy is at chance;
+    3. after the same grace epoch: prune what ``inner.prune`` prunes, so the inner pruner never
+       compares a trial still warming up with trials that unfroze earlier.
+
+    NaN handling: NaN metrics are never evidence of collapse, a NaN training accuracy is no
+    evidence of learning (:mod:`search.collapse`); NaN intermediate values are passed to the
+    inner pruner unchanged (Optuna's median and percentile pruners prune a trial whose values
+    are all NaN).
 
     It is an :class:`ExplainingPruner`: :meth:`judge` returns the reason of a prune (the
     inner pruner's through :func:`prune_reason`), and :meth:`prune` is ``judge`` answered.
@@ -226,9 +119,14 @@ class CollapsePruner(BasePruner):
         max_class_share: Share of validation predictions in one class, in ``(0, 1]``, at or
             above which an epoch counts as collapsed.
         margin: An epoch with balanced accuracy at most ``1/C + margin`` counts as collapsed.
-        patience: Consecutive collapsed epochs needed to prune, at least 1.
-        grace_epochs: Epochs ``0 .. grace_epochs-1`` are never judged.
-        settle_epochs: Epochs from the unfreeze on that are never judged (see above).
+        patience: Consecutive collapsed epochs after the grace epoch needed to prune, >= 1.
+        grace_epochs: Criterion 2 and the inner pruner never judge epochs ``0 .. grace_epochs-1``.
+        settle_epochs: Nor the epochs from the unfreeze on that are fewer than this many.
+        train_margin: Training balanced accuracy above ``1/C + train_margin`` is learning: such
+            an epoch never counts as collapsed. ``1.0`` judges the validation alone.
+        stuck_patience: Consecutive stuck epochs needed to prune in criterion 1; ``0`` turns it off.
+        max_prediction_change: Largest share of validation predictions that may change class
+            between two epochs that still count as stuck, in ``[0, 1]``.
         inner: An Optuna pruner consulted after the grace period, or ``None``.
     """
 
@@ -239,12 +137,14 @@ class CollapsePruner(BasePruner):
         patience: int = 2,
         grace_epochs: int = 1,
         settle_epochs: int = 2,
+        train_margin: float = 0.05,
+        stuck_patience: int = 3,
+        max_prediction_change: float = 0.01,
         *,
         inner: BasePruner | None = None,
     ) -> None:
         if not 0.0 < max_class_share <= 1.0:
-            raise ValueError(
-                f"max_class_share must be in (0, 1], but got {max_class_share=}.")
+            raise ValueError(f"max_class_share must be in (0, 1], but got {max_class_share=}.")
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"margin must be in [0, 1), but got {margin=}.")
         if patience < 1:
@@ -253,11 +153,17 @@ class CollapsePruner(BasePruner):
             raise ValueError(f"grace_epochs cannot be negative, but got {grace_epochs=}.")
         if settle_epochs < 0:
             raise ValueError(f"settle_epochs cannot be negative, but got {settle_epochs=}.")
-        self._max_class_share = max_class_share
-        self._margin = margin
+        if not 0.0 <= train_margin <= 1.0:
+            raise ValueError(f"train_margin must be in [0, 1], but got {train_margin=}.")
+        if stuck_patience < 0:
+            raise ValueError(f"stuck_patience cannot be negative, but got {stuck_patience=}.")
+        if not 0.0 <= max_prediction_change <= 1.0:
+            raise ValueError(f"max_prediction_change must be in [0, 1], but got {max_prediction_change=}.")
+        self._thresholds = Thresholds(max_class_share, margin, train_margin, max_prediction_change)
         self._patience = patience
         self._grace_epochs = grace_epochs
         self._settle_epochs = settle_epochs
+        self._stuck_patience = stuck_patience
         self._inner = inner
 
     def judge(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | None:
@@ -265,16 +171,15 @@ class CollapsePruner(BasePruner):
         step = trial.last_step
         if step is None:
             return None
+        evidence = trial_evidence(trial)
+        if self._stuck_patience:
+            reason = stuck_reason(evidence, self._thresholds, self._stuck_patience)
+            if reason is not None:
+                return reason
         grace = effective_grace(self._grace_epochs, unfreeze_at_epoch(trial), self._settle_epochs)
         if step < grace:
             return None
-        reason = collapse_reason(
-            trial_evidence(trial),
-            max_class_share=self._max_class_share,
-            margin=self._margin,
-            patience=self._patience,
-            grace=grace,
-        )
+        reason = collapse_reason(evidence, self._thresholds, self._patience, grace)
         if reason is not None:
             return reason
         if self._inner is not None:

@@ -42,7 +42,8 @@ INNER_PRUNERS: dict[str, tuple[type | None, dict[str, str]]] = {
         "bootstrap_count": "int"}),
 }
 COLLAPSE_OPTIONS = {"max_class_share": "float", "margin": "float", "patience": "int",
-                    "grace_epochs": "int", "settle_epochs": "int"}
+                    "grace_epochs": "int", "settle_epochs": "int", "train_margin": "float",
+                    "stuck_patience": "int", "max_prediction_change": "float"}
 
 
 @dataclass(frozen=True)

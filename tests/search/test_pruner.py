@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import pytest
 
-from search.pruner import CollapsePruner, EpochEvidence, collapse_reason, effective_grace, prune_reason
+from search.pruner import CollapsePruner, prune_reason
 from search.record import UNFREEZE_ATTR, epoch_attr
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -24,11 +24,27 @@ COLLAPSED = {"share": 0.97, "bacc": 0.25}  # the collapsed baseline: 97% class 0
 HEALTHY = {"share": 0.40, "bacc": 0.60}
 
 
-def metrics(share: float, bacc: float, majority: int = 0, classes: int = 4) -> dict[str, Any]:
-    hist = [0] * classes
-    hist[majority] = 1
-    return {"val/max_class_share": share, "val/balanced_accuracy": bacc,
-            "val/majority_class": majority, "val/pred_hist": hist}
+def metrics(e: dict[str, Any], classes: int = 4) -> dict[str, Any]:
+    """A trainer metrics record: ``share``/``bacc`` of validation, optionally ``train`` (training
+    balanced accuracy; absent: not recorded), ``hist`` (validation predictions per class;
+    absent: 100 predictions, ``share`` of them in class ``majority`` and the rest in the next)."""
+    share, majority = e["share"], e.get("majority", 0)
+    hist = e.get("hist")
+    if hist is None:
+        top = 100 if math.isnan(share) else round(share * 100)
+        hist = [0] * classes
+        hist[majority] = top
+        hist[(majority + 1) % classes] += 100 - top
+    out = {"val/max_class_share": share, "val/balanced_accuracy": e["bacc"],
+           "val/majority_class": majority, "val/pred_hist": hist}
+    if "train" in e:
+        out["train/balanced_accuracy"] = e["train"]
+    return out
+
+
+def after_grace(**kwargs: Any) -> CollapsePruner:
+    """Only the criterion judged after the grace epoch (and the inner pruner): no stuck rule."""
+    return CollapsePruner(stuck_patience=0, **kwargs)
 
 
 def make_study(pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
@@ -52,7 +68,7 @@ def run_and_explain(study: optuna.Study, epochs: Sequence[dict[str, float]], *,
     trial = study.ask()
     trial.set_user_attr(UNFREEZE_ATTR, unfreeze)
     for epoch, e in enumerate(epochs):
-        trial.set_user_attr(epoch_attr(epoch), metrics(e["share"], e["bacc"]))
+        trial.set_user_attr(epoch_attr(epoch), metrics(e))
         trial.report(e["bacc"], epoch)
         if explain:
             (stored,) = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -80,34 +96,37 @@ def run_and_explain(study: optuna.Study, epochs: Sequence[dict[str, float]], *,
 )
 def test_collapse_by_share_or_balanced_accuracy(share: float, bacc: float,
                                                 pruned_at: int | None) -> None:
-    study = make_study(CollapsePruner(patience=2, grace_epochs=1))
+    study = make_study(after_grace(patience=2, grace_epochs=1))
     assert run_trial(study, [{"share": share, "bacc": bacc}] * 6) == pruned_at
 
 
 @pytest.mark.parametrize(
     ("epochs", "reason"),
     [
-        ([COLLAPSED] * 3, "collapsed: 97% of validation predictions are class 0 for 2 epochs"),
+        ([COLLAPSED] * 3, "collapsed: 97% of validation predictions are class 0 for 2 epochs (epochs 1-2)"),
         ([{"share": 0.5, "bacc": 0.27}] * 3,
-         "collapsed: balanced accuracy 0.27 <= chance 0.25 + margin 0.05 for 2 epochs"),
+         "collapsed: balanced accuracy 0.27 <= chance 0.25 + margin 0.05 for 2 epochs (epochs 1-2)"),
         ([{"share": 0.97, "bacc": 0.6}] * 2 + [{"share": 0.5, "bacc": 0.27}],
-         "collapsed: one class or chance level for 2 epochs (epoch 1: 97% class 0; "
-         "epoch 2: balanced accuracy 0.27)"),
+         "collapsed: one class or chance level (epoch 1: 97% class 0; epoch 2: balanced accuracy 0.27) "
+         "for 2 epochs (epochs 1-2)"),
+        ([{**COLLAPSED, "train": 0.26}] * 3,
+         "collapsed: 97% of validation predictions are class 0 for 2 epochs (epochs 1-2); "
+         "training balanced accuracy <= 0.26 (chance 0.25)"),
     ],
 )
 def test_prune_reason_says_which_criterion_held(epochs: list[dict[str, float]], reason: str) -> None:
-    study = make_study(CollapsePruner(patience=2, grace_epochs=1))
+    study = make_study(after_grace(patience=2, grace_epochs=1))
     assert run_and_explain(study, epochs) == (2, reason)
 
 
 @pytest.mark.parametrize(("patience", "pruned_at"), [(1, 1), (2, 2), (3, 3), (5, 5)])
 def test_patience_counts_consecutive_collapsed_epochs(patience: int, pruned_at: int) -> None:
-    study = make_study(CollapsePruner(patience=patience, grace_epochs=1))
+    study = make_study(after_grace(patience=patience, grace_epochs=1))
     assert run_trial(study, [COLLAPSED] * 8) == pruned_at
 
 
 def test_a_recovered_epoch_restarts_the_count() -> None:
-    study = make_study(CollapsePruner(patience=2, grace_epochs=1))
+    study = make_study(after_grace(patience=2, grace_epochs=1))
     epochs = [COLLAPSED, COLLAPSED, HEALTHY, COLLAPSED, COLLAPSED, HEALTHY]
     assert run_trial(study, epochs) == 4
 
@@ -126,16 +145,84 @@ def test_a_recovered_epoch_restarts_the_count() -> None:
 )
 def test_grace_covers_frozen_warmup_and_settling(grace_epochs: int, unfreeze: int, settle: int,
                                                  pruned_at: int) -> None:
-    study = make_study(CollapsePruner(patience=2, grace_epochs=grace_epochs,
-                                      settle_epochs=settle))
+    study = make_study(after_grace(patience=2, grace_epochs=grace_epochs, settle_epochs=settle))
     assert run_trial(study, [COLLAPSED] * 10, unfreeze=unfreeze) == pruned_at
 
 
+def moving(n: int, share: float = 0.97, bacc: float = 0.25, step: int = 3) -> list[dict[str, Any]]:
+    """Collapsed epochs whose predictions move: ``step`` of 100 change class every epoch."""
+    out = []
+    for k in range(n):
+        top = round(share * 100) - (k % 2) * step
+        out.append({"share": top / 100, "bacc": bacc, "hist": [top, 100 - top, 0, 0]})
+    return out
+
+
 @pytest.mark.parametrize("unfreeze", [1, 2, 3, 4, 5])
-def test_defaults_never_prune_in_warmup_or_the_epoch_after_unfreezing(unfreeze: int) -> None:
+def test_defaults_never_prune_a_moving_collapse_in_warmup_or_the_epoch_after_unfreezing(unfreeze: int) -> None:
     study = make_study(CollapsePruner())
-    pruned_at = run_trial(study, [COLLAPSED] * 12, unfreeze=unfreeze)
+    pruned_at = run_trial(study, moving(12), unfreeze=unfreeze)
     assert pruned_at is not None and pruned_at > unfreeze + 1
+
+
+@pytest.mark.parametrize("unfreeze", [-1, 1, 3, 5, 8])
+def test_defaults_stop_a_stuck_collapse_at_epoch_2_however_late_it_unfreezes(unfreeze: int) -> None:
+    """The demo's late-unfreeze baseline: class 0 for every prediction, training at chance."""
+    study = make_study(CollapsePruner())
+    stuck = {"share": 1.0, "bacc": 0.25, "train": 0.25}
+    assert run_and_explain(study, [stuck] * 10, unfreeze=unfreeze) == (
+        2, "stuck: 100% of validation predictions are class 0, unchanged for 3 epochs (epochs 0-2); "
+           "training balanced accuracy <= 0.25 (chance 0.25)")
+
+
+def test_a_swing_to_a_minority_class_in_warmup_that_then_learns_is_not_pruned() -> None:
+    """The fixed recipe under class weights: all class 2, then 91% class 2, while training
+    balanced accuracy leaves chance; validation learns once the encoder trains."""
+    swing = [
+        {"share": 1.00, "bacc": 0.25, "majority": 2, "hist": [0, 0, 106, 0], "train": 0.30},
+        {"share": 0.91, "bacc": 0.40, "majority": 2, "hist": [0, 8, 96, 2], "train": 0.40},
+        {"share": 0.41, "bacc": 0.58, "majority": 1, "hist": [33, 43, 1, 29], "train": 0.51},
+        {"share": 0.63, "bacc": 0.69, "hist": [67, 26, 7, 6], "train": 0.57},
+    ] + [{"share": 0.7, "bacc": 0.85, "hist": [74, 10, 11, 11], "train": 0.7}] * 6
+    study = make_study(CollapsePruner(inner=optuna.pruners.MedianPruner(n_startup_trials=5)))
+    assert run_trial(study, swing, unfreeze=3) is None
+
+
+def test_a_frozen_majority_collapse_whose_predictions_start_to_move_is_kept() -> None:
+    """Recorded: all class 0 for the first two frozen epochs, then a few predictions move; the
+    trial learned to 0.95 after its encoder unfroze at epoch 3."""
+    recovers = [
+        {"share": 1.00, "bacc": 0.25, "hist": [106, 0, 0, 0], "train": 0.26},
+        {"share": 1.00, "bacc": 0.25, "hist": [106, 0, 0, 0], "train": 0.27},
+        {"share": 0.97, "bacc": 0.30, "hist": [103, 3, 0, 0], "train": 0.25},
+        {"share": 0.99, "bacc": 0.25, "hist": [105, 0, 1, 0], "train": 0.34},
+        {"share": 0.84, "bacc": 0.68, "hist": [89, 2, 5, 10], "train": 0.55},
+    ] + [{"share": 0.74, "bacc": 0.95, "hist": [78, 8, 10, 10], "train": 0.95}] * 5
+    study = make_study(CollapsePruner())
+    assert run_trial(study, recovers, unfreeze=3) is None
+
+
+@pytest.mark.parametrize(("train", "pruned_at"), [(0.25, 2), (0.30, 2), (0.31, None), (0.6, None), (NAN, 2)])
+def test_a_model_that_learns_its_training_data_is_not_collapsed(train: float, pruned_at: int | None) -> None:
+    """Training balanced accuracy above chance + train_margin (0.05) vetoes both criteria; an
+    unrecorded one (NaN) is no evidence of learning."""
+    study = make_study(CollapsePruner())
+    assert run_trial(study, [{**COLLAPSED, "train": train}] * 8) == pruned_at
+
+
+@pytest.mark.parametrize(("change", "pruned_at"), [(0, 2), (1, 2), (2, None)])
+def test_stuck_means_at_most_max_prediction_change_of_predictions_moved(change: int, pruned_at: int | None) -> None:
+    """100 predictions, max_prediction_change 0.01: one prediction moving each epoch is still stuck."""
+    epochs = [{"share": 0.97, "bacc": 0.25, "hist": [97 - (k % 2) * change, 3 + (k % 2) * change, 0, 0]}
+              for k in range(6)]
+    study = make_study(CollapsePruner(stuck_patience=3, patience=99))
+    assert run_trial(study, epochs, unfreeze=4) == pruned_at
+
+
+@pytest.mark.parametrize(("stuck_patience", "pruned_at"), [(1, 0), (2, 1), (3, 2), (5, 4), (0, None)])
+def test_stuck_patience_counts_stuck_epochs_from_epoch_0(stuck_patience: int, pruned_at: int | None) -> None:
+    study = make_study(CollapsePruner(stuck_patience=stuck_patience))
+    assert run_trial(study, [COLLAPSED] * 8, unfreeze=7) == pruned_at
 
 
 def test_needs_no_completed_trial() -> None:
@@ -166,11 +253,11 @@ def test_median_pruner_never_prunes_when_completed_trials_collapsed_too() -> Non
 )
 def test_nan_metrics_are_no_evidence_of_collapse(values: list[float], share: float, bacc: float,
                                                  pruned_at: int | None) -> None:
-    study = make_study(CollapsePruner(patience=2, grace_epochs=1))
+    study = make_study(after_grace(patience=2, grace_epochs=1))
     trial = study.ask()
     result = None
     for epoch, v in enumerate(values):
-        trial.set_user_attr(epoch_attr(epoch), metrics(share, bacc))
+        trial.set_user_attr(epoch_attr(epoch), metrics({"share": share, "bacc": bacc}))
         trial.report(v, epoch)
         if trial.should_prune():
             result = epoch
@@ -179,13 +266,13 @@ def test_nan_metrics_are_no_evidence_of_collapse(values: list[float], share: flo
 
 
 def test_a_nan_epoch_breaks_the_run() -> None:
-    study = make_study(CollapsePruner(patience=2, grace_epochs=1))
+    study = make_study(after_grace(patience=2, grace_epochs=1))
     epochs = [COLLAPSED, COLLAPSED, {"share": NAN, "bacc": NAN}, COLLAPSED, COLLAPSED]
     assert run_trial(study, epochs) == 4
 
 
 def test_epochs_without_stored_metrics_are_not_judged() -> None:
-    study = make_study(CollapsePruner(patience=1, grace_epochs=0))
+    study = make_study(after_grace(patience=1, grace_epochs=0))
     trial = study.ask()
     for epoch in range(4):
         trial.report(0.25, epoch)
@@ -211,7 +298,7 @@ INNERS: list[tuple[str, optuna.pruners.BasePruner | None, str | None]] = [
 def test_inner_pruner_prunes_a_worse_healthy_trial(
     name: str, inner: optuna.pruners.BasePruner | None, reason: str | None
 ) -> None:
-    study = make_study(CollapsePruner(patience=2, grace_epochs=2, inner=inner))
+    study = make_study(after_grace(patience=2, grace_epochs=2, inner=inner))
     for _ in range(8):  # hyperband spreads them over its brackets
         assert run_trial(study, [HEALTHY] * 6) is None
     # Not collapsed (share 0.4, bacc 0.31 > 0.30), just worse than the others.
@@ -227,7 +314,7 @@ def test_inner_pruner_prunes_a_worse_healthy_trial(
 def test_collapse_prunes_whatever_the_inner_pruner(
     name: str, inner: optuna.pruners.BasePruner | None, reason: str | None
 ) -> None:
-    study = make_study(CollapsePruner(patience=2, grace_epochs=1, inner=inner))
+    study = make_study(after_grace(patience=2, grace_epochs=1, inner=inner))
     pruned_at, why = run_and_explain(study, [COLLAPSED] * 6)
     assert pruned_at == 2 and why is not None and why.startswith("collapsed: 97%")
 
@@ -249,32 +336,11 @@ def test_inner_pruner_is_not_consulted_during_warmup() -> None:
         ({"patience": 0}, "patience=0"),
         ({"grace_epochs": -1}, "grace_epochs=-1"),
         ({"settle_epochs": -2}, "settle_epochs=-2"),
+        ({"train_margin": 1.5}, "train_margin=1.5"),
+        ({"stuck_patience": -1}, "stuck_patience=-1"),
+        ({"max_prediction_change": -0.1}, "max_prediction_change=-0.1"),
     ],
 )
 def test_invalid_arguments_quote_the_value(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CollapsePruner(**kwargs)
-
-
-# The pure pieces, alone ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("grace", "unfreeze", "settle", "expected"),
-                         [(1, -1, 2, 1), (1, 0, 2, 2), (1, 3, 2, 5), (6, 3, 2, 6), (0, 2, 0, 2)])
-def test_effective_grace(grace: int, unfreeze: int, settle: int, expected: int) -> None:
-    assert effective_grace(grace, unfreeze, settle) == expected
-
-
-def test_collapse_reason_needs_contiguous_epochs() -> None:
-    gap = [EpochEvidence(1, 0.97, 0, 0.25, 4), EpochEvidence(3, 0.97, 0, 0.25, 4)]
-    assert collapse_reason(gap, patience=2, grace=1) is None
-    run = [EpochEvidence(2, 0.97, 0, 0.25, 4), EpochEvidence(3, 0.95, 2, 0.25, 4)]
-    assert collapse_reason(run, patience=2, grace=1) == (
-        "collapsed: 95% of validation predictions are one class (0, 2) for 2 epochs")
-
-
-def test_evidence_from_stored_metrics_reads_null_as_nan() -> None:
-    e = EpochEvidence.from_metrics(3, {"val/max_class_share": None, "val/balanced_accuracy": 0.3,
-                                       "val/majority_class": 1, "val/pred_hist": [1, 2, 3]})
-    assert math.isnan(e.max_class_share)
-    assert (e.epoch, e.majority_class, e.balanced_accuracy, e.num_classes) == (3, 1, 0.3, 3)

@@ -7,9 +7,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from search_testing import FAKE_SPACE
+from search_testing import FAKE_SPACE, STUCK_REASON
 
 from octtrain.config import load_config
+from octtrain.errors import clip
 from search.errors import OctsearchError
 from search.report import export_best, format_best, format_leaderboard, format_trials
 from search.space import space_from_dict
@@ -33,7 +34,7 @@ def test_trials_table_shows_states_values_epochs_reasons_and_per_class_accuracy(
     pruned, failed, complete = lines[3:]
     assert pruned.split()[:10] == ["0", "(collapses)", "PRUNED", "0.25", "0", "3",
                                    "1.00", "0.00", "0.00", "0.00"]
-    assert pruned.endswith("collapsed: 96% of validation predictions are class 0 for 2 epochs")
+    assert pruned.endswith(clip(STUCK_REASON, 70))
     assert failed.split()[:6] == ["1", "(raises)", "FAIL", "-", "-", "1"]
     assert failed.endswith("RuntimeError: boom")
     assert complete.split()[:10] == ["2", "(learns)", "COMPLETE", "0.9", "4", "6",

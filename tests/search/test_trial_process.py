@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import pytest
 from fake_fit import CRASH, DIVERGE, HANG, RAISE
-from search_testing import FAKE_SPACE, fake_options, signal_when_written
+from search_testing import FAKE_SPACE, STUCK_REASON, fake_options, signal_when_written
 
 from search.record import PRUNE_REASON_ATTR, epoch_attr
 from search.space import space_from_dict
@@ -61,7 +61,7 @@ def test_a_complete_trial_returns_its_best_epoch(sqlite_url: str, tmp_path: Path
 def test_a_collapsed_trial_is_pruned_with_the_reason_on_the_trial(sqlite_url: str,
                                                                   tmp_path: Path) -> None:
     study, result = run(sqlite_url, tmp_path, 0, 1e-3)
-    reason = "collapsed: 96% of validation predictions are class 0 for 2 epochs"
+    reason = STUCK_REASON
     assert result == TrialResult(Outcome.PRUNED, reason=reason)
     (trial,) = study.get_trials()
     assert trial.user_attrs[PRUNE_REASON_ATTR] == reason

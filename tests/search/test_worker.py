@@ -11,7 +11,7 @@ import optuna
 import pytest
 from fake_fit import CRASH, DIVERGE, HANG, RAISE
 from optuna.trial import TrialState
-from search_testing import fake_options, run_threads, signal_when_written
+from search_testing import STUCK_REASON, fake_options, run_threads, signal_when_written
 
 from search.cli import sigterm_interrupts
 from search.errors import SearchSpaceError, WorkerError
@@ -61,9 +61,8 @@ def test_trials_end_complete_pruned_or_diverged(fake_space: dict[str, Any], stor
     collapsed, learned, diverged = study.get_trials()
 
     assert collapsed.state == TrialState.PRUNED
-    assert collapsed.user_attrs["prune_reason"] == (
-        "collapsed: 96% of validation predictions are class 0 for 2 epochs")
-    assert sorted(collapsed.intermediate_values) == [0, 1, 2]  # grace 1 + patience 2
+    assert collapsed.user_attrs["prune_reason"] == STUCK_REASON
+    assert sorted(collapsed.intermediate_values) == [0, 1, 2]  # stuck for stuck_patience 3 epochs
 
     assert learned.state == TrialState.COMPLETE
     assert learned.value == pytest.approx(0.9) and learned.user_attrs["best_epoch"] == 4
