@@ -3,15 +3,21 @@
 A checkpoint holds what is needed to understand and resume it without the run directory:
 model, optimizer and scheduler state, the epoch, the best metric so far, the resolved config and
 ``class_to_idx``. Only tensors and plain Python values are stored, so the safe loader reads it.
+A run keeps two (:class:`Checkpointer`): ``last.pt`` after every epoch, ``best.pt`` after the
+best one.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from octtrain.runtime import Runtime
 
 FORMAT_VERSION = 1
 
@@ -28,3 +34,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """A checkpoint written by :func:`save_checkpoint`, read with the safe (weights-only) loader."""
     out: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
     return out
+
+
+class Checkpointer:
+    """Writes a run's ``last.pt`` after every epoch and ``best.pt`` after the best one."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], class_to_idx: Mapping[str, int],
+                 metric: str) -> None:
+        self.run_dir = run_dir
+        self.config = config  # TrainConfig.to_dict(): the checkpoint says how it was trained
+        self.class_to_idx = dict(class_to_idx)
+        self.metric = metric  # the one that picks the best epoch
+
+    def save(self, runtime: Runtime, epoch: int, model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler: Any, metrics: Mapping[str, Any],
+             is_best: bool) -> None:
+        """Write this epoch's state (copied to the CPU); ``metrics`` hold ``best/...``."""
+        best_value = metrics["best/value"]
+        state = {
+            "model": runtime.to_cpu(model.state_dict()),
+            "optimizer": runtime.to_cpu(optimizer.state_dict()),
+            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+            "epoch": epoch,
+            "best_metric": self.metric,
+            "best_value": best_value if best_value is not None else math.nan,
+            "best_epoch": metrics["best/epoch"],
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))},
+            "config": self.config,
+            "class_to_idx": dict(self.class_to_idx),
+        }
+        save_checkpoint(self.run_dir / "last.pt", state)
+        if is_best:
+            save_checkpoint(self.run_dir / "best.pt", state)

@@ -1,22 +1,29 @@
-"""The torch ``Dataset`` of preprocessed volumes, and the train/val/test splits of a config.
+"""The torch side of the data: ``Dataset``s of preprocessed volumes, and one rank's loaders.
 
 ``VolumeDataset[i]`` is ``(volume, label)`` with ``volume`` a float32 ``(T, H, W)`` tensor in
 ``[0, 1]`` (augmentation may leave that range slightly). Volumes come from a
 :class:`~octtrain.preprocess.VolumeCache`, so only the first epoch reads source files.
 ``labels`` never touches a volume: class weights are computed from it at setup.
+
+Batches keep one shape, as XLA wants (a new shape is a new graph): the train loader drops the
+last short batch, and validation is padded to full batches with a validity mask
+(:class:`PaddedDataset`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from octtrain.augment import Augment
+from octtrain.errors import ConfigError
 from octtrain.preprocess import VolumeCache
-from octtrain.sections import AugmentSection, DataSection
+from octtrain.sections import AugmentSection, DataSection, TrainSection
 from octtrain.splits import Record, split_records
 
 __all__ = ["Record", "Splits", "VolumeDataset", "build_splits"]
@@ -80,3 +87,64 @@ def build_splits(
         test=VolumeDataset(records["test"], cache),
         class_to_idx=mapping,
     )
+
+
+class PaddedDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
+    """A dataset padded to a multiple of ``multiple`` items; each item carries ``valid`` (1 or 0).
+
+    Every validation batch then has the same shape (no new XLA graph for a short last batch),
+    and the padding is masked out of the counts. Padding repeats item 0 (read from the cache).
+    """
+
+    def __init__(self, base: Dataset[tuple[torch.Tensor, int]], multiple: int) -> None:
+        self.base = base
+        self.n = len(base)  # type: ignore[arg-type]
+        self.total = math.ceil(self.n / multiple) * multiple
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        x, y = self.base[i if i < self.n else 0]
+        # float32: a Python float collates to float64 and would promote the masked loss to it
+        return x, y, torch.tensor(float(i < self.n), dtype=torch.float32)
+
+
+@dataclass
+class Loaders:
+    """One rank's batches: its share of the training split and of the padded validation split."""
+
+    train: DataLoader[Any]
+    train_sampler: DistributedSampler[Any]  # set_epoch(e) before epoch e: a new shuffle
+    val: DataLoader[Any]
+    micro_batches: int  # trained per epoch: optimizer steps × grad_accum_steps
+
+    def set_epoch(self, epoch: int) -> None:
+        self.train_sampler.set_epoch(epoch)
+
+
+def build_loaders(splits: Splits, data: DataSection, train: TrainSection, world: int,
+                  rank: int) -> Loaders:
+    """Loaders of rank ``rank`` of ``world``; a ConfigError when an epoch is shorter than one
+    accumulated optimizer step.
+
+    Leftover micro-batches of an epoch (fewer than one accumulation) are skipped: every
+    optimizer step then averages exactly ``grad_accum_steps`` micro-batches.
+    """
+    train_sampler: DistributedSampler[Any] = DistributedSampler(
+        splits.train, num_replicas=world, rank=rank, shuffle=True, seed=train.seed, drop_last=True)
+    workers: dict[str, Any] = {"num_workers": data.num_workers,
+                               "persistent_workers": data.num_workers > 0}
+    train_loader = DataLoader(splits.train, batch_size=train.batch_size, sampler=train_sampler,
+                              drop_last=True, **workers)
+    val_set = PaddedDataset(splits.val, train.batch_size * world)
+    val_loader = DataLoader(val_set, batch_size=train.batch_size, shuffle=False, **workers,
+                            sampler=DistributedSampler(val_set, num_replicas=world, rank=rank,
+                                                       shuffle=False))
+    batches = len(train_loader)
+    steps = batches // train.grad_accum_steps
+    if steps == 0:
+        raise ConfigError([("train.grad_accum_steps",
+                            f"{train.grad_accum_steps} micro-batches per step, but each process "
+                            f"gets only {batches} batches of {train.batch_size} per epoch")])
+    return Loaders(train_loader, train_sampler, val_loader, steps * train.grad_accum_steps)

@@ -1,6 +1,7 @@
 """Classification metrics from confusion counts.
 
-Everything is derived from a ``(C, C)`` confusion matrix of counts (rows: true class, columns:
+:func:`confusion_counts` builds the counts on the device, inside the step; everything else is
+derived on the host from a ``(C, C)`` confusion matrix of counts (rows: true class, columns:
 predicted class). Counts are the only thing ranks exchange in distributed validation: sums of
 counts are exact, whereas averaging per-rank means is wrong when ranks see different numbers of
 samples of each class.
@@ -15,6 +16,19 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def confusion_counts(targets: torch.Tensor, preds: torch.Tensor, num_classes: int,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``(C, C)`` float counts on the device via one-hot products: a static-shape op (bincount
+    is not on XLA). ``valid`` (0 or 1 per sample) masks padding out. Float32 counts are exact up
+    to 2**24 samples."""
+    t = F.one_hot(targets, num_classes).float()  # (B, C)
+    if valid is not None:
+        t = t * valid.float().unsqueeze(1)
+    return t.T @ F.one_hot(preds, num_classes).float()  # (C, C)
 
 
 def confusion_from_predictions(targets: Any, preds: Any, num_classes: int) -> np.ndarray:

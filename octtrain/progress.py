@@ -1,6 +1,6 @@
-"""A small progress bar for long loops, on stderr.
+"""What a run shows while it trains: progress bars on stderr, one line per epoch on stdout.
 
-On a terminal it redraws one line (at most 10 times a second); elsewhere (CI logs, pipes) it
+On a terminal a bar redraws one line (at most 10 times a second); elsewhere (CI logs, pipes) it
 stays silent until ``close``, so logs get one summary line per loop instead of a flood.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 
 class ProgressBar:
@@ -50,3 +50,23 @@ class ProgressBar:
         if summary:
             self.stream.write(summary + "\n")
         self.stream.flush()
+
+
+def epoch_line(m: dict[str, Any], epochs: int, key: str, is_best: bool) -> str:
+    """One epoch's metrics ``m`` as the line a run prints; ``key`` is the selection metric."""
+    share = m["val/max_class_share"]
+    return (
+        f"epoch {m['epoch'] + 1:>3}/{epochs}  "
+        f"train loss {m['train/loss']:.4f} bal_acc {m['train/balanced_accuracy']:.3f} | "
+        f"val loss {m['val/loss']:.4f} acc {m['val/accuracy']:.3f} "
+        f"bal_acc {m['val/balanced_accuracy']:.3f} f1 {m['val/macro_f1']:.3f} "
+        f"top-class {share:.0%} (class {m['val/majority_class']})  "
+        f"{m['epoch_s']:.1f}s (io {m['io/load_s']:.1f}s)"
+        f"{'  encoder on' if m['encoder_trainable'] else ''}"
+        f"{'  xla compiles ' + str(m['xla/compiles']) if 'xla/compiles' in m else ''}"
+        f"{'  *best ' + key if is_best else ''}"
+    )
+
+
+def early_stopping_line(key: str, patience: int) -> str:
+    return f"early stopping: no {key} improvement for {patience} epochs"

@@ -24,12 +24,14 @@ import contextlib
 import datetime
 import importlib.util
 import os
+import random
 import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -84,6 +86,15 @@ class Runtime:
         """Global rank 0: ``xm.is_master_ordinal(local=False)`` semantics, so on a multi-host
         TPU slice exactly one process (host 0, device 0) is master, not one per host."""
         return self.rank == 0
+
+    def seed(self, seed: int, *, per_rank: bool = False) -> None:
+        """Seed Python's, NumPy's and torch's generators of this process: with ``seed`` itself
+        (identical on every rank: identical initial weights), or with ``per_rank`` a seed of
+        its own (``seed + 1000 * rank``: augmentation differs between ranks)."""
+        value = seed + 1000 * self.rank if per_rank else seed
+        random.seed(value)
+        np.random.seed(value % 2**32)
+        torch.manual_seed(value)
 
     # -- graph boundaries -------------------------------------------------------------------
 

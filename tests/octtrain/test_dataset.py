@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from octtrain import readers
 from octtrain.augment import Augment
-from octtrain.dataset import Record, VolumeDataset, build_splits
+from octtrain.dataset import PaddedDataset, Record, VolumeDataset, build_splits
 from octtrain.preprocess import VolumeCache, preprocess
 from octtrain.sections import AugmentSection, DataSection
 from octtrain.synthetic import CLASS_NAMES
@@ -141,3 +141,13 @@ def test_dataloader_workers_draw_different_augmentations(tmp_path: Path) -> None
     # RNG would give them the same factor
     assert abs(factors[0] - factors[1]) > 1e-6
     assert all(0.5 <= f <= 1.5 for f in factors)
+
+
+def test_padded_dataset_fills_the_last_batch_with_masked_copies_of_item_0() -> None:
+    base = TensorDataset(torch.arange(5.0), torch.arange(5))
+    padded = PaddedDataset(base, multiple=4)  # type: ignore[arg-type]
+    assert len(padded) == 8
+    items = [padded[i] for i in range(8)]
+    assert [float(v) for _, _, v in items] == [1.0] * 5 + [0.0] * 3
+    assert [int(y) for _, y, _ in items[5:]] == [0, 0, 0]
+    assert all(v.dtype == torch.float32 for _, _, v in items)

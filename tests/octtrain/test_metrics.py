@@ -4,10 +4,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 from octtrain.metrics import (
     balanced_accuracy,
+    confusion_counts,
     confusion_from_predictions,
     macro_f1,
     per_class_f1,
@@ -71,3 +73,12 @@ def test_counts_sum_across_ranks_unlike_means() -> None:
     mean_of_means = (balanced_accuracy(confusion_from_predictions(y_a, p_a, 2))
                      + balanced_accuracy(confusion_from_predictions(y_b, p_b, 2))) / 2
     assert mean_of_means != pytest.approx(balanced_accuracy(cm))
+
+
+def test_device_confusion_counts_match_the_host_ones_and_mask_padding() -> None:
+    targets, preds = torch.tensor([0, 1, 2, 2, 1]), torch.tensor([0, 2, 2, 1, 1])
+    valid = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])  # the last sample is padding
+    counts = confusion_counts(targets, preds, 3, valid)
+    assert counts.dtype == torch.float32
+    assert counts.long().tolist() == confusion_from_predictions([0, 1, 2, 2], [0, 2, 2, 1], 3).tolist()
+    assert confusion_counts(targets, preds, 3).sum() == 5
