@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], int, float]:
     """Train once; return the epoch metrics, the micro-batches per epoch and the wall time."""
     from octtrain.config import config_from_dict
-    from octtrain.dataset import build_splits
+    from octtrain.dataset import build_datasets
     from octtrain.loop import fit
     from octtrain.synthetic import make_synthetic
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], int
                   "early_stopping": {"enabled": False}},
         "runtime": {"device": "xla", "xla_cache_dir": args.xla_cache_dir},
     })
-    n_train = len(build_splits(cfg.data).train)
+    n_train = len(build_datasets(cfg.data).train)
     micro = n_train // args.batch_size // args.grad_accum * args.grad_accum
     start = time.monotonic()
     result = fit(cfg, out_dir=work / "run", progress=False)

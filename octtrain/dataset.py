@@ -1,4 +1,5 @@
-"""The torch side of the data: ``Dataset``s of preprocessed volumes, and one rank's loaders.
+"""The torch side of the data: the ``Dataset`` of each split's records (see
+:mod:`octtrain.records`), and one rank's loaders.
 
 ``VolumeDataset[i]`` is ``(volume, label)`` with ``volume`` a float32 ``(T, H, W)`` tensor in
 ``[0, 1]`` (augmentation may leave that range slightly). Volumes come from a
@@ -23,10 +24,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from octtrain.augment import Augment
 from octtrain.errors import ConfigError
 from octtrain.preprocess import VolumeCache
+from octtrain.records import Record, split_records
 from octtrain.sections import AugmentSection, DataSection, TrainSection
-from octtrain.splits import Record, split_records
-
-__all__ = ["Record", "Splits", "VolumeDataset", "build_splits"]
 
 
 class VolumeDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -55,6 +54,8 @@ class VolumeDataset(Dataset[tuple[torch.Tensor, int]]):
 
 @dataclass
 class Splits:
+    """The datasets of the train, val and test splits, numbered alike."""
+
     train: VolumeDataset
     val: VolumeDataset
     test: VolumeDataset
@@ -65,7 +66,7 @@ class Splits:
         return len(self.class_to_idx)
 
 
-def build_splits(
+def build_datasets(
     cfg: DataSection,
     *,
     augment_train: bool = True,
@@ -74,7 +75,7 @@ def build_splits(
     """Index, split and wrap the dataset of ``cfg``.
 
     The train split gets ``cfg.augment`` when ``augment_train``; val and test get none at all.
-    ``class_to_idx`` (e.g. from :func:`octtrain.splits.load_class_to_idx`) fixes the class
+    ``class_to_idx`` (e.g. from :func:`octtrain.records.load_class_to_idx`) fixes the class
     numbering; by default it is derived from the sorted class names. All splits share one
     :class:`VolumeCache` in ``cfg.cache_dir``.
     """

@@ -26,7 +26,7 @@ import yaml
 from octtrain.callback import EpochCallback, EpochChannel, EpochDecision
 from octtrain.checkpoint import Checkpointer
 from octtrain.config import EnvKnobs, TrainConfig
-from octtrain.dataset import Loaders, Splits, build_loaders, build_splits
+from octtrain.dataset import Loaders, Splits, build_datasets, build_loaders
 from octtrain.early_stop import EarlyStopping
 from octtrain.epoch import Update, train_epoch, validate
 from octtrain.errors import DataError
@@ -35,8 +35,8 @@ from octtrain.loss import resolve_class_weights
 from octtrain.model import OctClassifier, build_model
 from octtrain.optim import build_optimizer, build_scheduler
 from octtrain.progress import ProgressBar, early_stopping_line, epoch_line
+from octtrain.records import save_class_to_idx
 from octtrain.runtime import Runtime, init_runtime
-from octtrain.splits import save_class_to_idx
 from octtrain.tracking import Tracker
 
 
@@ -148,7 +148,7 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
     """Data, class weights, model, optimizer and schedule of this rank, in a fixed order of
     random draws: the weights are initialised alike on every rank, augmentation is not."""
     runtime.seed(cfg.train.seed)
-    splits = build_splits(cfg.data)
+    splits = build_datasets(cfg.data)
     if len(splits.val) == 0:
         raise DataError("the validation split is empty: add patients or raise data.val_fraction")
     if runtime.is_master:

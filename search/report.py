@@ -20,7 +20,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from octtrain.errors import DataError, clip
-from octtrain.splits import load_class_to_idx
+from octtrain.records import load_class_to_idx
 from search.errors import OctsearchError
 from search.record import (
     best_step,

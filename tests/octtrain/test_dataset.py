@@ -1,4 +1,5 @@
-"""octtrain.dataset: build_splits and VolumeDataset on a real (tiny) phantom data set."""
+"""octtrain.dataset: build_datasets, VolumeDataset and PaddedDataset on a real (tiny) phantom
+data set."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from octtrain import readers
 from octtrain.augment import Augment
-from octtrain.dataset import PaddedDataset, Record, VolumeDataset, build_splits
+from octtrain.dataset import PaddedDataset, VolumeDataset, build_datasets
 from octtrain.preprocess import VolumeCache, preprocess
+from octtrain.records import Record
 from octtrain.sections import AugmentSection, DataSection
 from octtrain.synthetic import CLASS_NAMES
 
@@ -29,7 +31,7 @@ def _cfg(tmp_path: Path, manifest: Path | None = None, root: Path | None = None,
 
 def test_splits_cover_the_data_once_grouped_by_patient(tmp_path: Path,
                                                        tiny_manifest: Path) -> None:
-    splits = build_splits(_cfg(tmp_path, tiny_manifest))
+    splits = build_datasets(_cfg(tmp_path, tiny_manifest))
     assert splits.class_to_idx == {name: i for i, name in enumerate(CLASS_NAMES)}
     assert splits.num_classes == 4
     parts = (splits.train, splits.val, splits.test)
@@ -44,7 +46,7 @@ def test_splits_cover_the_data_once_grouped_by_patient(tmp_path: Path,
 
 
 def test_item_is_float_tensor_of_config_shape(tmp_path: Path, tiny_manifest: Path) -> None:
-    splits = build_splits(_cfg(tmp_path, tiny_manifest))
+    splits = build_datasets(_cfg(tmp_path, tiny_manifest))
     volume, label = splits.val[0]
     assert isinstance(volume, torch.Tensor) and volume.dtype == torch.float32
     assert tuple(volume.shape) == SHAPE
@@ -61,7 +63,7 @@ def test_labels_read_no_volume(tmp_path: Path, tiny_manifest: Path,
 
     monkeypatch.setattr(readers, "read_volume", forbidden)
     monkeypatch.setattr(np, "load", forbidden)
-    splits = build_splits(_cfg(tmp_path, tiny_manifest))
+    splits = build_datasets(_cfg(tmp_path, tiny_manifest))
     labels = splits.train.labels
     assert labels == [r.label for r in splits.train.records]
     assert len(labels) == len(splits.train)
@@ -70,7 +72,7 @@ def test_labels_read_no_volume(tmp_path: Path, tiny_manifest: Path,
 def test_second_epoch_reads_no_source(tmp_path: Path, tiny_manifest: Path,
                                       count_reads: Any) -> None:
     cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentSection(True, 5, 0.1))
-    splits = build_splits(cfg)
+    splits = build_datasets(cfg)
     everything = [splits.train, splits.val, splits.test]
     for ds in everything:  # epoch 1
         for i in range(len(ds)):
@@ -79,7 +81,7 @@ def test_second_epoch_reads_no_source(tmp_path: Path, tiny_manifest: Path,
     for ds in everything:  # epoch 2
         for i in range(len(ds)):
             ds[i]
-    again = build_splits(cfg)  # a new run (or another process) on the same cache
+    again = build_datasets(cfg)  # a new run (or another process) on the same cache
     for i in range(len(again.train)):
         again.train[i]
     assert count_reads.calls == 32
@@ -88,7 +90,7 @@ def test_second_epoch_reads_no_source(tmp_path: Path, tiny_manifest: Path,
 def test_val_and_test_are_deterministic_train_is_augmented(tmp_path: Path,
                                                             tiny_manifest: Path) -> None:
     cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentSection(True, 10, 0.2))
-    splits = build_splits(cfg)
+    splits = build_datasets(cfg)
     torch.manual_seed(0)
     for ds in (splits.val, splits.test):
         assert ds.augment.is_identity
@@ -100,14 +102,14 @@ def test_val_and_test_are_deterministic_train_is_augmented(tmp_path: Path,
 
 def test_augment_train_false(tmp_path: Path, tiny_manifest: Path) -> None:
     cfg = _cfg(tmp_path, tiny_manifest, augment=AugmentSection(True, 10, 0.2))
-    splits = build_splits(cfg, augment_train=False)
+    splits = build_datasets(cfg, augment_train=False)
     assert splits.train.augment.is_identity
     assert torch.equal(splits.train[0][0], splits.train[0][0])
 
 
 def test_folder_mode_matches_manifest_mode(tmp_path: Path, tiny_manifest: Path) -> None:
-    by_manifest = build_splits(_cfg(tmp_path, tiny_manifest))
-    by_folder = build_splits(_cfg(tmp_path, root=tiny_manifest.parent))
+    by_manifest = build_datasets(_cfg(tmp_path, tiny_manifest))
+    by_folder = build_datasets(_cfg(tmp_path, root=tiny_manifest.parent))
     assert by_folder.class_to_idx == by_manifest.class_to_idx
 
     def records(s: Any) -> set[Record]:
@@ -119,7 +121,7 @@ def test_folder_mode_matches_manifest_mode(tmp_path: Path, tiny_manifest: Path) 
 
 def test_restored_class_to_idx(tmp_path: Path, tiny_manifest: Path) -> None:
     reversed_names = {name: 3 - i for i, name in enumerate(CLASS_NAMES)}
-    splits = build_splits(_cfg(tmp_path, tiny_manifest), class_to_idx=reversed_names)
+    splits = build_datasets(_cfg(tmp_path, tiny_manifest), class_to_idx=reversed_names)
     assert splits.class_to_idx == reversed_names
     assert max(splits.train.labels) == 3
     majority = max(set(splits.train.labels), key=splits.train.labels.count)

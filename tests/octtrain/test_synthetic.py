@@ -13,7 +13,7 @@ import pytest
 
 from octtrain.errors import DataError
 from octtrain.readers import read_volume
-from octtrain.splits import index_folder, read_manifest
+from octtrain.records import index_folder, read_manifest
 from octtrain.synthetic import (
     CLASS_NAMES,
     FORMATS,

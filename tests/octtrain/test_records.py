@@ -1,4 +1,4 @@
-"""octtrain.splits: manifest / folder indexing, patient-grouped stratified splits, class_to_idx."""
+"""octtrain.records: manifest / folder indexing, patient-grouped stratified splits, class_to_idx."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from octtrain.errors import DataError
-from octtrain.sections import DataSection
-from octtrain.splits import (
+from octtrain.records import (
     class_to_idx_from_names,
     index_folder,
     load_class_to_idx,
@@ -23,6 +22,7 @@ from octtrain.splits import (
     split_records,
     stratified_patient_split,
 )
+from octtrain.sections import DataSection
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Which volumes exist, their class and patient, and which split each belongs to.
+"""A dataset as records: which volumes exist, their class and patient, and which split each
+belongs to. No volume is read here (:mod:`octtrain.dataset` turns records into tensors).
 
 Two ways to describe a dataset (``DataSection.manifest`` or ``DataSection.root``):
 
