@@ -1,19 +1,42 @@
-"""``octtrain``: train a classifier from a YAML config, or write a synthetic OCT dataset."""
+"""``octtrain``: train a classifier from a YAML config, or write a synthetic OCT dataset.
+
+The command line is the edge: options become a config (``--set``) or ``make_synthetic``
+arguments here, and errors the user can cause are printed as one line (``--debug``: traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from octtrain.errors import OcttrainError, one_line
+from octtrain.errors import DataError, OcttrainError, one_line
+
+if TYPE_CHECKING:
+    from octtrain.phantom import LesionParams
+
+# make-synthetic options: (flag, make_synthetic argument, type, help). An option left out keeps
+# make_synthetic's own default, so each default has one source.
+_SYNTHETIC_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("--n-volumes", "n_volumes", int, "volumes in all"),
+    ("--frames", "frames", int, "B-scans per volume"),
+    ("--height", "height", int, "rows per B-scan"),
+    ("--width", "width", int, "columns per B-scan"),
+    ("--class-shares", "class_shares", str, "comma-separated shares of the classes"),
+    ("--volumes-per-patient", "volumes_per_patient", int, "volumes of one patient"),
+    ("--difficulty", "difficulty", float, "lesion sizes are divided by this (1: DESIGN.md's setting)"),
+    ("--noise", "noise", float, "speckle coefficient of variation"),
+    ("--anatomy-variation", "anatomy_variation", float,
+     "scale of the patient-to-patient anatomy ranges (0: all alike)"),
+    ("--seed", "seed", int, "the data set is a function of its options and this seed"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
-    from octtrain import synthetic
-
     parser = argparse.ArgumentParser(prog="octtrain", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,8 +51,24 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     synth = sub.add_parser("make-synthetic", help="write a labelled synthetic OCT dataset + manifest")
-    synthetic.add_arguments(synth)
+    _add_synthetic_arguments(synth)
     return parser
+
+
+def _add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
+    from octtrain.synthetic import FORMATS, make_synthetic
+
+    defaults = {k: p.default for k, p in inspect.signature(make_synthetic).parameters.items()}
+    parser.add_argument("--out", required=True, help="output directory (new, empty, or an "
+                        "earlier synthetic set, which is replaced)")
+    for flag, name, kind, text in _SYNTHETIC_OPTIONS:
+        default = defaults[name]
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(flag, dest=name, type=kind, help=f"{text} (default: {shown})")
+    parser.add_argument("--format", dest="fmt", choices=FORMATS,
+                        help=f"file format of the volumes (default: {defaults['fmt']})")
+    parser.add_argument("--lesion", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a LesionParams field, e.g. drusen_height=4 (repeatable)")
 
 
 def format_class_table(metrics: dict[str, Any], class_to_idx: dict[str, int]) -> str:
@@ -68,11 +107,48 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _make_synthetic(args: argparse.Namespace) -> int:
-    from octtrain import synthetic
+    from octtrain.synthetic import make_synthetic
 
-    manifest = synthetic.run_from_args(args)
+    given = {name: getattr(args, name) for _, name, _, _ in _SYNTHETIC_OPTIONS
+             if getattr(args, name) is not None}
+    if "class_shares" in given:
+        given["class_shares"] = _parse_shares(given["class_shares"])
+    if args.fmt is not None:
+        given["fmt"] = args.fmt
+    manifest = make_synthetic(args.out, lesions=_parse_lesions(args.lesion), **given)
     print(f"wrote {manifest}")
     return 0
+
+
+def _parse_shares(text: str) -> tuple[float, ...]:
+    """``"0.7,0.1,0.1,0.1"`` → floats; a DataError quoting the text when it does not parse."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise DataError(f"--class-shares must be comma-separated numbers, got {text!r}") from None
+
+
+def _parse_lesions(items: Sequence[str]) -> LesionParams:
+    """``["drusen_height=4", "drusen_count=1,2"]`` → LesionParams with those fields replaced."""
+    from octtrain.phantom import LesionParams
+
+    fields = {f.name: f for f in dataclasses.fields(LesionParams)}
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise DataError(f"--lesion must be NAME=VALUE with NAME one of "
+                            f"{', '.join(fields)}, got {item!r}")
+        try:
+            if key.endswith("_count"):
+                lo, hi = (int(p) for p in text.split(","))
+                changes[key] = (lo, hi)
+            else:
+                changes[key] = float(text)
+        except ValueError:
+            raise DataError(f"--lesion {key}: bad value {text!r}") from None
+    return LesionParams(**changes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,8 @@ baseline config's validation predictions collapse onto one class, the fixed conf
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from octtrain.cli import main
+from octtrain.synthetic import make_synthetic
 from octtrain.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,3 +120,55 @@ def test_train_small_run_prints_table(small_manifest: Path, tmp_path: Path) -> N
     assert f"run directory: {tmp_path / 'run'}" in out
     for name in ("0_normal", "1_drusen", "2_fluid", "3_atrophy"):
         assert name in out
+
+
+# ---- make-synthetic, in process ----------------------------------------------------------------
+
+
+def _params(out: Path) -> dict[str, object]:
+    params: dict[str, object] = json.loads((out / "classes.json").read_text())["params"]
+    return params
+
+
+def test_make_synthetic_passes_every_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "d"
+    assert main(["make-synthetic", "--out", str(out), "--n-volumes", "8", "--frames", "2",
+                 "--height", "16", "--width", "16", "--class-shares", "0.25,0.25,0.25,0.25",
+                 "--volumes-per-patient", "1", "--difficulty", "2", "--noise", "0.1",
+                 "--format", "npz", "--seed", "4", "--anatomy-variation", "0.5",
+                 "--lesion", "drusen_height=3", "--lesion", "drusen_count=1,1"]) == 0
+    assert capsys.readouterr().out == f"wrote {out / 'manifest.csv'}\n"
+    with (out / "manifest.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and all(r["path"].endswith(".npz") for r in rows)
+    params = _params(out)
+    assert params["lesions_reference"]["drusen_height"] == 3.0  # type: ignore[index]
+    assert params["lesions_reference"]["drusen_count"] == [1, 1]  # type: ignore[index]
+    assert params["lesions_scaled"]["drusen_height"] == 3.0 * 16 / 64 / 2  # type: ignore[index]
+    assert (params["difficulty"], params["noise"], params["seed"]) == (2.0, 0.1, 4)
+    assert params["anatomy_variation"] == 0.5
+
+
+def test_make_synthetic_options_left_out_keep_the_generators_defaults(tmp_path: Path) -> None:
+    small = ["--n-volumes", "8", "--frames", "2", "--height", "16", "--width", "16"]
+    assert main(["make-synthetic", "--out", str(tmp_path / "cli"), *small]) == 0
+    make_synthetic(tmp_path / "lib", n_volumes=8, frames=2, height=16, width=16)
+    assert _params(tmp_path / "cli") == _params(tmp_path / "lib")
+    assert (tmp_path / "cli" / "manifest.csv").read_text() == (tmp_path / "lib" / "manifest.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--class-shares", "0.7,0.1,x,0.1"], "got '0.7,0.1,x,0.1'"),
+        (["--class-shares", "0.5,0.5"], "needs 4 values"),
+        (["--lesion", "drusen_size=3"], "got 'drusen_size=3'"),
+        (["--lesion", "fluid_width=wide"], "fluid_width: bad value 'wide'"),
+    ],
+)
+def test_make_synthetic_bad_values_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str,
+) -> None:
+    assert main(["make-synthetic", "--out", str(tmp_path / "d"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("octtrain: error: ") and message in err and err.count("\n") == 1

@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from octtrain import readers
 from octtrain.augment import Augment
 from octtrain.dataset import PaddedDataset, VolumeDataset, build_datasets
+from octtrain.phantom import CLASS_NAMES
 from octtrain.preprocess import VolumeCache, preprocess
 from octtrain.records import Record
 from octtrain.sections import AugmentSection, DataSection
-from octtrain.synthetic import CLASS_NAMES
 
 SHAPE = (4, 16, 16)  # the phantoms are 4 × 32 × 32: B-scans get resized
 

@@ -1,8 +1,7 @@
-"""octtrain.synthetic: phantom geometry, class plan, files in every format, CLI hooks."""
+"""octtrain.synthetic: the class plan, the data set on disk in every format, re-runs."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections import Counter, defaultdict
@@ -12,19 +11,10 @@ import numpy as np
 import pytest
 
 from octtrain.errors import DataError
+from octtrain.phantom import CLASS_NAMES
 from octtrain.readers import read_volume
 from octtrain.records import index_folder, read_manifest
-from octtrain.synthetic import (
-    CLASS_NAMES,
-    FORMATS,
-    LesionParams,
-    add_arguments,
-    class_counts,
-    draw_anatomy,
-    make_synthetic,
-    render_volume,
-    run_from_args,
-)
+from octtrain.synthetic import FORMATS, class_counts, make_synthetic
 
 SMALL = {"frames": 2, "height": 16, "width": 16}
 
@@ -32,108 +22,6 @@ SMALL = {"frames": 2, "height": 16, "width": 16}
 def _rows(manifest: Path) -> list[dict[str, str]]:
     with manifest.open(newline="") as f:
         return list(csv.DictReader(f))
-
-
-# ---------------------------------------------------------------------------------------------
-# Lesion geometry, measured in noise-free renders (same anatomy and random stream per class)
-# ---------------------------------------------------------------------------------------------
-
-
-def _clean(label: int, seed: int, difficulty: float = 1.0) -> np.ndarray:
-    shape = (16, 64, 64)
-    lesions = LesionParams(fluid_count=(1, 1)).scaled(shape, difficulty)
-    anatomy = draw_anatomy(np.random.default_rng(100 + seed), variation=1.0)  # widest spread
-    return render_volume(label, anatomy, shape, np.random.default_rng(seed), lesions=lesions,
-                         noise=0.0, variation=1.0)
-
-
-def _rpe_rows(v: np.ndarray) -> np.ndarray:
-    """(D, W) row of the RPE: the brightest row in the lower part of each A-scan."""
-    lo = int(0.45 * v.shape[1])
-    return v[:, lo:, :].argmax(axis=1) + lo
-
-
-def _fluid_mask(v: np.ndarray) -> np.ndarray:
-    """Dark pixels between the first bright row (NFL) and the RPE."""
-    first_bright = (v > 0.2).argmax(axis=1)[:, None, :]
-    rows = np.arange(v.shape[1])[None, :, None]
-    return (v < 0.06) & (rows > first_bright) & (rows < _rpe_rows(v)[:, None, :])
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_difficulty_one_lesion_sizes(seed: int) -> None:
-    normal, drusen, fluid, atrophy = (_clean(label, seed) for label in range(4))
-    # drusen lift the RPE by ~5 rows (±15 %)
-    assert 4 <= (_rpe_rows(normal) - _rpe_rows(drusen)).max() <= 6
-    # fluid: a dark pocket ~12 rows × 28 columns over ~10 B-scans; none in a normal retina
-    assert not _fluid_mask(normal).any()
-    pocket = _fluid_mask(fluid)
-    assert 10 <= pocket.sum(axis=1).max() <= 14
-    assert 23 <= pocket.any(axis=1).sum(axis=1).max() <= 32
-    assert 8 <= pocket.any(axis=(1, 2)).sum() <= 11
-    # atrophy: RPE dimmer, choroid below much brighter (hypertransmission)
-    assert (normal.max(axis=1) - atrophy.max(axis=1)).max() > 0.1
-    assert (atrophy - normal).max() > 0.2
-    for lesion in (drusen, fluid, atrophy):
-        assert lesion.min() >= 0 and lesion.max() <= 1
-
-
-def test_difficulty_two_halves_the_lesions() -> None:
-    normal, drusen, fluid = (_clean(label, 0, difficulty=2.0) for label in range(3))
-    assert 2 <= (_rpe_rows(normal) - _rpe_rows(drusen)).max() <= 3
-    pocket = _fluid_mask(fluid)
-    assert 4 <= pocket.sum(axis=1).max() <= 8
-    assert 10 <= pocket.any(axis=1).sum(axis=1).max() <= 16
-    assert 4 <= pocket.any(axis=(1, 2)).sum() <= 6
-
-
-def test_lesion_params_scale_with_shape_and_difficulty() -> None:
-    p = LesionParams().scaled((32, 128, 32), 2.0)
-    assert p.drusen_height == 5.0  # 5 * 128/64 / 2
-    assert p.fluid_width == 7.0  # 28 * 32/64 / 2
-    assert p.fluid_frames == 10.0  # 10 * 32/16 / 2
-    assert p.atrophy_hypertransmission == LesionParams().atrophy_hypertransmission
-
-
-def test_lesion_positions_vary_per_volume() -> None:
-    anatomy = draw_anatomy(np.random.default_rng(0))
-    lesions = LesionParams(fluid_count=(1, 1)).scaled((16, 64, 64), 1.0)
-    centres = set()
-    for seed in range(4):
-        v = render_volume(2, anatomy, (16, 64, 64), np.random.default_rng(seed),
-                          lesions=lesions, noise=0.0)
-        d, _, w = np.nonzero(_fluid_mask(v))
-        centres.add((round(d.mean()), round(w.mean())))
-    assert len(centres) == 4
-
-
-def test_anatomy_variation_scales_patient_spread() -> None:
-    def spread(variation: float) -> float:
-        rows = [draw_anatomy(np.random.default_rng(i), variation).rpe_row for i in range(50)]
-        return float(np.ptp(rows))
-
-    assert spread(0.0) == 0.0
-    assert 0.3 * spread(1.0) < spread(0.5) < 0.7 * spread(1.0)
-    assert spread(1.0) <= 0.69 - 0.62
-
-
-def test_speckle_noise() -> None:
-    anatomy = draw_anatomy(np.random.default_rng(0))
-    lesions = LesionParams().scaled((4, 64, 64), 1.0)
-    clean = render_volume(0, anatomy, (4, 64, 64), np.random.default_rng(1), lesions=lesions,
-                          noise=0.0)
-    noisy = render_volume(0, anatomy, (4, 64, 64), np.random.default_rng(1), lesions=lesions,
-                          noise=0.3)
-    bright = clean > 0.3
-    # multiplicative speckle: relative deviation ~ the coefficient of variation 0.3
-    rel = (noisy[bright] - clean[bright]) / clean[bright]
-    assert 0.2 < rel.std() < 0.4
-    assert noisy.min() >= 0 and noisy.max() <= 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Planning and files
-# ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -242,65 +130,6 @@ def test_bad_requests(tmp_path: Path, kwargs: dict[str, object], message: str) -
         make_synthetic(tmp_path / "d", **args)  # type: ignore[arg-type]
     assert message in str(err.value)
     assert not (tmp_path / "d").exists()  # nothing written
-
-
-def test_bad_lesion_params() -> None:
-    with pytest.raises(DataError, match="drusen_height must be >= 0, got -1"):
-        LesionParams(drusen_height=-1)
-    with pytest.raises(DataError, match=r"drusen_count.*\(3, 2\)"):
-        LesionParams(drusen_count=(3, 2))
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI hooks
-# ---------------------------------------------------------------------------------------------
-
-
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def test_run_from_args(tmp_path: Path) -> None:
-    args = _parse(["--out", str(tmp_path / "d"), "--n-volumes", "8", "--frames", "2",
-                   "--height", "16", "--width", "16", "--class-shares", "0.25,0.25,0.25,0.25",
-                   "--volumes-per-patient", "1", "--difficulty", "2", "--noise", "0.1",
-                   "--format", "npz", "--seed", "4", "--anatomy-variation", "0.5",
-                   "--lesion", "drusen_height=3",
-                   "--lesion", "drusen_count=1,1"])
-    manifest = run_from_args(args)
-    assert manifest == tmp_path / "d" / "manifest.csv"
-    rows = _rows(manifest)
-    assert len(rows) == 8 and all(r["path"].endswith(".npz") for r in rows)
-    params = json.loads((tmp_path / "d" / "classes.json").read_text())["params"]
-    assert params["lesions_reference"]["drusen_height"] == 3.0
-    assert params["lesions_reference"]["drusen_count"] == [1, 1]
-    assert params["lesions_scaled"]["drusen_height"] == 3.0 * 16 / 64 / 2
-    assert (params["difficulty"], params["noise"], params["seed"]) == (2.0, 0.1, 4)
-    assert params["anatomy_variation"] == 0.5
-
-
-def test_defaults_match_make_synthetic() -> None:
-    args = _parse(["--out", "x"])
-    assert (args.n_volumes, args.frames, args.height, args.width, args.class_shares,
-            args.volumes_per_patient, args.difficulty, args.format, args.seed) == (
-        720, 16, 64, 64, "0.7,0.1,0.1,0.1", 2, 1.0, "npy", 0)
-
-
-@pytest.mark.parametrize(
-    "argv,message",
-    [
-        (["--class-shares", "0.7,0.1,x,0.1"], "got '0.7,0.1,x,0.1'"),
-        (["--class-shares", "0.5,0.5"], "needs 4 values"),
-        (["--lesion", "drusen_size=3"], "got 'drusen_size=3'"),
-        (["--lesion", "fluid_width=wide"], "fluid_width: bad value 'wide'"),
-    ],
-)
-def test_cli_bad_values(tmp_path: Path, argv: list[str], message: str) -> None:
-    with pytest.raises(DataError) as err:
-        run_from_args(_parse(["--out", str(tmp_path / "d"), *argv]))
-    assert message in str(err.value)
 
 
 def test_rerun_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
