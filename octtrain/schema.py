@@ -207,8 +207,12 @@ def build(cls: Any, raw: dict[str, Any], prefix: str, problems: Problems) -> Any
 
 def _fill_defaults(fields: Mapping[str, dataclasses.Field[Any]], raw: Mapping[str, Any],
                    kwargs: dict[str, Any]) -> bool:
-    """Put defaults in place of the fields that did not parse; False if one has no default."""
+    """Put defaults in place of the fields that did not parse; False if one has no default
+    (or is required and missing: the class cannot be built at all)."""
     for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in kwargs:
+            return False
         if kwargs.get(name) is None and name in raw and raw[name] is not None:
             if f.default is not dataclasses.MISSING:
                 kwargs[name] = f.default

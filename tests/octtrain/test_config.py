@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 
 from octtrain.config import (
+    EnvKnobs,
     TrainConfig,
     apply_overrides,
     config_from_dict,
     leaf_paths,
     load_config,
     parse_overrides,
+    unknown_setting,
 )
 from octtrain.errors import ConfigError
 
@@ -30,7 +32,7 @@ def test_shipped_configs_load(name: str) -> None:
     assert isinstance(cfg, TrainConfig)
 
 
-def test_shipped_configs_are_the_seeds_before_and_after() -> None:
+def test_shipped_configs_are_scenario_a_before_and_after() -> None:
     base = load_config(REPO / "configs" / "scenario_a_baseline.yaml")
     fixed = load_config(REPO / "configs" / "scenario_a_fixed.yaml")
     assert (base.model.head.hidden, base.model.unfreeze_at_epoch, base.train.class_weights) == (0, -1, "none")
@@ -41,7 +43,7 @@ def test_shipped_configs_are_the_seeds_before_and_after() -> None:
     assert fixed.train.early_stopping.metric == "balanced_accuracy"
 
 
-def test_seed_yaml_shorthands(tmp_path: Path) -> None:
+def test_yaml_shorthands(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, """
 data:
   manifest: m.csv
@@ -121,7 +123,7 @@ def test_round_trip_and_with_overrides() -> None:
         cfg.with_overrides({"model.pool_method": "max"})
 
 
-def test_leaf_paths_cover_the_seed_keys() -> None:
+def test_leaf_paths_cover_every_section() -> None:
     paths = set(leaf_paths())
     for key in ["model.freeze_encoder", "model.unfreeze_at_epoch", "model.pool_method", "model.head.hidden",
                 "model.head.dropout", "train.lr_head", "train.lr_encoder", "train.weight_decay",
@@ -132,15 +134,6 @@ def test_leaf_paths_cover_the_seed_keys() -> None:
         assert key in paths
 
 
-def test_encoder_trainable_schedule() -> None:
-    cfg = config_from_dict({**MIN, "model": {"freeze_encoder": True, "unfreeze_at_epoch": 3}})
-    assert [cfg.model.encoder_trainable(e) for e in range(5)] == [False, False, False, True, True]
-    never = config_from_dict(MIN)
-    assert not any(never.model.encoder_trainable(e) for e in range(5))
-    free = config_from_dict({**MIN, "model": {"freeze_encoder": False}})
-    assert free.model.encoder_trainable(0)
-
-
 def test_apply_overrides_completes_a_partial_raw_config() -> None:
     raw = {"train": {"epochs": 3}}
     done = apply_overrides(raw, {"data.manifest": "m.csv", "model.head.hidden": 64})
@@ -149,3 +142,21 @@ def test_apply_overrides_completes_a_partial_raw_config() -> None:
     assert (cfg.data.manifest, cfg.model.head.hidden, cfg.train.epochs) == ("m.csv", 64, 3)
     with pytest.raises(ConfigError, match="space.yaml: model.hed.hidden: unknown key"):
         apply_overrides(raw, {"model.hed.hidden": 1}, source="space.yaml")
+
+
+def test_unknown_setting_suggests_the_closest_one() -> None:
+    assert unknown_setting("model.head.hidden") is None
+    assert unknown_setting("model.head") is None  # a section: overrides may set it whole
+    assert unknown_setting("model.head", sections=False) is not None
+    assert unknown_setting("model.head.hiden") == (
+        "unknown key: not a trainer config setting (did you mean model.head.hidden?)")
+
+
+def test_env_knobs_come_from_the_environment_once() -> None:
+    assert EnvKnobs.from_env({}) == EnvKnobs()
+    knobs = EnvKnobs.from_env({"OCTTRAIN_DIST_TIMEOUT_S": "30", "OCTTRAIN_RANK_GRACE_S": "2.5",
+                               "OCTTRAIN_DEBUG_SAVE_RANKS": "1"})
+    assert knobs == EnvKnobs(dist_timeout_s=30.0, rank_grace_s=2.5, save_rank_weights=True)
+    with pytest.raises(ConfigError, match=r"OCTTRAIN_RANK_GRACE_S: must be a number of seconds > 0, "
+                                          r"got 'soon'"):
+        EnvKnobs.from_env({"OCTTRAIN_RANK_GRACE_S": "soon"})

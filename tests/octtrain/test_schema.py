@@ -1,0 +1,88 @@
+"""octtrain.schema: raw YAML to dataclasses, every problem collected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from octtrain.errors import ConfigError, Problems, ProblemsError
+from octtrain.schema import build, did_you_mean, read_yaml, unknown_keys, yaml_number
+
+
+@pytest.mark.parametrize(
+    ("value", "integer", "expected"),
+    [
+        ("1e-5", False, 1e-5),  # YAML 1.1 reads a float without a dot as a string
+        (3, False, 3.0),
+        (3, True, 3),
+        (3.0, True, None),
+        (True, False, None),  # a bool is not a number
+        ("x", False, None),
+        (None, False, None),
+    ],
+)
+def test_yaml_number(value: Any, integer: bool, expected: float | int | None) -> None:
+    out = yaml_number(value, integer=integer)
+    assert out == expected and type(out) is type(expected)
+
+
+def test_unknown_keys_name_the_known_ones_and_the_closest() -> None:
+    p: Problems = []
+    unknown_keys(["hidden", "dropuot", "extra"], ("hidden", "dropout"), "model.head", p)
+    assert p == [
+        ("model.head.dropuot", "unknown key (known: hidden, dropout) (did you mean dropout?)"),
+        ("model.head.extra", "unknown key (known: hidden, dropout)"),
+    ]
+    p = []
+    unknown_keys({"n_startup": 1}, (), "", p, kind="option")
+    assert p == [("n_startup", "unknown option (known: none)")]
+    assert did_you_mean("patiense", ["patience", "margin"]) == " (did you mean patience?)"
+
+
+@dataclass
+class _Inner:
+    size: int = 1
+
+
+@dataclass
+class _Outer:
+    name: str
+    rate: float = 0.5
+    inner: _Inner = field(default_factory=_Inner)
+
+    def __post_init__(self) -> None:
+        if self.rate > 1:
+            raise ConfigError([("rate", f"must be <= 1, got {self.rate}")])
+
+
+def test_build_collects_type_section_and_unknown_key_problems_together() -> None:
+    p: Problems = []
+    raw = {"name": "a", "rate": 2, "inner": {"size": "big", "colour": 1}}
+    assert build(_Outer, raw, "top", p) is None
+    assert p == [
+        ("top.inner.colour", "unknown key (known: size)"),
+        ("top.inner.size", "must be an integer, got 'big'"),
+        ("top.rate", "must be <= 1, got 2.0"),  # checked with the default in place of inner
+    ]
+    p = []
+    assert build(_Outer, {"rate": 2}, "top", p) is None
+    assert p == [("top.name", "is required")]
+    p = []
+    assert build(_Outer, {"name": "a", "rate": "1e-1"}, "", p) == _Outer("a", 0.1)
+    assert p == []
+
+
+class _SpaceError(ProblemsError):
+    pass
+
+
+def test_read_yaml_names_the_file_in_the_callers_error(tmp_path: Path) -> None:
+    with pytest.raises(_SpaceError, match="nope.yaml: file not found"):
+        read_yaml(tmp_path / "nope.yaml", _SpaceError)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line 2"):
+        read_yaml(bad)

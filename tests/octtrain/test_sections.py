@@ -1,0 +1,45 @@
+"""octtrain.sections: each section of a trainer file checks its own values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from octtrain.errors import ConfigError
+from octtrain.sections import (
+    AugmentSection,
+    DataSection,
+    EarlyStoppingSection,
+    ModelSection,
+    TrainSection,
+)
+
+
+def test_encoder_trainable_schedule() -> None:
+    model = ModelSection(freeze_encoder=True, unfreeze_at_epoch=3)
+    assert [model.encoder_trainable(e) for e in range(5)] == [False, False, False, True, True]
+    assert not any(ModelSection().encoder_trainable(e) for e in range(5))
+    assert ModelSection(freeze_encoder=False).encoder_trainable(0)
+
+
+@pytest.mark.parametrize(
+    ("make", "problems"),
+    [
+        (lambda: AugmentSection(rotation_deg=50), [("rotation_deg", "must be in [0, 45] degrees, got 50")]),
+        (lambda: TrainSection(epochs=0, lr_head=-1.0),
+         [("epochs", "must be >= 1, got 0"), ("lr_head", "must be > 0, got -1.0")]),
+        (lambda: EarlyStoppingSection(metric="loss"),
+         [("mode", "loss is better when lower: use mode: min")]),
+        (lambda: DataSection(manifest="m.csv", val_augment=AugmentSection(flip=True)),
+         [("val_augment", "validation must not be augmented (its metrics would change from epoch "
+                          "to epoch): set flip: false, rotation_deg: 0, intensity_jitter: false")]),
+    ],
+)
+def test_a_section_reports_all_its_problems_keyed_by_field(
+    make: Callable[[], object], problems: list[tuple[str, str]],
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert info.value.problems == problems
+
