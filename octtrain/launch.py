@@ -34,6 +34,7 @@ from octtrain.config import EnvKnobs
 from octtrain.errors import ConfigError, describe_exit
 from octtrain.runtime import (
     CollectiveError,
+    DeviceKind,
     Runtime,
     init_process_group,
     init_runtime,
@@ -94,7 +95,7 @@ class _Job:
 
     rank_fn: RankFn
     cfg: RuntimeSection
-    kind: str  # xla | cuda | cpu
+    kind: DeviceKind
     world: int
     port: int  # of the gloo/nccl rendezvous (unused on XLA)
     address: Any  # of the coordinator's listener

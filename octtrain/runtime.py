@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ import torch.distributed as dist
 
 from octtrain.errors import ConfigError
 from octtrain.sections import RuntimeSection
+
+DeviceKind = Literal["xla", "cuda", "cpu"]
 
 
 def xla_available() -> bool:
@@ -47,19 +49,24 @@ def xla_available() -> bool:
     return bool(os.environ.get("PJRT_DEVICE")) or tpu_present
 
 
-def resolve_device(setting: str) -> str:
+def resolve_device(setting: str) -> DeviceKind:
     """``auto``: ``xla`` when torch_xla and a PJRT device are present, else ``cuda``, else
     ``cpu``. An explicit device that cannot work here is a ConfigError."""
     if setting == "auto":
         if xla_available():
             return "xla"
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "xla" and importlib.util.find_spec("torch_xla") is None:
-        raise ConfigError([("runtime.device", "is 'xla' but torch_xla is not installed "
-                            "(pip install 'octsearch[xla]')")])
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError([("runtime.device", "is 'cuda' but no CUDA device is available")])
-    return setting
+    if setting == "xla":
+        if importlib.util.find_spec("torch_xla") is None:
+            raise ConfigError([("runtime.device", "is 'xla' but torch_xla is not installed "
+                                "(pip install 'octsearch[xla]')")])
+        return "xla"
+    if setting == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError([("runtime.device", "is 'cuda' but no CUDA device is available")])
+        return "cuda"
+    assert setting == "cpu", setting  # RuntimeSection allows nothing else
+    return "cpu"
 
 
 class CollectiveError(RuntimeError):
@@ -74,7 +81,7 @@ class CollectiveError(RuntimeError):
 class Runtime:
     """One rank's view of the devices and of its peers."""
 
-    kind: str  # xla | cuda | cpu
+    kind: DeviceKind
     device: torch.device
     rank: int = 0  # global rank
     world_size: int = 1
@@ -325,7 +332,7 @@ def _initialize_xla_cache(path: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def init_process_group(kind: str, rank: int, world_size: int, port: int, timeout_s: float) -> None:
+def init_process_group(kind: DeviceKind, rank: int, world_size: int, port: int, timeout_s: float) -> None:
     """Join the ``torch.distributed`` group of a CPU (gloo) or CUDA (nccl) run on this host.
 
     XLA ranks need none: PJRT connects them. ``timeout_s`` bounds how long a collective waits
