@@ -1,6 +1,7 @@
 """The ``sampler:`` and ``pruner:`` sections of a space file, validated into specs that build them.
 
-``sampler: {type: tpe|random, ...}`` and ``pruner: {collapse: {...}, inner: {type: ...}}``.
+``sampler: {type: tpe|random, ...}`` and ``pruner: {collapse: {...}, inner: {type: ...}}`` (or
+``pruner: none``: no pruning).
 Only the options listed in :data:`SAMPLERS`, :data:`INNER_PRUNERS` and
 :data:`COLLAPSE_OPTIONS` are accepted; defaults of the classes are filled in, so that a
 space that spells a default out and one that leaves it out compare equal when a worker joins
@@ -67,16 +68,24 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class PrunerSpec:
+    """The collapse pruner's options and its inner pruner; ``off``: no pruning at all
+    (``pruner: none`` in a space file, for a baseline search that runs every trial out)."""
+
     collapse: dict[str, Any] = field(default_factory=dict)
     inner: str = "none"
     inner_options: dict[str, Any] = field(default_factory=dict)
+    off: bool = False
 
-    def build(self) -> CollapsePruner:
+    def build(self) -> optuna.pruners.BasePruner:
+        if self.off:
+            return optuna.pruners.NopPruner()
         cls, _ = INNER_PRUNERS[self.inner]
         inner = cls(**self.inner_options) if cls is not None else None
         return CollapsePruner(**self.collapse, inner=inner)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any] | str:
+        if self.off:
+            return "none"
         inner = {"type": self.inner, **self.inner_options}
         return {"collapse": dict(self.collapse), "inner": inner}
 
@@ -138,8 +147,10 @@ def parse_sampler(raw: Any, p: Problems) -> SamplerSpec:
 def parse_pruner(raw: Any, p: Problems) -> PrunerSpec:
     if raw is None:
         raw = {}
+    if raw == "none":
+        return PrunerSpec(off=True)
     if not isinstance(raw, Mapping):
-        p.append(("pruner", f"must be a mapping with collapse and inner, got {raw!r}"))
+        p.append(("pruner", f"must be 'none' or a mapping with collapse and inner, got {raw!r}"))
         return PrunerSpec()
     unknown_keys(raw, ("collapse", "inner"), "pruner", p)
     collapse_raw = raw.get("collapse") or {}

@@ -17,12 +17,11 @@ import pytest
 from optuna.trial import TrialState
 
 from octtrain.config import load_config
-from search.space import load_space
 from search.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-N_TRIALS = 2  # the two enqueued trials: the hand-made fix and its collapsed baseline
+N_TRIALS = 3  # the enqueued trials: the hand-made fix, its collapsed baseline, and that baseline unfreezing late
 
 
 def octsearch(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -52,12 +51,13 @@ def test_smoke_search_end_to_end(tmp_path: Path) -> None:
     trials = {t.user_attrs.get("enqueued"): t for t in study.get_trials()}
     assert len(trials) == N_TRIALS
 
-    collapse = load_space(tmp_path / "spaces/smoke.yaml").pruner.collapse
-    baseline = trials["seed_baseline"]
-    assert baseline.state == TrialState.PRUNED
-    assert baseline.user_attrs["prune_reason"].startswith("collapsed: ")
-    assert len(baseline.intermediate_values) <= (
-        collapse["grace_epochs"] + collapse["patience"] + 1)
+    # Both baselines predict class 0 for everything; the pruner stops them by epoch 2 (0-based),
+    # however late the encoder would unfreeze.
+    for name in ("seed_baseline", "late_unfreeze_baseline"):
+        baseline = trials[name]
+        assert baseline.state == TrialState.PRUNED
+        assert baseline.user_attrs["prune_reason"].startswith("stuck: 100% of validation predictions are class 0")
+        assert len(baseline.intermediate_values) <= 3
 
     fixed = trials["seed_fixed"]
     assert fixed.state == TrialState.COMPLETE, fixed.user_attrs.get("prune_reason")

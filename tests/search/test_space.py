@@ -237,3 +237,12 @@ def test_overrides_complete_an_inline_base() -> None:
     raw["overrides"] = {"data.manifset": "x.csv"}
     with pytest.raises(SearchSpaceError, match="data.manifset"):
         space_from_dict(raw)
+
+
+def test_pruner_none_turns_pruning_off_and_round_trips() -> None:
+    raw = copy.deepcopy(FAKE_SPACE)
+    raw["pruner"] = "none"
+    space = space_from_dict(raw)
+    assert isinstance(space.pruner.build(), optuna.pruners.NopPruner)
+    assert space.to_dict()["pruner"] == "none"
+    assert space_from_dict(space.to_dict()).to_dict() == space.to_dict()
