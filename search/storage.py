@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from octtrain.errors import clip, one_line
 from search.errors import StorageError
 from search.record import KEPT_ON_RETRY
 
@@ -165,30 +167,60 @@ def _lost_open_race(cause: BaseException) -> bool:
 
 
 @contextmanager
-def heartbeat(storage: RDBStorage, trial_id: int) -> Iterator[None]:
+def heartbeat(storage: RDBStorage, trial_id: int, *, out: TextIO | None = None) -> Iterator[None]:
     """Record the trial's heartbeat every heartbeat interval while the block runs.
 
     Optuna records heartbeats only inside ``Study.optimize``; a worker that asks, runs the
-    trial in a child process and tells keeps the heartbeat itself.
+    trial in a child process and tells keeps the heartbeat itself. A beat that fails (the
+    database is unreachable: Optuna raises ``StorageInternalError``, SQLAlchemy its own errors)
+    is retried at the next beat, so the thread outlives an outage; the grace period covers
+    several missed beats. ``out`` (default stderr) gets one line when beats start failing and
+    one when they succeed again.
     """
     interval = storage.get_heartbeat_interval()
     if interval is None:
         yield
         return
     stop = threading.Event()
+    beat = _Beat(storage, trial_id, out)
 
-    def beat() -> None:
+    def loop() -> None:
         while True:
-            # A missed beat is retried; the grace period covers several.
-            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
-                storage.record_heartbeat(trial_id)
+            beat()
             if stop.wait(interval):
                 return
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread = threading.Thread(target=loop, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
+
+
+class _Beat:
+    """One heartbeat write; remembers an outage so that it is reported once, not every beat."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int, out: TextIO | None) -> None:
+        self.storage, self.trial_id, self.out = storage, trial_id, out
+        self.failing_since: float | None = None  # monotonic time of the first failed beat
+
+    def __call__(self) -> None:
+        try:
+            self.storage.record_heartbeat(self.trial_id)
+        except Exception as err:  # noqa: BLE001 - any storage failure: retried at the next beat
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+                self._say(f"heartbeat of trial id {self.trial_id} failed, retrying every beat: "
+                          f"{clip(one_line(err))}")
+            return
+        if self.failing_since is not None:
+            lasted = time.monotonic() - self.failing_since
+            self.failing_since = None
+            self._say(f"heartbeat of trial id {self.trial_id} recorded again after {lasted:.0f} s")
+
+    def _say(self, text: str) -> None:
+        out = self.out if self.out is not None else sys.stderr
+        out.write(f"octsearch: {text}\n")
+        out.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from pathlib import Path
@@ -108,3 +109,42 @@ def test_heartbeat_keeps_a_trial_alive_and_a_stale_one_is_retried(
     assert retry.params == stale.params == {"model.head.hidden": 64, "train.lr_head": 1e-3}
     assert retry.user_attrs == {ENQUEUED_ATTR: "seed"}  # not the dead run's epochs
     assert retry.system_attrs["failed_trial"] == 0
+
+
+def test_heartbeat_survives_storage_errors_and_reports_the_outage_once(
+    storage_url: str, study_name: str, fake_space: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Optuna raises StorageInternalError (not an SQLAlchemyError) when the database is gone:
+    the beats fail for a while, the thread keeps going and beats again once it is back."""
+    monkeypatch.setattr(storage_mod, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(storage_mod, "GRACE_PERIOD_S", 2)
+    storage = open_storage(storage_url)
+    study, _ = open_study(space_from_dict(fake_space), storage, study_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trial = study.ask()
+    real_beat = storage.record_heartbeat
+    calls: list[float] = []
+
+    def failing_then_real(trial_id: int) -> None:
+        calls.append(time.monotonic())
+        if len(calls) <= 3:  # the first three beats find the database unreachable
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+        real_beat(trial_id)
+
+    monkeypatch.setattr(storage, "record_heartbeat", failing_then_real)
+    with heartbeat(storage, trial._trial_id):
+        deadline = time.monotonic() + 30
+        while len(calls) < 5 and time.monotonic() < deadline:  # 3 failed beats, 2 recorded
+            time.sleep(0.1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+        assert study.get_trials()[0].state == TrialState.RUNNING  # its heartbeat is fresh
+    assert len(calls) >= 5
+    lost, back = capsys.readouterr().err.splitlines()  # one line each, not one per beat
+    assert lost == (f"octsearch: heartbeat of trial id {trial._trial_id} failed, retrying every "
+                    "beat: An exception is raised during the commit.")
+    assert re.fullmatch(rf"octsearch: heartbeat of trial id {trial._trial_id} recorded again "
+                        r"after [3-9] s", back)
