@@ -5,9 +5,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from search.trial_process import run_child
+from search.lifeline import die_with_parent
 
-if __name__ == "__main__":
+
+def main() -> None:
+    die_with_parent()  # before the slow imports: a worker killed meanwhile takes this with it
+    from search.trial_process import run_child
+
     if len(sys.argv) != 2:
         sys.exit("usage: python -m search._trial_main REQUEST.json")
     run_child(Path(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="trial run directories go to DIR/STUDY/trial_NNNN (default: runs)")
     run.add_argument("--max-failures", type=int, default=3, metavar="K",
                      help="stop this worker after K failed trials in a row (default: 3)")
+    run.add_argument("--fit-target", default="octtrain:fit", metavar="MODULE:FUNCTION",
+                     help=argparse.SUPPRESS)  # a stand-in trainer with octtrain.fit's contract (tests)
     _common(run)
     run.set_defaults(func=cmd_run)
 
@@ -132,7 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{redact(storage.url)}: {finished}/{args.trials} finished, {running} running",
           file=sys.stderr)
     options = WorkerOptions(n_trials=args.trials, timeout_s=args.timeout, device=args.device,
-                            runs_dir=args.runs_dir, max_consecutive_failures=args.max_failures)
+                            runs_dir=args.runs_dir, max_consecutive_failures=args.max_failures,
+                            fit_target=args.fit_target)
     with sigterm_interrupts():
         summary = run_worker(study, space, storage, options, out=sys.stderr)
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "

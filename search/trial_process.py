@@ -1,8 +1,9 @@
 """One trial in its own process, so a crash or OOM of the trainer fails the trial, not the worker.
 
 Parent (the worker, :func:`run_trial_process`): writes ``request.json`` into the trial's run
-directory, starts ``python -m search._trial_main request.json`` in a new session, streams its
-output to ``trial.log`` and to the worker's stderr, and reads back ``result.json``. A child
+directory, starts ``python -m search._trial_main request.json`` in a new session (it dies with
+the worker: :mod:`search.lifeline`), streams its output to ``trial.log`` and to the worker's
+stderr, and reads back ``result.json``. A child
 that exits without a result (killed, segfault, XLA abort) is a failed trial whose reason is
 the tail of its output. When the parent is interrupted the child's whole process group is
 terminated before the exception goes on.
@@ -36,6 +37,7 @@ import optuna
 
 from octtrain.config import config_from_dict
 from octtrain.errors import DivergedError, OcttrainError, describe_exit
+from search.lifeline import lifeline
 from search.record import best_step
 from search.reporter import EpochReporter, metric_value
 from search.storage import open_storage
@@ -125,11 +127,12 @@ def run_trial_process(
     request.write(run_dir / REQUEST_FILE)
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", STORAGE_ENV: storage_url}
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    with open(run_dir / LOG_FILE, "a") as log:
+    with open(run_dir / LOG_FILE, "a") as log, lifeline() as (lifeline_env, lifeline_fds):
         proc = subprocess.Popen(
             [sys.executable, "-m", "search._trial_main", str(run_dir / REQUEST_FILE)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace", env=child_env,
+            text=True, errors="replace", env={**child_env, **lifeline_env},
+            pass_fds=lifeline_fds,  # the child dies with this process (search.lifeline)
             start_new_session=True,  # Ctrl-C reaches the worker, which then stops the child
         )
         reader = threading.Thread(target=_pump, args=(proc, log, tail, echo, prefix), daemon=True)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy
+import yaml
 
 from search.worker import WorkerOptions
 
 HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent  # the venv's console scripts
 SERVER_URLS = {
     "postgres": ("OCTSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
     "mysql": ("OCTSEARCH_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
@@ -95,3 +100,38 @@ def run_threads(target: Callable[[], object], n: int, timeout: float) -> list[Ba
     for t in threads:
         t.join(timeout=timeout)
     return errors
+
+
+def write_dataset(folder: Path, n: int = 4) -> Path:
+    """A real manifest of ``n`` small ``.npy`` volumes, one patient each, classes 0..3 in turn;
+    what pre-flight reads before ``octsearch run`` starts a trial."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["path,label,patient_id"]
+    for i in range(n):
+        np.save(folder / f"v{i}.npy", np.full((4, 8, 8), float(i), dtype=np.float32))
+        rows.append(f"v{i}.npy,{i % 4},p{i}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def write_cli_space(path: Path, **changes: Any) -> Path:
+    """The fake-trainer space as a file whose manifest exists (next to it, under data/)."""
+    raw = copy.deepcopy(FAKE_SPACE)
+    raw["base"]["data"]["manifest"] = str(write_dataset(path.parent / "data"))
+    raw.update(changes)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def octsearch_command(*args: str) -> list[str]:
+    """``octsearch ARGS`` as a user runs it (the console script), with the fake trainer for
+    ``run``; start it with :func:`fake_env`."""
+    command = [str(BIN / "octsearch"), *args]
+    return [*command, "--fit-target", "fake_fit:fit"] if args[:1] == ("run",) else command
+
+
+def fake_env(**extra: str) -> dict[str, str]:
+    """The environment of an ``octsearch`` process whose trial processes import ``fake_fit``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+            **extra}

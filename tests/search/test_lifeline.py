@@ -1,0 +1,131 @@
+"""A trial process dies with its worker: the parent-death signal, and the lifeline pipe alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fake_fit import HANG
+from search_testing import fake_env, octsearch_command, write_cli_space
+
+from search.lifeline import WORKER_PID_ENV, lifeline
+
+GONE_WITHIN_S = 10.0
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (dead, not yet reaped by its new parent) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def seconds_until_gone(pids: list[int], limit: float = 30.0) -> float:
+    start = time.monotonic()
+    while any(alive(p) for p in pids) and time.monotonic() - start < limit:
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def wait_for(path_glob: str, root: Path, proc: subprocess.Popen[bytes], timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(root.glob(path_glob))
+        if found:
+            return found[0]
+        assert proc.poll() is None, f"exited with {proc.returncode} before {path_glob} appeared"
+        time.sleep(0.1)
+    raise AssertionError(f"{path_glob} did not appear in {timeout} s")
+
+
+def test_a_sigkilled_worker_takes_its_trial_process_with_it(tmp_path: Path) -> None:
+    space = write_cli_space(tmp_path / "hang.yaml", enqueue=[
+        {"name": "hang", "params": {"model.head.hidden": 64, "train.lr_head": HANG}}])
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        octsearch_command("run", "--space", str(space), "--trials", "1",
+                          "--storage", f"sqlite:///{tmp_path / 'study.db'}"),
+        cwd=tmp_path, env=fake_env(), stdout=log, stderr=log)
+    try:
+        pid_file = wait_for("runs/*/trial_0000/pid", tmp_path, worker)  # the trial hangs
+        while not pid_file.read_text():
+            time.sleep(0.05)
+        trial_pid = int(pid_file.read_text())
+        assert alive(trial_pid)
+        worker.kill()
+        worker.wait()
+        took = seconds_until_gone([trial_pid])
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    print(f"trial process outlived its SIGKILLed worker by {took:.2f} s")
+    assert took < GONE_WITHIN_S
+
+
+PARENT = """
+import os, subprocess, sys, time
+from search.lifeline import lifeline
+with lifeline() as (env, fds):
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env={**os.environ, **env},
+                             pass_fds=fds, start_new_session=True)
+    print(child.pid, flush=True)
+    time.sleep(3600)
+"""
+
+CHILD = """
+import subprocess, sys, time
+from search.lifeline import die_with_parent
+die_with_parent(pdeathsig=False)  # the pipe alone, as where there is no prctl
+loader = subprocess.Popen(["sleep", "3600"])  # a child of the trial, in its process group
+print(loader.pid, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_the_lifeline_alone_stops_the_trial_and_its_process_group() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        loader_pid = int(parent.stdout.readline())  # the child inherited the parent's stdout
+        assert alive(child_pid) and alive(loader_pid)
+        parent.kill()
+        parent.wait()
+        took = seconds_until_gone([child_pid, loader_pid])
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    print(f"lifeline only: trial process and its child gone {took:.2f} s after the parent")
+    assert took < GONE_WITHIN_S
+
+
+def test_a_trial_process_whose_worker_is_already_gone_stops_at_once() -> None:
+    """The worker died between starting the child and the child's prctl call: the child's
+    parent is no longer the pid it was given."""
+    code = "from search.lifeline import die_with_parent; die_with_parent(); print('ran on')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, WORKER_PID_ENV: "1"}, start_new_session=True,
+                          timeout=60)
+    assert proc.returncode == -signal.SIGTERM
+    assert "ran on" not in proc.stdout
+    assert proc.stderr.strip().endswith("the worker was gone before the trial process started; "
+                                        "stopping")
+
+
+def test_the_lifeline_pipe_is_closed_after_the_block() -> None:
+    with lifeline() as (env, fds):
+        (read_fd,) = fds
+        assert env[WORKER_PID_ENV] == str(os.getpid())
+        os.fstat(read_fd)
+    try:
+        os.fstat(read_fd)
+    except OSError:
+        return
+    raise AssertionError("the read end is still open")
