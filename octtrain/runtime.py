@@ -1,4 +1,4 @@
-"""Every device specific of the trainer: XLA (TPU, or CPU-PJRT), CUDA, CPU; one or many processes.
+"""Every device specific of the trainer: XLA (TPU, or CPU-PJRT), CUDA, CPU, and their collectives.
 
 This is the only module of ``octtrain`` that imports ``torch_xla`` (lazily, so CPU/CUDA users
 need not install it). The loop talks to a :class:`Runtime` and never asks which device it is on.
