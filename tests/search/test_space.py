@@ -161,8 +161,12 @@ def test_shipped_spaces_validate_and_enqueue_the_seed_configs(
         "train.class_weights", "model.unfreeze_at_epoch", "train.lr_head", "train.lr_encoder",
         "train.grad_accum_steps", "model.pool_method"]
     assert space.objective.metric == "balanced_accuracy" and space.objective.maximize
-    fixed, baseline = space.enqueue
+    fixed, baseline, *late = space.enqueue
     assert (fixed.name, baseline.name) == ("seed_fixed", "seed_baseline")
+    if late:  # smoke.yaml: the baseline, but with an encoder that unfreezes at epoch 4
+        (late_baseline,) = late
+        assert late_baseline.params == {**baseline.params, "model.unfreeze_at_epoch": 4,
+                                        "train.lr_encoder": 1e-4}
     for entry, config in ((fixed, "configs/scenario_a_fixed.yaml"),
                           (baseline, "configs/scenario_a_baseline.yaml")):
         cfg = load_config(config).to_dict()
