@@ -8,26 +8,35 @@ traceback instead. Progress goes to stderr, tables to stdout.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import optuna
 
 from octtrain.errors import OcttrainError, one_line
 from search.errors import OctsearchError, WorkerError
-from search.storage import DEFAULT_STORAGE, open_storage, redact
+from search.storage import DEFAULT_STORAGE, check_shared, open_storage, redact
+
+if TYPE_CHECKING:
+    from search.space import SearchSpace
 
 DEVICES = ("auto", "xla", "cuda", "cpu")
 
 
+STORAGE_ENV = "OCTSEARCH_STORAGE"  # the default --storage: keeps a password off the command line
+
+
 def _common(parser: argparse.ArgumentParser, *, study: bool = True) -> None:
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
+    # The default is read when the command runs, never shown: it may hold a password.
+    parser.add_argument("--storage", metavar="URL",
                         help=f"sqlite:///FILE, postgresql+psycopg://... or mysql+pymysql://... "
-                             f"(default: {DEFAULT_STORAGE})")
+                             f"(default: ${STORAGE_ENV}, else {DEFAULT_STORAGE})")
     if study:
         parser.add_argument("--study", metavar="NAME",
                             help="study name (default: the space file's name; for review "
@@ -59,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="validate a search space file and list it")
+    check = sub.add_parser("check", help="validate a search space file, list it, and check "
+                                         "its data and device on this host")
     check.add_argument("--space", required=True, type=Path, help="search space YAML file")
+    check.add_argument("--device", choices=DEVICES, help="runtime.device of every trial")
     check.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     check.set_defaults(func=cmd_check)
 
@@ -87,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(dash, study=False)
     dash.set_defaults(func=cmd_dashboard)
     return parser
+
+
+def _storage_url(args: argparse.Namespace) -> str:
+    """``--storage``, else ``$OCTSEARCH_STORAGE``, else the SQLite file of the working folder."""
+    return str(args.storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE)
 
 
 def _study_name(args: argparse.Namespace) -> str | None:
@@ -124,8 +140,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise OctsearchError(f"--trials must be at least 1, got {args.trials}")
     if args.max_failures < 1:
         raise OctsearchError(f"--max-failures must be at least 1, got {args.max_failures}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise OctsearchError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    url = check_shared(_storage_url(args))
     space = load_space(args.space)
-    storage = open_storage(args.storage)
+    _preflight(space, args.device)
+    storage = open_storage(url)
     name = _study_name(args)
     assert name is not None
     study, created = open_study(space, storage, name, seed=args.seed)
@@ -144,11 +164,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(space: SearchSpace, device: str | None) -> list[str]:
+    """What every trial of ``space`` needs, checked on this host (search.preflight)."""
+    from search.preflight import check_data, check_device
+
+    cfg = space.base
+    return [f"data: {check_data(cfg.data)}",
+            f"device: {check_device(device or cfg.runtime.device)} (available)"]
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from search.space import load_space
 
     space = load_space(args.space)
+    checked = _preflight(space, args.device)
     print(f"{args.space}: valid; objective {space.objective.metric} ({space.objective.direction})")
+    for line in checked:
+        print(f"  {line}")
     for p in space.params:
         print(f"  {p.path}: {p.describe()}")
     for e in space.enqueue:
@@ -161,7 +193,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _review_study(args: argparse.Namespace) -> optuna.Study:
     from search.study import load_review_study
 
-    storage = open_storage(args.storage, heartbeat=False, create=False)
+    storage = open_storage(_storage_url(args), heartbeat=False, create=False)
     return load_review_study(storage, _study_name(args))
 
 
@@ -191,7 +223,7 @@ def cmd_export_best(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from search.dashboard import serve
 
-    serve(args.storage, args.host, args.port)
+    serve(_storage_url(args), args.host, args.port)
     return 0
 
 

@@ -20,3 +20,7 @@ class StorageError(OctsearchError):
 
 class WorkerError(OctsearchError):
     """A worker stopped because its trials keep failing."""
+
+
+class PreflightError(OctsearchError):
+    """What every trial needs is missing (data, device): refused before the first trial."""

@@ -16,6 +16,7 @@ parameters (:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`).
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import sys
 import threading
@@ -58,7 +59,7 @@ def normalize_url(url: str) -> str:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
         raise StorageError(
-            f"cannot parse storage URL {url!r}: use sqlite:///FILE, "
+            f"cannot parse storage URL {redact(url)!r}: use sqlite:///FILE, "
             "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB"
         ) from None
     driver = _DRIVERS.get(parsed.drivername)
@@ -70,12 +71,27 @@ def normalize_url(url: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
+def check_shared(url: str) -> str:
+    """``url`` normalized, or a StorageError for an in-memory SQLite database (``sqlite://``,
+    ``sqlite:///``, ``:memory:``): each trial process opens the storage again and would find
+    an empty database of its own."""
+    normalized = normalize_url(url)
+    parsed = sqlalchemy.engine.make_url(normalized)
+    in_memory = (not parsed.database or parsed.database == ":memory:"
+                 or parsed.query.get("mode") == "memory")
+    if parsed.get_backend_name() == "sqlite" and in_memory:
+        raise StorageError(f"{redact(url)!r} is an in-memory SQLite database, which trial "
+                           "processes cannot see: use sqlite:///FILE")
+    return normalized
+
+
 def redact(url: str) -> str:
-    """The URL with its password hidden, for messages."""
+    """The URL with its password hidden, for messages (also when it cannot be parsed)."""
     try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+        parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        return url
+        return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -96,8 +112,7 @@ def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def _enable_wal(url: str, create: bool) -> None:
     """Put the SQLite file in WAL mode (persistent) before any pooled connection opens it."""
     database = sqlalchemy.engine.make_url(url).database
-    if not database or database == ":memory:":
-        return
+    assert database, "check_shared refuses in-memory databases"
     if not create and not Path(database).exists():
         raise StorageError(f"no SQLite database {database!r} (from {url!r}) in "
                            f"{str(Path.cwd())!r}: pass the --storage URL of the study")
@@ -119,7 +134,7 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
     processes, reports and the dashboard open the same database without it. ``create=False``
     refuses to create a new SQLite file (review commands run in the wrong folder).
     """
-    url = normalize_url(url)
+    url = check_shared(url)
     backend = sqlalchemy.engine.make_url(url).get_backend_name()
     if backend == "sqlite":
         _enable_wal(url, create)

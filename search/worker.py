@@ -64,6 +64,8 @@ class WorkerOptions:
     def __post_init__(self) -> None:
         if self.n_trials < 1:
             raise ValueError(f"n_trials must be at least 1, but got n_trials={self.n_trials}.")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, but got timeout_s={self.timeout_s}.")
         if self.max_consecutive_failures < 1:
             raise ValueError("max_consecutive_failures must be at least 1, but got "
                              f"max_consecutive_failures={self.max_consecutive_failures}.")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from search_testing import FAKE_SPACE
+from search_testing import FAKE_SPACE, write_cli_space
 
 from search.cli import Terminated, main, sigterm_interrupts
 from search.errors import SearchSpaceError
@@ -48,9 +48,11 @@ def test_invalid_space_is_one_line_naming_file_and_key(
 
 
 def test_check_lists_a_valid_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    space = write_space(tmp_path / "ok.yaml")
+    space = write_cli_space(tmp_path / "ok.yaml")
     assert main(["check", "--space", str(space)]) == 0
     out = capsys.readouterr().out
+    assert f"data: 4 volumes in {tmp_path / 'data' / 'manifest.csv'}; 3 of them read" in out
+    assert "device: auto (available)" in out
     assert "model.head.hidden: categorical [0, 64]" in out
     assert "train.lr_head: float [0.0001, 0.01] log" in out
 
@@ -61,6 +63,8 @@ def test_check_lists_a_valid_space(tmp_path: Path, capsys: pytest.CaptureFixture
         (["--trials", "0"], "--trials must be at least 1, got 0"),
         (["--trials", "1", "--storage", "redis://localhost"], "unsupported storage 'redis'"),
         (["--trials", "1", "--max-failures", "0"], "--max-failures must be at least 1, got 0"),
+        (["--trials", "1", "--timeout", "-5"], "--timeout must be a positive number of seconds, "
+                                               "got -5"),
     ],
 )
 def test_run_refuses_bad_arguments(args: list[str], message: str, tmp_path: Path,
@@ -74,7 +78,7 @@ def test_run_refuses_to_join_a_study_with_another_space(
     tmp_path: Path, reviewed_study: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, name = reviewed_study
-    space = write_space(tmp_path / f"{name}.yaml")  # study name from the file name
+    space = write_cli_space(tmp_path / f"{name}.yaml")  # study name from the file name
     assert main(["run", "--space", str(space), "--trials", "9", "--storage", url]) == 2
     line = one_error_line(capsys)
     assert "refusing to join study 'reviewed'" in line
@@ -125,8 +129,9 @@ def test_console_script_is_installed() -> None:
 
 def test_driver_error_with_newlines_is_one_line(tmp_path: Path) -> None:
     """psycopg's connection errors span two lines; the CLI still prints one."""
+    space = write_cli_space(tmp_path / "space.yaml")
     proc = subprocess.run(
-        [sys.executable, "-m", "search.cli", "run", "--space", str(REPO / "spaces" / "smoke.yaml"),
+        [sys.executable, "-m", "search.cli", "run", "--space", str(space),
          "--trials", "1", "--storage", "postgresql+psycopg://nobody@127.0.0.1:1/none"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

@@ -18,7 +18,7 @@ from search import storage as storage_mod
 from search.errors import StorageError
 from search.record import ENQUEUED_ATTR
 from search.space import space_from_dict
-from search.storage import heartbeat, normalize_url, open_storage
+from search.storage import check_shared, heartbeat, normalize_url, open_storage
 from search.study import open_study
 
 
@@ -43,11 +43,21 @@ def test_urls_get_the_installed_drivers(url: str, normalized: str) -> None:
         ("postgresql+psycopg2://u:secret@h/db", "unsupported storage 'postgresql+psycopg2' in "
                                                 "'postgresql+psycopg2://u:***@h/db'"),
         ("not a url", "cannot parse storage URL 'not a url'"),
+        ("bad url://u:secret@h/db", "cannot parse storage URL 'bad url://u:***@h/db'"),
     ],
 )
 def test_bad_urls_are_named(url: str, message: str) -> None:
     with pytest.raises(StorageError, match=message.replace("+", r"\+").replace("*", r"\*")):
         normalize_url(url)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:",
+                                 "sqlite:///file:x?mode=memory&uri=true"])
+def test_in_memory_sqlite_is_refused_as_trial_processes_cannot_see_it(url: str) -> None:
+    with pytest.raises(StorageError, match="is an in-memory SQLite database, which trial "
+                                           "processes cannot see: use sqlite:///FILE"):
+        open_storage(url)
+    assert check_shared("sqlite:///study.db") == "sqlite:///study.db"
 
 
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url: str) -> None:

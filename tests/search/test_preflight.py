@@ -1,0 +1,144 @@
+"""Pre-flight: a search whose trials could only fail is refused before any trial is created.
+
+The refusals run the real ``octsearch`` console script: one line on stderr, exit status 2, and
+no study (the SQLite file is never created) and no run directory left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from search_testing import fake_env, octsearch_command, write_cli_space, write_dataset
+
+from octtrain.sections import DataSection
+from search.errors import PreflightError
+from search.preflight import check_data, check_device, sample
+
+
+@pytest.mark.parametrize(("n", "picked"), [(0, []), (2, [0, 1]), (3, [0, 1, 2]),
+                                           (10, [0, 4, 9]), (101, [0, 50, 100])])
+def test_the_sample_spreads_over_the_dataset(n: int, picked: list[int]) -> None:
+    assert sample(list(range(n))) == picked  # type: ignore[arg-type]
+
+
+def test_a_readable_dataset_is_described(tmp_path: Path) -> None:
+    manifest = write_dataset(tmp_path / "data", n=5)
+    assert check_data(DataSection(manifest=str(manifest))) == (
+        f"5 volumes in {manifest}; 3 of them read")
+
+
+def test_a_corrupt_sampled_volume_is_named(tmp_path: Path) -> None:
+    manifest = write_dataset(tmp_path / "data", n=5)
+    (tmp_path / "data" / "v4.npy").write_bytes(b"not a numpy file")  # the last one is sampled
+    with pytest.raises(PreflightError, match=r"data.manifest '.*manifest.csv': .*v4.npy: "
+                                             "cannot read volume"):
+        check_data(DataSection(manifest=str(manifest)))
+
+
+def test_a_relative_manifest_names_the_folder_it_was_looked_for_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PreflightError) as info:
+        check_data(DataSection(manifest="data/manifest.csv"))
+    assert str(info.value) == (f"data.manifest 'data/manifest.csv' (relative to {tmp_path}): "
+                               "data/manifest.csv: manifest not found")
+
+
+def test_cpu_and_auto_are_always_available() -> None:
+    assert check_device("cpu") == "cpu"
+    assert check_device("auto") == "auto"
+
+
+def refused(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+            space: Path | None = None) -> str:
+    """Run ``octsearch ARGS`` in ``tmp_path``; its one error line, once shown to be a refusal
+    that created nothing."""
+    storage = tmp_path / "study.db"
+    command = args[0]
+    rest = ["--space", str(space or write_cli_space(tmp_path / "space.yaml")), *args[1:]]
+    if command == "run":
+        rest = ["--trials", "1", *rest]
+        if "--storage" not in args:
+            rest = [*rest, "--storage", f"sqlite:///{storage}"]
+    proc = subprocess.run(octsearch_command(command, *rest), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=env or fake_env())
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("octsearch: error: "), lines
+    assert not storage.exists() and not (tmp_path / "octsearch.db").exists()  # no study
+    assert not (tmp_path / "runs").exists()  # no trial
+    return lines[0].removeprefix("octsearch: error: ")
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_missing_manifest_is_refused(command: str, tmp_path: Path) -> None:
+    space = write_cli_space(tmp_path / "space.yaml")
+    space.write_text(space.read_text().replace(str(tmp_path / "data" / "manifest.csv"),
+                                               "elsewhere/manifest.csv"))
+    assert refused(tmp_path, command, space=space) == (
+        f"data.manifest 'elsewhere/manifest.csv' (relative to {tmp_path}): "
+        "elsewhere/manifest.csv: manifest not found")
+
+
+def test_an_unreadable_manifest_is_refused(tmp_path: Path) -> None:
+    space = write_cli_space(tmp_path / "space.yaml")
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.write_bytes(b"\xff\xfe\x00 not text")
+    assert refused(tmp_path, "run", space=space).startswith(
+        f"data.manifest '{manifest}': {manifest}: cannot read manifest (")
+
+
+def test_an_unreadable_volume_is_refused(tmp_path: Path) -> None:
+    space = write_cli_space(tmp_path / "space.yaml")
+    np.save(tmp_path / "data" / "v0.npy", np.zeros((2, 3, 4, 5), dtype=np.float32))  # 4-D
+    assert "v0.npy: expected a 2-D B-scan or a 3-D (D, H, W) volume, got shape (2, 3, 4, 5)" in (
+        refused(tmp_path, "run", space=space))
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_cuda_on_a_host_without_it_is_refused(command: str, tmp_path: Path) -> None:
+    hidden = fake_env(CUDA_VISIBLE_DEVICES="")  # no CUDA device, on any host
+    assert refused(tmp_path, command, "--device", "cuda", env=hidden) == (
+        "device 'cuda': no CUDA device is available on this host")
+
+
+def test_xla_without_a_pjrt_device_is_refused(tmp_path: Path) -> None:
+    if Path("/dev/accel0").exists() or Path("/dev/vfio/0").exists():
+        pytest.skip("this host has a TPU")
+    env = {k: v for k, v in fake_env().items() if k != "PJRT_DEVICE"}
+    assert refused(tmp_path, "run", "--device", "xla", env=env) in (
+        "device 'xla': torch_xla is not installed on this host (pip install 'octsearch[xla]')",
+        "device 'xla': no PJRT device on this host (no TPU found and PJRT_DEVICE is not set; "
+        "PJRT_DEVICE=CPU runs XLA on the CPU)")
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
+def test_an_in_memory_study_is_refused(url: str, tmp_path: Path) -> None:
+    assert refused(tmp_path, "run", "--storage", url) == (
+        f"{url!r} is an in-memory SQLite database, which "
+        "trial processes cannot see: use sqlite:///FILE")
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5"])
+def test_a_timeout_that_leaves_no_time_is_refused(timeout: str, tmp_path: Path) -> None:
+    assert refused(tmp_path, "run", "--timeout", timeout) == (
+        f"--timeout must be a positive number of seconds, got {timeout}")
+
+
+def test_the_checks_run_from_the_working_directory(tmp_path: Path) -> None:
+    """Relative data paths are resolved against the worker's working directory, as the trial
+    processes resolve them: the same space passes from the folder that holds its data."""
+    write_dataset(tmp_path / "data")
+    space = write_cli_space(tmp_path / "space.yaml")
+    space.write_text(space.read_text().replace(str(tmp_path / "data" / "manifest.csv"),
+                                               "data/manifest.csv"))
+    proc = subprocess.run(octsearch_command("check", "--space", str(space)), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=fake_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "data: 4 volumes in data/manifest.csv; 3 of them read" in proc.stdout
+    assert os.getcwd() != str(tmp_path)  # the test itself ran elsewhere
