@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="sampler seed (give each worker its own)")
     run.add_argument("--device", choices=DEVICES, help="runtime.device of every trial")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
-                     help="trial run directories go to DIR/STUDY/trial_NNNN (default: runs)")
+                     help="trial run directories go to DIR/STUDY-ID/trial_NNNN, ID the "
+                          "study's creation id (default: runs)")
     run.add_argument("--max-failures", type=int, default=3, metavar="K",
                      help="stop this worker after K failed trials in a row (default: 3)")
     run.add_argument("--fit-target", default="octtrain:fit", metavar="MODULE:FUNCTION",
@@ -131,6 +132,7 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from search.record import runs_folder
     from search.report import format_leaderboard
     from search.space import load_space
     from search.study import open_study
@@ -151,8 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     study, created = open_study(space, storage, name, seed=args.seed)
     finished, running = count_trials(study)
     print(f"octsearch: {'created' if created else 'joined'} study {name!r} in "
-          f"{redact(storage.url)}: {finished}/{args.trials} finished, {running} running",
-          file=sys.stderr)
+          f"{redact(storage.url)}: {finished}/{args.trials} finished, {running} running; run "
+          f"directories under {args.runs_dir / runs_folder(study)}", file=sys.stderr)
     options = WorkerOptions(n_trials=args.trials, timeout_s=args.timeout, device=args.device,
                             runs_dir=args.runs_dir, max_consecutive_failures=args.max_failures,
                             fit_target=args.fit_target)

@@ -2,11 +2,14 @@
 
 This is the contract between the worker, the trial process, the pruner, the reports and the
 dashboard, and with every study already stored: the names and the shape of the values must not
-change. A study carries two user attributes:
+change. A study carries three user attributes, written once by the worker that creates it:
 
+- :data:`CREATION_ID_ATTR`: a short random id of this study (8 hex digits), so that a new study
+  under an old name never shares the old one's run directories (:func:`runs_folder`; a study
+  stored before the id existed has none);
+- :data:`SPACE_FILE_ATTR`: the path of the space file it came from (``""`` for none);
 - :data:`SPACE_ATTR`: the canonical search space (:meth:`search.space.SearchSpace.to_dict`),
-  written last when the study is created;
-- :data:`SPACE_FILE_ATTR`: the path of the space file it came from (``""`` for none).
+  written last.
 
 A trial carries these user attributes (the worker writes the first ones before the trial
 process starts; the reporter writes one per epoch; the worker writes how the trial ended):
@@ -29,6 +32,7 @@ process starts; the reporter writes one per epoch; the worker writes how the tri
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,7 @@ from octtrain.tracking import json_safe
 
 SPACE_ATTR = "octsearch:space"
 SPACE_FILE_ATTR = "octsearch:space_file"
+CREATION_ID_ATTR = "octsearch:creation_id"
 
 ENQUEUED_ATTR = "enqueued"
 OVERRIDES_ATTR = "overrides"
@@ -62,10 +67,22 @@ def epoch_attr(epoch: int) -> str:
 # Study ----------------------------------------------------------------------------------------
 
 
-def write_space(study: optuna.Study, canonical: dict[str, Any], source: str | None) -> None:
-    """Store the space with a new study; the space goes last, as it publishes the study."""
+def write_space(study: optuna.Study, canonical: dict[str, Any], source: str | None) -> str:
+    """Store a new creation id and the space with a new study; the space goes last, as it
+    publishes the study. Returns the creation id."""
+    creation_id = uuid.uuid4().hex[:8]
+    study.set_user_attr(CREATION_ID_ATTR, creation_id)
     study.set_user_attr(SPACE_FILE_ATTR, source or "")
     study.set_user_attr(SPACE_ATTR, canonical)
+    return creation_id
+
+
+def runs_folder(study: optuna.Study) -> str:
+    """The folder of the study's run directories under ``--runs-dir``: ``NAME-CREATIONID``, the
+    same for every worker of the study and different for a new study under the same name;
+    ``NAME`` for a study stored before creation ids existed."""
+    creation_id = study.user_attrs.get(CREATION_ID_ATTR)
+    return f"{study.study_name}-{creation_id}" if creation_id else study.study_name
 
 
 def stored_space_dict(study: optuna.Study) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ from octtrain.errors import ConfigError, clip
 from search.errors import StorageError, WorkerError
 from search.record import (
     end_reason,
+    runs_folder,
     write_best_epoch,
     write_failure,
     write_overrides,
@@ -55,7 +56,7 @@ class WorkerOptions:
     n_trials: int  # finished trials wanted in the study, all workers together
     timeout_s: float | None = None  # start no trial after this many seconds
     device: str | None = None  # runtime.device of every trial (None: the space's)
-    runs_dir: Path = Path("runs")  # trial run directories: RUNS_DIR/STUDY/trial_NNNN
+    runs_dir: Path = Path("runs")  # trial run directories: RUNS_DIR/STUDY-ID/trial_NNNN
     max_consecutive_failures: int = 3
     poll_s: float = 5.0  # how often a waiting worker looks at the study again
     fit_target: str = "octtrain:fit"
@@ -203,7 +204,7 @@ def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: op
         cfg = space.trainer_config(overrides)
     except ConfigError as err:
         return TrialResult(Outcome.FAILED, reason=f"invalid trainer config: {err}")
-    run_dir = (options.runs_dir / study.study_name / f"trial_{trial.number:04d}").resolve()
+    run_dir = (options.runs_dir / runs_folder(study) / f"trial_{trial.number:04d}").resolve()
     unfreeze = cfg.model.unfreeze_at_epoch if cfg.model.freeze_encoder else -1
     write_run(trial, unfreeze_at_epoch=unfreeze, run_dir=run_dir, host=socket.gethostname())
     shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())

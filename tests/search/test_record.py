@@ -8,11 +8,13 @@ import optuna
 import pytest
 
 from search.record import (
+    CREATION_ID_ATTR,
     best_step,
     end_reason,
     enqueued_name,
     epoch_attr,
     epoch_metrics,
+    runs_folder,
     stored_best_epoch,
     stored_overrides,
     unfreeze_at_epoch,
@@ -21,6 +23,7 @@ from search.record import (
     write_failure,
     write_overrides,
     write_prune_reason,
+    write_space,
 )
 
 NAN = math.nan
@@ -65,3 +68,12 @@ def test_best_step_skips_nan(values: dict[int, float], maximize: bool,
     best, step = best_step(values, maximize)
     assert step == expected[1]
     assert best == expected[0] or (math.isnan(best) and math.isnan(expected[0]))
+
+
+def test_runs_folder_is_the_name_and_the_creation_id() -> None:
+    study = optuna.create_study(study_name="s")
+    assert runs_folder(study) == "s"  # stored before creation ids existed
+    creation_id = write_space(study, {"base": {}}, "space.yaml")
+    assert len(creation_id) == 8 and int(creation_id, 16) >= 0
+    assert study.user_attrs[CREATION_ID_ATTR] == creation_id
+    assert runs_folder(study) == f"s-{creation_id}"

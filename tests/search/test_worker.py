@@ -15,7 +15,7 @@ from search_testing import STUCK_REASON, fake_options, run_threads, signal_when_
 
 from search.cli import sigterm_interrupts
 from search.errors import SearchSpaceError, WorkerError
-from search.record import epoch_attr
+from search.record import CREATION_ID_ATTR, epoch_attr, runs_folder
 from search.space import SearchSpace, space_from_dict
 from search.storage import open_storage
 from search.study import open_study
@@ -72,7 +72,8 @@ def test_trials_end_complete_pruned_or_diverged(fake_space: dict[str, Any], stor
     assert learned.user_attrs["unfreeze_at_epoch"] == -1
     assert learned.user_attrs["overrides"] == LEARNS
     run_dir = Path(learned.user_attrs["run_dir"])
-    assert run_dir == tmp_path / "runs" / study_name / "trial_0001"
+    creation_id = study.user_attrs[CREATION_ID_ATTR]
+    assert run_dir == tmp_path / "runs" / f"{study_name}-{creation_id}" / "trial_0001"
     assert "fake epoch 5 bal_acc 0.90" in (run_dir / "trial.log").read_text()
 
     assert diverged.state == TrialState.PRUNED
@@ -119,6 +120,27 @@ def test_a_second_run_joins_and_stops_at_n_finished(fake_space: dict[str, Any],
     assert summary.trials == [2] and len(states(study)) == 3
 
 
+def test_a_new_study_under_an_old_name_gets_run_directories_of_its_own(
+    fake_space: dict[str, Any], sqlite_url: str, tmp_path: Path
+) -> None:
+    raw = enqueue(fake_space, LEARNS)
+    old, space, storage = worker(raw, sqlite_url, "reused")
+    run_worker(old, space, storage, fake_options(tmp_path, 1))
+    old_dir = Path(old.get_trials()[0].user_attrs["run_dir"])
+    old_log = (old_dir / "trial.log").read_text()
+    old_folder = runs_folder(old)
+    optuna.delete_study(study_name="reused", storage=storage)
+    new, space, storage = worker(raw, sqlite_url, "reused")  # SQLite may reuse the study id
+    assert runs_folder(new) != old_folder
+    joined, _, _ = worker(raw, sqlite_url, "reused")
+    assert runs_folder(joined) == runs_folder(new)  # every worker of a study agrees
+    run_worker(new, space, storage, fake_options(tmp_path, 1))
+    new_dir = Path(new.get_trials()[0].user_attrs["run_dir"])
+    assert new_dir.name == old_dir.name == "trial_0000" and new_dir != old_dir
+    assert (old_dir / "trial.log").read_text() == old_log  # untouched by the new study
+    assert (new_dir / "trial.log").read_text().count("fake epoch 0 ") == 1
+
+
 def test_joining_with_another_space_is_refused(fake_space: dict[str, Any], sqlite_url: str) -> None:
     worker(fake_space, sqlite_url, "same")
     fake_space["params"]["train.lr_head"]["high"] = 0.02
@@ -159,7 +181,7 @@ def test_interrupt_stops_the_trial_process_and_fails_the_trial(
     """Ctrl-C, or SIGTERM as ``octsearch run`` handles it: no trial is left RUNNING."""
     raw = enqueue(fake_space, {"model.head.hidden": 64, "train.lr_head": HANG})
     study, space, storage = worker(raw, sqlite_url, "hang")
-    pid_file = tmp_path / "runs" / "hang" / "trial_0000" / "pid"
+    pid_file = tmp_path / "runs" / runs_folder(study) / "trial_0000" / "pid"
     signal_when_written(pid_file, sig)
     with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
         run_one_trial(study, space, storage, fake_options(tmp_path, 1))
