@@ -63,6 +63,15 @@ def reachable_server(kind: str) -> str:
     return url
 
 
+PASSWORD = "s3cretPW"
+
+
+def secret_url() -> str:
+    """The PostgreSQL test server's URL with a password (trust authentication ignores it)."""
+    url = sqlalchemy.engine.make_url(reachable_server("postgres"))
+    return url.set(password=PASSWORD).render_as_string(hide_password=False)
+
+
 def fake_options(tmp_path: Path, n_trials: int, **kwargs: Any) -> WorkerOptions:
     """Worker options that run trials with the fake trainer, fast."""
     return WorkerOptions(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -12,7 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from search_testing import STUCK_REASON
+import pytest
+from search_testing import PASSWORD, STUCK_REASON, secret_url
 
 
 def free_port() -> int:
@@ -61,3 +63,20 @@ def test_dashboard_serves_the_study(reviewed_study: tuple[str, str]) -> None:
         assert proc.wait(timeout=30) == 130
         assert proc.stderr is not None
         assert f"http://127.0.0.1:{port}/" in proc.stderr.read()
+
+
+@pytest.mark.postgres
+def test_the_banner_hides_the_storage_password() -> None:
+    port = free_port()
+    exe = Path(sys.executable).parent / "octsearch"
+    env = {**os.environ, "OCTSEARCH_STORAGE": secret_url()}  # no --storage on the command line
+    proc = subprocess.Popen([str(exe), "dashboard", "--port", str(port)], stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert banner.startswith("octsearch: optuna-dashboard for postgresql+psycopg://postgres:***@")
+    assert f"http://127.0.0.1:{port}/" in banner and PASSWORD not in banner

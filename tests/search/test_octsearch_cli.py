@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
-from search_testing import FAKE_SPACE, write_cli_space
+from fake_fit import CRASH
+from search_testing import (
+    FAKE_SPACE,
+    PASSWORD,
+    fake_env,
+    octsearch_command,
+    secret_url,
+    write_cli_space,
+)
 
 from search.cli import Terminated, main, sigterm_interrupts
 from search.errors import SearchSpaceError
@@ -137,3 +148,62 @@ def test_driver_error_with_newlines_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("octsearch: error: cannot open storage")
+
+
+def stored_text(url: str, name: str) -> str:
+    """Everything octsearch and Optuna stored about the study, as one text."""
+    storage = open_storage(url, heartbeat=False)
+    study = optuna.load_study(study_name=name, storage=storage)
+    study_id = storage.get_study_id_from_name(name)
+    parts: list[object] = [study.user_attrs, storage.get_study_system_attrs(study_id)]
+    for t in study.get_trials():
+        parts += [t.user_attrs, t.system_attrs, t.params]
+    storage.engine.dispose()
+    return json.dumps(parts, default=str)
+
+
+@pytest.mark.postgres
+def test_a_storage_password_appears_nowhere(tmp_path: Path) -> None:
+    """The URL comes from $OCTSEARCH_STORAGE (off the command line), once from --storage; the
+    password is in no output, no file of the run directories and nothing stored."""
+    url = secret_url()
+    name = f"secret-{uuid.uuid4().hex[:8]}"
+    space = write_cli_space(tmp_path / "space.yaml", enqueue=[
+        {"name": "collapses", "params": {"model.head.hidden": 0, "train.lr_head": 1e-3}},
+        {"name": "crashes", "params": {"model.head.hidden": 64, "train.lr_head": CRASH}},
+        {"name": "learns", "params": {"model.head.hidden": 64, "train.lr_head": 1e-3}}])
+    env = fake_env(OCTSEARCH_STORAGE=url)
+    commands = [("run", "--space", str(space), "--trials", "2", "--study", name),
+                ("run", "--space", str(space), "--trials", "2", "--study", name, "--storage", url),
+                ("trials", "--study", name), ("best", "--study", name)]
+    try:
+        outputs = []
+        for args in commands:
+            proc = subprocess.run(octsearch_command(*args), cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr
+            outputs.append(proc.stdout + proc.stderr)
+        assert "postgresql+psycopg://postgres:***@" in outputs[0]  # the banner, redacted
+        assert "fake epoch 5" in outputs[0] and "learns" in outputs[2]  # the search ran
+        files = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert any(p.name == "request.json" for p in files) and any(p.name == "trial.log" for p in files)
+        for path in files:
+            if path != space:
+                assert PASSWORD.encode() not in path.read_bytes(), path
+        for text in (*outputs, stored_text(url, name)):
+            assert PASSWORD not in text
+    finally:
+        storage = open_storage(url, heartbeat=False)
+        if name in optuna.study.get_all_study_names(storage):
+            optuna.delete_study(study_name=name, storage=storage)
+        storage.engine.dispose()
+
+
+def test_help_names_the_storage_variable_but_not_its_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OCTSEARCH_STORAGE", f"postgresql+psycopg://u:{PASSWORD}@h/db")
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "$OCTSEARCH_STORAGE" in out and PASSWORD not in out
