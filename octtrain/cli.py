@@ -12,9 +12,10 @@ import inspect
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from octtrain.errors import DataError, OcttrainError, one_line
+from octtrain.errors import DataError, OcttrainError, RunExistsError, one_line
 
 if TYPE_CHECKING:
     from octtrain.phantom import LesionParams
@@ -45,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="trainer YAML (sections model, train, data, ...)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.lr_head=0.003 (repeatable)")
-    train.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    train.add_argument("--out", help="run directory (default: runs/<timestamp>); one that "
+                       "already holds a run is refused unless --overwrite")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (its files are deleted first)")
     train.add_argument("--device", choices=["auto", "xla", "cuda", "cpu"],
                        help="shortcut for --set runtime.device=...")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -94,6 +98,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.device:
         overrides["runtime.device"] = args.device
     cfg = load_config(args.config, overrides)
+    if args.out is not None:
+        _clear_run_dir(Path(args.out), overwrite=args.overwrite)
     result = fit(cfg, out_dir=args.out, progress=not args.quiet)
     print(f"run directory: {result.out_dir}")
     if result.best_epoch < 0:
@@ -104,6 +110,19 @@ def _train(args: argparse.Namespace) -> int:
           f"val {result.metric} {result.best_value:.4f} (checkpoint {result.out_dir / 'best.pt'})")
     print(format_class_table(best, result.class_to_idx))
     return 0
+
+
+def _clear_run_dir(out: Path, *, overwrite: bool) -> None:
+    """Refuse a directory that holds a run (RunExistsError); with ``overwrite``, delete its
+    run files, so the new run's files never mix with the old one's."""
+    from octtrain.loop import run_files_in
+
+    found = run_files_in(out)
+    if found and not overwrite:
+        raise RunExistsError(f"--out {str(out)!r} already holds a run ({', '.join(found)}): "
+                             "pass --overwrite to replace it, or choose another --out")
+    for name in found:
+        (out / name).unlink()
 
 
 def _make_synthetic(args: argparse.Namespace) -> int:

@@ -65,6 +65,10 @@ class DataError(OcttrainError):
     """A dataset, manifest or volume file is missing, corrupt or inconsistent."""
 
 
+class RunExistsError(OcttrainError):
+    """The run directory given for a new run already holds one."""
+
+
 class DivergedError(OcttrainError):
     """The training loss became NaN or infinite."""
 

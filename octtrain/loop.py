@@ -78,6 +78,14 @@ def fit(
     return result
 
 
+RUN_FILES = ("config.yaml", "class_to_idx.json", "metrics.jsonl", "best.pt", "last.pt")  # fit writes
+
+
+def run_files_in(out_dir: str | Path) -> list[str]:
+    """The files of a run already in ``out_dir`` (:data:`RUN_FILES`); empty: no run there."""
+    return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+
+
 def _make_run_dir(out_dir: str | Path | None) -> Path:
     if out_dir is None:
         out_dir = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

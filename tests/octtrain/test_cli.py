@@ -121,6 +121,39 @@ def test_train_small_run_prints_table(small_manifest: Path, tmp_path: Path) -> N
     for name in ("0_normal", "1_drusen", "2_fluid", "3_atrophy"):
         assert name in out
 
+    best = (tmp_path / "run" / "best.pt").read_bytes()
+    again = octtrain("train", "--config", str(cfg), "--out", str(tmp_path / "run"))
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
+    assert (tmp_path / "run" / "best.pt").read_bytes() == best  # untouched
+    (tmp_path / "run" / "last.pt").unlink()  # a run that stopped part-way still is one
+    (tmp_path / "run" / "stale.txt").write_text("not a run file")
+    replaced = octtrain("train", "--config", str(cfg), "--out", str(tmp_path / "run"),
+                        "--overwrite", "--set", "train.epochs=1")
+    assert replaced.returncode == 0, replaced.stderr
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0]
+    assert (tmp_path / "run" / "stale.txt").exists()  # only the run's own files are replaced
+
+
+def test_an_existing_run_is_refused_without_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{manifest: {tmp_path / 'm.csv'}}}\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("old: run\n")
+    (run / "metrics.jsonl").write_text("{}\n")
+    assert main(["train", "--config", str(cfg), "--out", str(run)]) == 2
+    assert capsys.readouterr().err == (
+        f"octtrain: error: --out '{run}' already holds a run (config.yaml, metrics.jsonl): pass "
+        "--overwrite to replace it, or choose another --out\n")
+    assert (run / "config.yaml").read_text() == "old: run\n"
+    # --overwrite deletes the old run's files before training starts (here: it fails on data)
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--overwrite"]) == 2
+    assert "m.csv: manifest not found" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]  # the new run's
+    assert (run / "config.yaml").read_text() != "old: run\n"
+
 
 # ---- make-synthetic, in process ----------------------------------------------------------------
 
