@@ -7,31 +7,36 @@ and class, the validation balanced accuracy, and the *training* balanced accurac
 
 Two criteria, each with its reason (one line, stored as the trial's ``prune_reason``):
 
-- :func:`stuck_reason`, judged from epoch 0 on, frozen warm-up included: for ``stuck_patience``
-  epochs in a row the validation predictions are collapsed (one class holds at least
-  ``max_class_share`` of them, or balanced accuracy is at most chance ``1/C`` + ``margin``),
-  they do not move (the share of predictions that changed class between consecutive epochs,
-  the total-variation distance of the two histograms, is at most ``max_prediction_change``),
-  and the model does not separate the classes of its own training data either (training
-  balanced accuracy at most chance + ``train_margin``).
+An epoch is *collapsed* (:func:`collapsed`) when its validation predictions sit in one class
+(one class holds at least ``max_class_share`` of them) or at chance (balanced accuracy at most
+``1/C + margin``), and nothing else in the record says the model is learning: its training
+balanced accuracy is at most ``1/C + train_margin`` (it does not separate the classes of its own
+training data either) and its validation loss is not below ``(1 - loss_margin)`` times the loss
+of a constant predictor of the validation class prior (its probabilities carry no information
+about the inputs).
+
+- :func:`stuck_reason`, judged from epoch 0 on, frozen warm-up included: ``stuck_patience``
+  collapsed epochs in a row whose predictions do not move (the share of predictions that
+  changed class between consecutive epochs, the total-variation distance of the two
+  histograms, is at most ``max_prediction_change``).
 - :func:`collapse_reason`, judged only from the trial's grace epoch on (after the frozen
   warm-up and ``settle_epochs`` more, :func:`effective_grace`): ``patience`` collapsed epochs
-  in a row whose training balanced accuracy is also at most chance + ``train_margin``, moving
-  or not.
+  in a row, moving or not.
 
 Why these, measured on recorded learning curves (``BENCHMARKS.md``): a collapsed prediction
 histogram alone is no evidence in the warm-up. The fixed recipe swings to a minority class in
 its first epochs and then learns, and a trial that predicted only the majority class for its
-first frozen epochs recovered after its encoder unfroze; in both the predictions moved from
-one epoch to the next, or the training balanced accuracy rose, while trials that never learned
-repeated the same histogram at chance-level training accuracy. After the grace period a
-collapsed validation with a training accuracy that has left chance is a slow learner, not a
-collapse, and is left to the inner pruner.
+first frozen epochs (the best trial of the tuning recording among them) recovered after its
+predictions started to move; others that stayed almost still learned while their validation loss
+had already dropped well below the prior's; trials that never learned repeated the same
+histogram at chance-level training accuracy. After the grace period a collapsed validation with
+a training accuracy that has left chance is a slow learner, not a collapse, and is left to the
+inner pruner.
 
 NaN handling: a NaN share or balanced accuracy is no evidence of collapse and breaks a run of
 collapsed epochs; an epoch without a stored record does too. A NaN (or missing) *training*
-balanced accuracy is no evidence of learning either: the criterion then judges the validation
-alone, as the rule did before training metrics were read.
+balanced accuracy, or a missing validation loss or confusion matrix, is no evidence of learning
+either: the criteria then judge from what is there.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class EpochEvidence:
     num_classes: int = 0  # 0: unknown, so the balanced-accuracy criteria are skipped
     pred_hist: tuple[int, ...] = ()  # validation predictions per class
     train_balanced_accuracy: float = math.nan  # of the epoch's training batches
+    loss: float = math.nan  # validation cross-entropy (unweighted, nats)
+    prior_loss: float = math.nan  # the same loss of a constant predictor of the class prior
 
     @classmethod
     def from_metrics(cls, epoch: int, metrics: Mapping[str, Any] | None) -> EpochEvidence:
@@ -61,6 +68,7 @@ class EpochEvidence:
         hist = metrics.get("val/pred_hist") or []
         classes = hist or metrics.get("val/per_class_accuracy") or []
         majority = metrics.get("val/majority_class")
+        confusion = metrics.get("val/confusion") or []
         return cls(
             epoch=epoch,
             max_class_share=_float(metrics.get("val/max_class_share")),
@@ -69,6 +77,8 @@ class EpochEvidence:
             num_classes=len(classes),
             pred_hist=tuple(int(x) for x in hist if isinstance(x, (int, float))),
             train_balanced_accuracy=_float(metrics.get("train/balanced_accuracy")),
+            loss=_float(metrics.get("val/loss")),
+            prior_loss=prior_loss([sum(row) for row in confusion if isinstance(row, list)]),
         )
 
     @property
@@ -83,7 +93,16 @@ class Thresholds:
     max_class_share: float = 0.9
     margin: float = 0.05
     train_margin: float = 0.05
+    loss_margin: float = 0.05
     max_prediction_change: float = 0.01
+
+
+def prior_loss(class_counts: Sequence[Any]) -> float:
+    """Cross-entropy (nats) of always predicting the class shares ``class_counts`` on the data they
+    count: the entropy of the class prior. NaN without counts."""
+    counts = [float(c) for c in class_counts if isinstance(c, (int, float)) and c > 0]
+    total = sum(counts)
+    return -sum(c / total * math.log(c / total) for c in counts) if total else math.nan
 
 
 def _float(value: Any) -> float:
@@ -114,15 +133,16 @@ def collapsed_by_balanced_accuracy(e: EpochEvidence, t: Thresholds) -> bool:
 
 
 def collapsed(e: EpochEvidence, t: Thresholds) -> bool:
-    """The validation predictions sit in one class, or at chance level."""
-    return collapsed_by_share(e, t) or collapsed_by_balanced_accuracy(e, t)
+    """Validation predictions in one class or at chance, and no sign of learning."""
+    return (collapsed_by_share(e, t) or collapsed_by_balanced_accuracy(e, t)) and not learning(e, t)
 
 
-def not_learning(e: EpochEvidence, t: Thresholds) -> bool:
-    """Training balanced accuracy at most chance + ``train_margin``; True when unknown."""
-    if e.num_classes == 0 or math.isnan(e.train_balanced_accuracy):
+def learning(e: EpochEvidence, t: Thresholds) -> bool:
+    """Training balanced accuracy above chance + ``train_margin``, or a validation loss below
+    ``(1 - loss_margin)`` times the class prior's. False where neither is known."""
+    if e.num_classes and e.train_balanced_accuracy > e.chance + t.train_margin:  # False for NaN
         return True
-    return e.train_balanced_accuracy <= e.chance + t.train_margin
+    return e.loss < (1.0 - t.loss_margin) * e.prior_loss  # False for NaN
 
 
 def prediction_change(a: EpochEvidence, b: EpochEvidence) -> float:
@@ -154,7 +174,7 @@ def stuck_reason(epochs: Sequence[EpochEvidence], t: Thresholds, patience: int) 
     """Why the trial is stuck in a collapse (see the module docstring), or ``None``."""
 
     def holds(e: EpochEvidence, previous: EpochEvidence | None) -> bool:
-        if not (collapsed(e, t) and not_learning(e, t)):
+        if not collapsed(e, t):
             return False
         # NaN (no histograms) is no evidence of standing still; the tolerance absorbs rounding
         return previous is None or prediction_change(previous, e) <= t.max_prediction_change + 1e-9
@@ -172,7 +192,7 @@ def collapse_reason(epochs: Sequence[EpochEvidence], t: Thresholds, patience: in
 
     Only the latest epochs count: a trial that recovers is judged anew.
     """
-    run = _last_run(epochs, patience, grace, lambda e, _: collapsed(e, t) and not_learning(e, t))
+    run = _last_run(epochs, patience, grace, lambda e, _: collapsed(e, t))
     if run is None:
         return None
     return f"collapsed: {_describe_predictions(run, t)} for {_epochs(run)}{_describe_training(run)}"
@@ -204,7 +224,14 @@ def _describe_predictions(run: Sequence[EpochEvidence], t: Thresholds) -> str:
 
 
 def _describe_training(run: Sequence[EpochEvidence]) -> str:
-    known = [e.train_balanced_accuracy for e in run if not math.isnan(e.train_balanced_accuracy)]
-    if not known or run[0].num_classes == 0:
-        return ""
-    return f"; training balanced accuracy <= {max(known):.2f} (chance {run[0].chance:.2f})"
+    """The no-learning evidence of a run: ``; training balanced accuracy <= 0.26 (chance 0.25),
+    validation loss >= 0.93 (class prior 0.91)``, each part where it is known."""
+    parts = []
+    train = [e.train_balanced_accuracy for e in run if not math.isnan(e.train_balanced_accuracy)]
+    if train and run[0].num_classes:
+        parts.append(f"training balanced accuracy <= {max(train):.2f} (chance {run[0].chance:.2f})")
+    losses = [(e.loss, e.prior_loss) for e in run if not (math.isnan(e.loss) or math.isnan(e.prior_loss))]
+    if losses:
+        loss, prior = min(x for x, _ in losses), max(p for _, p in losses)
+        parts.append(f"validation loss >= {loss:.2f} (class prior {prior:.2f})")
+    return "; " + ", ".join(parts) if parts else ""

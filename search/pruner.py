@@ -99,11 +99,11 @@ class CollapsePruner(BasePruner):
     Each epoch, in this order (:mod:`search.collapse` has the rule and why it is so):
 
     1. from epoch 0, frozen warm-up included: prune a trial *stuck* in a collapse for
-       ``stuck_patience`` epochs (collapsed validation predictions that do not move, and a
-       training balanced accuracy at chance level);
+       ``stuck_patience`` epochs (collapsed validation predictions that do not move, with a
+       training balanced accuracy at chance and a validation loss no better than the prior's);
     2. from the trial's effective grace epoch (:func:`~search.collapse.effective_grace`: after
        the frozen warm-up and ``settle_epochs`` more) on: prune a trial *collapsed* for
-       ``patience`` epochs (moving or not) while its training balanced accuracy is at chance;
+       ``patience`` epochs (moving or not);
     3. after the same grace epoch: prune what ``inner.prune`` prunes, so the inner pruner never
        compares a trial still warming up with trials that unfroze earlier.
 
@@ -123,7 +123,9 @@ class CollapsePruner(BasePruner):
         grace_epochs: Criterion 2 and the inner pruner never judge epochs ``0 .. grace_epochs-1``.
         settle_epochs: Nor the epochs from the unfreeze on that are fewer than this many.
         train_margin: Training balanced accuracy above ``1/C + train_margin`` is learning: such
-            an epoch never counts as collapsed. ``1.0`` judges the validation alone.
+            an epoch never counts as collapsed. ``1.0`` turns this evidence off.
+        loss_margin: A validation loss below ``1 - loss_margin`` times the class prior's loss is
+            learning too. ``1.0`` turns this evidence off.
         stuck_patience: Consecutive stuck epochs needed to prune in criterion 1; ``0`` turns it off.
         max_prediction_change: Largest share of validation predictions that may change class
             between two epochs that still count as stuck, in ``[0, 1]``.
@@ -138,6 +140,7 @@ class CollapsePruner(BasePruner):
         grace_epochs: int = 1,
         settle_epochs: int = 2,
         train_margin: float = 0.05,
+        loss_margin: float = 0.05,
         stuck_patience: int = 3,
         max_prediction_change: float = 0.01,
         *,
@@ -155,11 +158,14 @@ class CollapsePruner(BasePruner):
             raise ValueError(f"settle_epochs cannot be negative, but got {settle_epochs=}.")
         if not 0.0 <= train_margin <= 1.0:
             raise ValueError(f"train_margin must be in [0, 1], but got {train_margin=}.")
+        if not 0.0 <= loss_margin <= 1.0:
+            raise ValueError(f"loss_margin must be in [0, 1], but got {loss_margin=}.")
         if stuck_patience < 0:
             raise ValueError(f"stuck_patience cannot be negative, but got {stuck_patience=}.")
         if not 0.0 <= max_prediction_change <= 1.0:
             raise ValueError(f"max_prediction_change must be in [0, 1], but got {max_prediction_change=}.")
-        self._thresholds = Thresholds(max_class_share, margin, train_margin, max_prediction_change)
+        self._thresholds = Thresholds(max_class_share, margin, train_margin, loss_margin,
+                                      max_prediction_change)
         self._patience = patience
         self._grace_epochs = grace_epochs
         self._settle_epochs = settle_epochs

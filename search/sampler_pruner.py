@@ -44,7 +44,7 @@ INNER_PRUNERS: dict[str, tuple[type | None, dict[str, str]]] = {
 }
 COLLAPSE_OPTIONS = {"max_class_share": "float", "margin": "float", "patience": "int",
                     "grace_epochs": "int", "settle_epochs": "int", "train_margin": "float",
-                    "stuck_patience": "int", "max_prediction_change": "float"}
+                    "loss_margin": "float", "stuck_patience": "int", "max_prediction_change": "float"}
 
 
 @dataclass(frozen=True)

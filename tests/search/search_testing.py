@@ -28,7 +28,7 @@ SERVER_URLS = {
 
 # Why the fake trainer's collapsing trial is pruned (at epoch 2): its predictions never move.
 STUCK_REASON = ("stuck: 96% of validation predictions are class 0, unchanged for 3 epochs (epochs 0-2); "
-                "training balanced accuracy <= 0.25 (chance 0.25)")
+                "training balanced accuracy <= 0.25 (chance 0.25), validation loss >= 1.40 (class prior 1.24)")
 
 # A space for the fake trainer (tests/search/fake_fit.py): hidden 0 collapses, hidden 64 learns.
 FAKE_SPACE: dict[str, Any] = {

@@ -11,18 +11,20 @@ from search.collapse import (
     Thresholds,
     collapse_reason,
     effective_grace,
-    not_learning,
+    learning,
     prediction_change,
+    prior_loss,
     stuck_reason,
 )
 
 T = Thresholds()
 
 
-def ev(epoch: int, hist: tuple[int, ...] = (97, 3, 0, 0), bacc: float = 0.25, train: float = math.nan) -> EpochEvidence:
+def ev(epoch: int, hist: tuple[int, ...] = (97, 3, 0, 0), bacc: float = 0.25, train: float = math.nan,
+       loss: float = math.nan, prior: float = math.nan) -> EpochEvidence:
     total = sum(hist)
     top = max(hist)
-    return EpochEvidence(epoch, top / total, hist.index(top), bacc, len(hist), hist, train)
+    return EpochEvidence(epoch, top / total, hist.index(top), bacc, len(hist), hist, train, loss, prior)
 
 
 @pytest.mark.parametrize(("grace", "unfreeze", "settle", "expected"),
@@ -62,16 +64,34 @@ def test_prediction_change_is_nan_without_histograms() -> None:
     assert math.isnan(prediction_change(ev(0, (1, 0, 0, 0)), ev(1, (1, 0, 0))))
 
 
-@pytest.mark.parametrize(("train", "expected"), [(0.25, True), (0.30, True), (0.3001, False), (math.nan, True)])
-def test_not_learning_is_training_balanced_accuracy_at_chance(train: float, expected: bool) -> None:
-    assert not_learning(ev(0, train=train), T) is expected
+@pytest.mark.parametrize(("train", "loss", "prior", "expected"), [
+    (0.25, math.nan, math.nan, False),
+    (0.30, math.nan, math.nan, False),  # chance 0.25 + train_margin 0.05, inclusive
+    (0.3001, math.nan, math.nan, True),
+    (math.nan, math.nan, math.nan, False),  # nothing known: no evidence of learning
+    (0.25, 0.95, 1.0, False),  # (1 - loss_margin 0.05) x prior, inclusive
+    (0.25, 0.9499, 1.0, True),
+    (math.nan, 0.5, 1.0, True),
+    (0.25, 0.5, math.nan, False),
+])
+def test_learning_is_training_accuracy_above_chance_or_a_loss_below_the_priors(
+        train: float, loss: float, prior: float, expected: bool) -> None:
+    assert learning(ev(0, train=train, loss=loss, prior=prior), T) is expected
 
 
-def test_stuck_reason_names_the_class_the_epochs_and_the_training_accuracy() -> None:
-    run = [ev(k, (106, 0, 0, 0), train=0.25 + 0.01 * k) for k in range(4)]
+def test_prior_loss_is_the_entropy_of_the_class_shares() -> None:
+    assert prior_loss([106]) == 0.0
+    assert prior_loss([25, 25, 25, 25]) == pytest.approx(math.log(4))
+    assert prior_loss([7, 1, 1, 1]) == pytest.approx(-(0.7 * math.log(0.7) + 0.3 * math.log(0.1)))
+    assert prior_loss([0, 50, 50]) == pytest.approx(math.log(2))
+    assert math.isnan(prior_loss([]))
+
+
+def test_stuck_reason_names_the_class_the_epochs_and_the_evidence_of_no_learning() -> None:
+    run = [ev(k, (106, 0, 0, 0), train=0.25 + 0.01 * k, loss=1.0 - 0.02 * k, prior=0.907) for k in range(4)]
     assert stuck_reason(run, T, patience=3) == (
         "stuck: 100% of validation predictions are class 0, unchanged for 3 epochs (epochs 1-3); "
-        "training balanced accuracy <= 0.28 (chance 0.25)")
+        "training balanced accuracy <= 0.28 (chance 0.25), validation loss >= 0.94 (class prior 0.91)")
 
 
 def test_stuck_reason_needs_every_epoch_unchanged_collapsed_and_not_learning() -> None:
@@ -80,8 +100,10 @@ def test_stuck_reason_needs_every_epoch_unchanged_collapsed_and_not_learning() -
     assert stuck_reason(base[:2], T, patience=3) is None  # too few epochs
     moved = [*base[:2], ev(2, (100, 6, 0, 0), train=0.25)]
     assert stuck_reason(moved, T, patience=3) is None
-    learning = [*base[:2], ev(2, (106, 0, 0, 0), train=0.4)]
-    assert stuck_reason(learning, T, patience=3) is None
+    train_learns = [*base[:2], ev(2, (106, 0, 0, 0), train=0.4)]
+    assert stuck_reason(train_learns, T, patience=3) is None
+    loss_learns = [*base[:2], ev(2, (106, 0, 0, 0), train=0.25, loss=0.78, prior=0.91)]
+    assert stuck_reason(loss_learns, T, patience=3) is None
     healthy = [*base[:2], ev(2, (40, 30, 20, 16), bacc=0.6, train=0.25)]
     assert stuck_reason(healthy, T, patience=3) is None
     gap = [base[0], base[1], ev(3, (106, 0, 0, 0), train=0.25)]
@@ -91,6 +113,9 @@ def test_stuck_reason_needs_every_epoch_unchanged_collapsed_and_not_learning() -
 def test_evidence_from_stored_metrics_reads_null_as_nan() -> None:
     e = EpochEvidence.from_metrics(3, {"val/max_class_share": None, "val/balanced_accuracy": 0.3,
                                        "val/majority_class": 1, "val/pred_hist": [1, 2, 3],
-                                       "train/balanced_accuracy": None})
-    assert math.isnan(e.max_class_share) and math.isnan(e.train_balanced_accuracy)
+                                       "train/balanced_accuracy": None, "val/loss": None})
+    assert math.isnan(e.max_class_share) and math.isnan(e.train_balanced_accuracy) and math.isnan(e.loss)
+    assert math.isnan(e.prior_loss)  # no confusion matrix stored
     assert (e.epoch, e.majority_class, e.balanced_accuracy, e.num_classes, e.pred_hist) == (3, 1, 0.3, 3, (1, 2, 3))
+    with_confusion = EpochEvidence.from_metrics(0, {"val/confusion": [[2, 0], [2, 0]], "val/loss": 0.5})
+    assert with_confusion.prior_loss == pytest.approx(math.log(2)) and with_confusion.loss == 0.5

@@ -39,6 +39,9 @@ def metrics(e: dict[str, Any], classes: int = 4) -> dict[str, Any]:
            "val/majority_class": majority, "val/pred_hist": hist}
     if "train" in e:
         out["train/balanced_accuracy"] = e["train"]
+    if "loss" in e:  # validation loss, on a validation set of the 70/10/10/10 phantoms' prior
+        out["val/loss"] = e["loss"]
+        out["val/confusion"] = [[74, 0, 0, 0], [11, 0, 0, 0], [11, 0, 0, 0], [10, 0, 0, 0]]
     return out
 
 
@@ -202,6 +205,21 @@ def test_a_frozen_majority_collapse_whose_predictions_start_to_move_is_kept() ->
     assert run_trial(study, recovers, unfreeze=3) is None
 
 
+def test_an_almost_still_collapse_whose_loss_beats_the_prior_is_kept() -> None:
+    """Recorded: all class 0 for two epochs, then one prediction of 106 moves, training accuracy at
+    chance, but the validation loss is well below the class prior's (0.91): it learned to 0.79."""
+    slow = [
+        {"share": 1.00, "bacc": 0.25, "hist": [106, 0, 0, 0], "train": 0.25, "loss": 0.89},
+        {"share": 1.00, "bacc": 0.25, "hist": [106, 0, 0, 0], "train": 0.25, "loss": 0.96},
+        {"share": 0.99, "bacc": 0.28, "hist": [105, 1, 0, 0], "train": 0.26, "loss": 0.78},
+        {"share": 0.86, "bacc": 0.42, "hist": [91, 14, 1, 0], "train": 0.35, "loss": 0.73},
+    ] + [{"share": 0.76, "bacc": 0.79, "hist": [81, 8, 10, 7], "train": 0.44, "loss": 0.69}] * 6
+    assert run_trial(make_study(CollapsePruner()), slow, unfreeze=1) is None
+    # The same record with a loss at the prior's is stuck by epoch 2.
+    still = [{**e, "loss": 0.95} for e in slow]
+    assert run_trial(make_study(CollapsePruner()), still, unfreeze=1) == 2
+
+
 @pytest.mark.parametrize(("train", "pruned_at"), [(0.25, 2), (0.30, 2), (0.31, None), (0.6, None), (NAN, 2)])
 def test_a_model_that_learns_its_training_data_is_not_collapsed(train: float, pruned_at: int | None) -> None:
     """Training balanced accuracy above chance + train_margin (0.05) vetoes both criteria; an
@@ -338,6 +356,7 @@ def test_inner_pruner_is_not_consulted_during_warmup() -> None:
         ({"settle_epochs": -2}, "settle_epochs=-2"),
         ({"train_margin": 1.5}, "train_margin=1.5"),
         ({"stuck_patience": -1}, "stuck_patience=-1"),
+        ({"loss_margin": 2.0}, "loss_margin=2.0"),
         ({"max_prediction_change": -0.1}, "max_prediction_change=-0.1"),
     ],
 )

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 import pytest
 from fake_fit import epoch_metrics
+from search_testing import STUCK_REASON
 
 from search.pruner import CollapsePruner
 from search.record import PRUNE_REASON_ATTR, epoch_attr
@@ -37,8 +38,7 @@ def test_a_prune_raises_with_the_reason_and_stores_it() -> None:
     reporter(1, epoch_metrics(1, collapsed=True))  # grace 1: epoch 1 is the first judged
     with pytest.raises(optuna.TrialPruned) as pruned:
         reporter(2, epoch_metrics(2, collapsed=True))
-    reason = ("stuck: 96% of validation predictions are class 0, unchanged for 3 epochs (epochs 0-2); "
-              "training balanced accuracy <= 0.25 (chance 0.25)")
+    reason = STUCK_REASON
     assert str(pruned.value) == reason
     assert study.get_trials()[0].user_attrs[PRUNE_REASON_ATTR] == reason
 

@@ -87,8 +87,8 @@ def with_param(path: str, spec: Any) -> dict[str, Any]:
         (with_changes(pruner={"collapse": {"max_class_share": 1.5}}), "pruner.collapse",
          "max_class_share=1.5"),
         (with_changes(pruner={"collapse": {"patiense": 2}}), "pruner.collapse.patiense",
-         "unknown option (known: max_class_share, margin, patience, grace_epochs, "
-         "settle_epochs, train_margin, stuck_patience, max_prediction_change) (did you mean patience?)"),
+         "unknown option (known: max_class_share, margin, patience, grace_epochs, settle_epochs, "
+         "train_margin, loss_margin, stuck_patience, max_prediction_change) (did you mean patience?)"),
         (with_changes(pruner={"collapse": {"patience": "2"}}), "pruner.collapse.patience",
          "must be int, got '2'"),
         (with_changes(samplr={"type": "tpe"}), "samplr",
@@ -207,7 +207,7 @@ def test_canonical_form_round_trips_and_fills_defaults() -> None:
     assert space_from_dict(canonical).to_dict() == canonical
     assert canonical["pruner"]["collapse"] == {"max_class_share": 0.9, "margin": 0.05,
                                                "patience": 2, "grace_epochs": 1,
-                                               "settle_epochs": 2, "train_margin": 0.05,
+                                               "settle_epochs": 2, "train_margin": 0.05, "loss_margin": 0.05,
                                                "stuck_patience": 3, "max_prediction_change": 0.01}
     explicit = copy.deepcopy(FAKE_SPACE)
     explicit["pruner"]["collapse"]["max_class_share"] = 0.9
