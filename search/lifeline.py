@@ -16,6 +16,7 @@ first thing (:func:`die_with_parent`):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -85,7 +86,10 @@ def _watch(fd: int) -> None:
 
 def _stop_group(why: str) -> None:
     """SIGTERM this process's group (only itself when it leads none), SIGKILL if it lingers."""
-    print(f"octsearch: trial process {os.getpid()}: {why}; stopping", file=sys.stderr, flush=True)
+    # stderr may be a pipe to the worker, which is gone: nobody reads it any more
+    with contextlib.suppress(OSError):
+        print(f"octsearch: trial process {os.getpid()}: {why}; stopping", file=sys.stderr,
+              flush=True)
     leads_group = os.getpgrp() == os.getpid()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if leads_group:

@@ -33,6 +33,13 @@ def seconds_until_gone(pids: list[int], limit: float = 30.0) -> float:
     return time.monotonic() - start
 
 
+def kill_leftovers(*pids: int | None) -> None:
+    """SIGKILL what a failed test left running (the processes it started, by pid)."""
+    for pid in pids:
+        if pid is not None and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def wait_for(path_glob: str, root: Path, proc: subprocess.Popen[bytes], timeout: float = 120) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,6 +71,7 @@ def test_a_sigkilled_worker_takes_its_trial_process_with_it(tmp_path: Path) -> N
     finally:
         if worker.poll() is None:
             worker.kill()
+        kill_leftovers(locals().get("trial_pid"))
     print(f"trial process outlived its SIGKILLed worker by {took:.2f} s")
     assert took < GONE_WITHIN_S
 
@@ -73,7 +81,8 @@ import os, subprocess, sys, time
 from search.lifeline import lifeline
 with lifeline() as (env, fds):
     child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env={**os.environ, **env},
-                             pass_fds=fds, start_new_session=True)
+                             pass_fds=fds, start_new_session=True,
+                             stderr=subprocess.PIPE)  # read by the parent only, as by a worker
     print(child.pid, flush=True)
     time.sleep(3600)
 """
@@ -102,6 +111,7 @@ def test_the_lifeline_alone_stops_the_trial_and_its_process_group() -> None:
     finally:
         if parent.poll() is None:
             parent.kill()
+        kill_leftovers(locals().get("child_pid"), locals().get("loader_pid"))
     print(f"lifeline only: trial process and its child gone {took:.2f} s after the parent")
     assert took < GONE_WITHIN_S
 
