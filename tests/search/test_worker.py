@@ -191,3 +191,14 @@ def test_interrupt_stops_the_trial_process_and_fails_the_trial(
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the hanging trial process is gone
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"n_trials": 0}, "n_trials must be at least 1, but got n_trials=0."),
+    ({"n_trials": 1, "timeout_s": 0.0}, "timeout_s must be positive, but got timeout_s=0.0."),
+    ({"n_trials": 1, "timeout_s": -5.0}, "timeout_s must be positive, but got timeout_s=-5.0."),
+    ({"n_trials": 1, "max_consecutive_failures": 0}, "max_consecutive_failures must be at least 1"),
+])
+def test_worker_options_quote_the_bad_value(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        WorkerOptions(**kwargs)
