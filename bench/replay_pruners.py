@@ -186,7 +186,8 @@ def replay(rec: Recording, factory: PrunerFactory, order: Sequence[int]) -> list
     """One search: the configurations ``order`` (indices into ``rec.configs``), one pruner."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = optuna.create_study(direction="maximize" if rec.maximize else "minimize",
+        # A fixed name: Hyperband assigns brackets from a hash of the study name.
+        study = optuna.create_study(direction="maximize" if rec.maximize else "minimize", study_name="replay",
                                     sampler=optuna.samplers.RandomSampler(seed=0), pruner=factory())
     return [replay_trial(study, rec.configs[i], rec) for i in order]
 
@@ -210,6 +211,7 @@ class Score:
     median_stop_epoch: float  # of collapsed trials, 0-based; NaN when there are none
     false_prunes: int
     wall_s: float
+    collapsed_stops: tuple[tuple[int, int], ...] = ()  # (unfreeze epoch, last epoch run) per collapsed trial
 
 
 def score(outcomes: Sequence[Outcome], rec: Recording, recording_best: float) -> Score:
@@ -226,6 +228,7 @@ def score(outcomes: Sequence[Outcome], rec: Recording, recording_best: float) ->
         false_prunes=sum(1 for o in outcomes if o.state == "pruned" and o.reason != "diverged"
                          and _near_best(full_curve_best(o.config, rec), recording_best, rec.maximize)),
         wall_s=sum(o.wall_s for o in outcomes),
+        collapsed_stops=tuple((o.config.unfreeze_at_epoch, o.epochs_run - 1) for o in collapsed),
     )
 
 
@@ -293,6 +296,21 @@ def format_table(summary: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def format_stops_by_unfreeze(per_seed: Sequence[Score], budget: int) -> str:
+    """Where one pruner stopped the collapsed trials, by the epoch their encoder unfreezes (all seeds)."""
+    by: dict[int, list[int]] = {}
+    for s in per_seed:
+        for unfreeze, stop in s.collapsed_stops:
+            by.setdefault(unfreeze, []).append(stop)
+    rows = []
+    for unfreeze in sorted(by):
+        stops = by[unfreeze]
+        ran_out = sum(1 for x in stops if x >= budget - 1)
+        rows.append(f"  unfreeze {'never' if unfreeze < 0 else unfreeze:>5}: {len(stops):3d} collapsed trials, "
+                    f"median stop epoch {statistics.median(stops):.1f}, latest {max(stops)}, ran the budget {ran_out}")
+    return "\n".join(rows)
+
+
 def describe(rec: Recording, trials: int, seeds: int) -> str:
     n_collapsed = sum(is_collapsed(c) for c in rec.configs)
     h = rec.header
@@ -332,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             pooled.setdefault(name, []).extend(s)
         print(describe(rec, args.trials, args.seeds))
         print(format_table(summary))
+        print("configured pruner: collapsed trials by unfreeze epoch (all seeds)")
+        print(format_stops_by_unfreeze(scores["configured"], rec.budget))
         print()
     print(COLLAPSED_DEFINITION)
     print(FALSE_PRUNE_DEFINITION)
