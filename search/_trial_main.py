@@ -9,7 +9,9 @@ from search.lifeline import die_with_parent
 
 
 def main() -> None:
-    die_with_parent()  # before the slow imports: a worker killed meanwhile takes this with it
+    # First thing (though importing the search package already took a moment: a worker that
+    # died meanwhile is noticed, as the parent pid is not the one it was given).
+    die_with_parent()
     from search.trial_process import run_child
 
     if len(sys.argv) != 2:
