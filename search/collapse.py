@@ -93,7 +93,7 @@ class Thresholds:
     max_class_share: float = 0.9
     margin: float = 0.05
     train_margin: float = 0.05
-    loss_margin: float = 0.05
+    loss_margin: float = 0.1
     max_prediction_change: float = 0.01
 
 

@@ -140,7 +140,7 @@ class CollapsePruner(BasePruner):
         grace_epochs: int = 1,
         settle_epochs: int = 2,
         train_margin: float = 0.05,
-        loss_margin: float = 0.05,
+        loss_margin: float = 0.1,
         stuck_patience: int = 3,
         max_prediction_change: float = 0.01,
         *,

@@ -69,8 +69,8 @@ def test_prediction_change_is_nan_without_histograms() -> None:
     (0.30, math.nan, math.nan, False),  # chance 0.25 + train_margin 0.05, inclusive
     (0.3001, math.nan, math.nan, True),
     (math.nan, math.nan, math.nan, False),  # nothing known: no evidence of learning
-    (0.25, 0.95, 1.0, False),  # (1 - loss_margin 0.05) x prior, inclusive
-    (0.25, 0.9499, 1.0, True),
+    (0.25, 0.9, 1.0, False),  # (1 - loss_margin 0.1) x prior, inclusive
+    (0.25, 0.8999, 1.0, True),
     (math.nan, 0.5, 1.0, True),
     (0.25, 0.5, math.nan, False),
 ])

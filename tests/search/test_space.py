@@ -207,7 +207,7 @@ def test_canonical_form_round_trips_and_fills_defaults() -> None:
     assert space_from_dict(canonical).to_dict() == canonical
     assert canonical["pruner"]["collapse"] == {"max_class_share": 0.9, "margin": 0.05,
                                                "patience": 2, "grace_epochs": 1,
-                                               "settle_epochs": 2, "train_margin": 0.05, "loss_margin": 0.05,
+                                               "settle_epochs": 2, "train_margin": 0.05, "loss_margin": 0.1,
                                                "stuck_patience": 3, "max_prediction_change": 0.01}
     explicit = copy.deepcopy(FAKE_SPACE)
     explicit["pruner"]["collapse"]["max_class_share"] = 0.9
