@@ -9,10 +9,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from fake_fit import HANG
-from search_testing import fake_env, octsearch_command, write_cli_space
+from optuna.trial import TrialState
+from search_testing import fake_env, fake_options, octsearch_command, write_cli_space
 
+from search import storage as storage_mod
 from search.lifeline import WORKER_PID_ENV, lifeline
+from search.space import load_space
+from search.storage import open_storage
+from search.study import open_study
+from search.worker import run_worker
 
 GONE_WITHIN_S = 10.0
 
@@ -74,6 +81,64 @@ def test_a_sigkilled_worker_takes_its_trial_process_with_it(tmp_path: Path) -> N
         kill_leftovers(locals().get("trial_pid"))
     print(f"trial process outlived its SIGKILLed worker by {took:.2f} s")
     assert took < GONE_WITHIN_S
+
+
+def trial_pids(root: Path) -> list[int]:
+    """Pids of the trial processes running a request under ``root``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"search._trial_main" in args and any(a.startswith(str(root).encode()) for a in args):
+            pids.append(int(cmdline.parent.name))
+    return [p for p in pids if alive(p)]
+
+
+def test_after_a_sigkilled_worker_another_reruns_its_trial_and_the_study_ends_at_n(
+    storage_url: str, study_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The killed worker's trial process is gone at once, so the dead trial gets no write after
+    it is failed as stale; the next worker re-runs it and the study ends with N finished."""
+    learns = {"model.head.hidden": 64, "train.lr_head": 1e-3}
+    space_file = write_cli_space(tmp_path / "space.yaml",
+                                 enqueue=[{"name": "learns", "params": learns}])
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        octsearch_command("run", "--space", str(space_file), "--trials", "1", "--storage",
+                          storage_url, "--study", study_name),
+        cwd=tmp_path, env=fake_env(FAKE_FIT_EPOCH_S="1"), stdout=log, stderr=log)
+    try:
+        log_file = wait_for("runs/*/trial_0000/trial.log", tmp_path, worker)
+        while "fake epoch 1 " not in log_file.read_text():  # mid-trial: epochs 0 and 1 reported
+            assert worker.poll() is None
+            time.sleep(0.1)
+        pids = trial_pids(tmp_path)
+        assert len(pids) == 1
+        worker.kill()
+        worker.wait()
+        assert seconds_until_gone(pids) < GONE_WITHIN_S
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        kill_leftovers(*trial_pids(tmp_path))
+    monkeypatch.setattr(storage_mod, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(storage_mod, "GRACE_PERIOD_S", 2)  # not 2 minutes: a test
+    space = load_space(space_file)
+    storage = open_storage(storage_url)
+    study, created = open_study(space, storage, study_name)
+    assert not created
+    (dead,) = study.get_trials()
+    assert dead.state == TrialState.RUNNING and len(dead.intermediate_values) >= 2
+    summary = run_worker(study, space, storage, fake_options(tmp_path, 1))
+    failed, rerun = study.get_trials()
+    assert [failed.state, rerun.state] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert summary.finished == 1 and summary.trials == [1]
+    assert failed.intermediate_values == dead.intermediate_values  # nothing written after
+    assert failed.user_attrs == dead.user_attrs
+    assert rerun.params == failed.params == learns
+    assert rerun.system_attrs["failed_trial"] == failed.number
 
 
 PARENT = """
