@@ -15,16 +15,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 import optuna
 
 from octtrain.errors import OcttrainError, one_line
 from search.errors import OctsearchError, WorkerError
 from search.storage import DEFAULT_STORAGE, check_shared, open_storage, redact
-
-if TYPE_CHECKING:
-    from search.space import SearchSpace
 
 DEVICES = ("auto", "xla", "cuda", "cpu")
 
@@ -132,6 +128,7 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from search.preflight import preflight
     from search.record import runs_folder
     from search.report import format_leaderboard
     from search.space import load_space
@@ -146,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise OctsearchError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     url = check_shared(_storage_url(args))
     space = load_space(args.space)
-    _preflight(space, args.device)
+    preflight(space.base, args.device)
     storage = open_storage(url)
     name = _study_name(args)
     assert name is not None
@@ -166,20 +163,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preflight(space: SearchSpace, device: str | None) -> list[str]:
-    """What every trial of ``space`` needs, checked on this host (search.preflight)."""
-    from search.preflight import check_data, check_device
-
-    cfg = space.base
-    return [f"data: {check_data(cfg.data)}",
-            f"device: {check_device(device or cfg.runtime.device)} (available)"]
-
-
 def cmd_check(args: argparse.Namespace) -> int:
+    from search.preflight import preflight
     from search.space import load_space
 
     space = load_space(args.space)
-    checked = _preflight(space, args.device)
+    checked = preflight(space.base, args.device)
     print(f"{args.space}: valid; objective {space.objective.metric} ({space.objective.direction})")
     for line in checked:
         print(f"  {line}")

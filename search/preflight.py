@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from octtrain.config import TrainConfig
 from octtrain.errors import DataError
 from octtrain.readers import read_volume
 from octtrain.records import Entry, index_folder, read_manifest
@@ -71,3 +72,10 @@ def check_data(data: DataSection) -> str:
         where = "" if Path(given).is_absolute() else f" (relative to {os.getcwd()})"
         raise PreflightError(f"{key} {given!r}{where}: {err}") from None
     return f"{len(entries)} volumes in {given}; {len(checked)} of them read"
+
+
+def preflight(cfg: TrainConfig, device: str | None = None) -> list[str]:
+    """Every check for trials of the base config ``cfg`` (``device``: the ``--device`` that
+    replaces its ``runtime.device``); what was checked, one line each, or a PreflightError."""
+    return [f"data: {check_data(cfg.data)}",
+            f"device: {check_device(device or cfg.runtime.device)} (available)"]

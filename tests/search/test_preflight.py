@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from search_testing import fake_env, octsearch_command, write_cli_space, write_dataset
 
+from octtrain.config import config_from_dict
 from octtrain.sections import DataSection
 from search.errors import PreflightError
-from search.preflight import check_data, check_device, sample
+from search.preflight import check_data, check_device, preflight, sample
 
 
 @pytest.mark.parametrize(("n", "picked"), [(0, []), (2, [0, 1]), (3, [0, 1, 2]),
@@ -52,6 +53,13 @@ def test_a_relative_manifest_names_the_folder_it_was_looked_for_in(
 def test_cpu_and_auto_are_always_available() -> None:
     assert check_device("cpu") == "cpu"
     assert check_device("auto") == "auto"
+
+
+def test_preflight_checks_data_and_the_device_that_replaces_the_configs(tmp_path: Path) -> None:
+    manifest = write_dataset(tmp_path / "data")
+    cfg = config_from_dict({"data": {"manifest": str(manifest)}, "runtime": {"device": "xla"}})
+    assert preflight(cfg, "cpu") == [f"data: 4 volumes in {manifest}; 3 of them read",
+                                      "device: cpu (available)"]
 
 
 def refused(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
