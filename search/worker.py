@@ -178,7 +178,7 @@ def run_one_trial(
         trial = study.ask()
     trial_id = trial._trial_id  # Optuna's Trial(study, trial_id) is how the child takes it over
     try:
-        with heartbeat(storage, trial_id):
+        with heartbeat(storage, trial_id, out=out):
             result = _run(study, space, storage, trial, options, out)
     except BaseException as err:  # interrupted, or the worker itself failed
         if isinstance(err, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (named) from the CLI

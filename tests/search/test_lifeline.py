@@ -111,7 +111,7 @@ def test_after_a_sigkilled_worker_another_reruns_its_trial_and_the_study_ends_at
         cwd=tmp_path, env=fake_env(FAKE_FIT_EPOCH_S="1"), stdout=log, stderr=log)
     try:
         log_file = wait_for("runs/*/trial_0000/trial.log", tmp_path, worker)
-        while "fake epoch 1 " not in log_file.read_text():  # mid-trial: epochs 0 and 1 reported
+        while "fake epoch 2 " not in log_file.read_text():  # mid-trial: epochs 0 and 1 reported
             assert worker.poll() is None
             time.sleep(0.1)
         pids = trial_pids(tmp_path)
