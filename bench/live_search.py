@@ -31,7 +31,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import replay_pruners as rp  # noqa: E402  (a sibling script)
 
-from search.record import UNFREEZE_ATTR, epoch_attr  # noqa: E402
+from search.record import end_reason, enqueued_name, epoch_metrics, unfreeze_at_epoch  # noqa: E402
 from search.space import load_space  # noqa: E402
 
 
@@ -66,10 +66,10 @@ def as_recording(study: optuna.Study, header: dict[str, Any], path: str) -> rp.R
     for t in study.get_trials(deepcopy=False):
         if t.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
             continue
-        epochs = [t.user_attrs[epoch_attr(k)] for k in sorted(t.intermediate_values)
-                  if epoch_attr(k) in t.user_attrs]
-        configs.append(rp.Config(t.number, t.user_attrs.get("enqueued"), dict(t.params),
-                                 int(t.user_attrs.get(UNFREEZE_ATTR, -1)), "complete", epochs))
+        stored = (epoch_metrics(t, k) for k in sorted(t.intermediate_values))
+        epochs = [m for m in stored if m is not None]
+        configs.append(rp.Config(t.number, enqueued_name(t) or None, dict(t.params), unfreeze_at_epoch(t),
+                                 "complete", epochs))
     return rp.Recording(path, header, configs)
 
 
@@ -84,7 +84,7 @@ def live_outcomes(study: optuna.Study, full: rp.Recording) -> list[rp.Outcome]:
         twin = by_params.get(json.dumps(c.params, sort_keys=True), c)
         state = "pruned" if t.state == optuna.trial.TrialState.PRUNED else "complete"
         wall = sum(float(m.get("epoch_s") or 0.0) for m in c.epochs)
-        out.append(rp.Outcome(twin, state, len(c.epochs), wall, t.user_attrs.get("prune_reason")))
+        out.append(rp.Outcome(twin, state, len(c.epochs), wall, end_reason(t) or None))
     return out
 
 

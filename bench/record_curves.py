@@ -40,7 +40,7 @@ from typing import Any
 import optuna
 
 from octtrain.errors import DivergedError, OcttrainError
-from search.record import UNFREEZE_ATTR, epoch_attr
+from search.record import UNFREEZE_ATTR, epoch_metrics
 from search.reporter import EpochReporter
 from search.space import SearchSpace, load_space
 
@@ -165,8 +165,8 @@ def record_one(study: optuna.Study, trial: optuna.Trial, name: str | None, space
         row["state"] = "failed"
         row["error"] = f"{type(err).__name__}: {err}"
     row["fit_s"] = round(time.monotonic() - t0, 3)
-    attrs = study._storage.get_trial(trial._trial_id).user_attrs
-    row["epochs"] = [attrs[epoch_attr(k)] for k in range(args.epochs) if epoch_attr(k) in attrs]
+    (stored,) = (t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    row["epochs"] = [m for k in range(args.epochs) if (m := epoch_metrics(stored, k)) is not None]
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # keeps the in-memory study small
     return row
 
