@@ -2,7 +2,8 @@
 
 The generic half of config validation, shared by the trainer config and the search space:
 
-* :func:`read_yaml` reads a file; a missing file or bad syntax is one problem naming the file;
+* :func:`read_yaml` reads a file; a missing file, bad syntax or a key given twice in one
+  mapping (PyYAML would keep the last silently) is one problem naming the file;
 * :func:`build` turns a mapping into a (nested) dataclass from its type hints: unknown keys,
   wrong types and the section's own ``__post_init__`` checks all land in one problems list;
 * :func:`yaml_number` reads a number the way a user means it (YAML 1.1 reads ``1e-5``, with no
@@ -28,8 +29,37 @@ import yaml
 from octtrain.errors import ConfigError, Problems, ProblemsError
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last of two equal keys, so a second ``train:`` section would silently
+    replace the first. The check runs as each mapping is constructed and names both lines.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor`` merges are PyYAML's own business
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r} (first at line {first}, again at line {line})",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path, error: type[ProblemsError] = ConfigError) -> Any:
-    """A YAML file's content; a missing file or bad syntax raises ``error`` naming the file."""
+    """A YAML file's content; a missing file, bad syntax or a duplicate key raises ``error``
+    naming the file."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -38,7 +68,7 @@ def read_yaml(path: str | Path, error: type[ProblemsError] = ConfigError) -> Any
     except OSError as err:
         raise error([("", f"cannot read ({err.strerror})")], str(path)) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -10,8 +10,9 @@ Units and defaults are in the comments of each field.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from octtrain.errors import ConfigError, Problems
@@ -26,8 +27,28 @@ def check(problems: Problems, ok: bool, key: str, msg: str) -> None:
         problems.append((key, msg))
 
 
-def raise_if(problems: Problems) -> None:
-    """Raise the problems of one section (``schema.build`` puts its path before each key)."""
+def check_finite(problems: Problems, section: object) -> None:
+    """A problem for each float field of ``section`` (or list of floats) holding NaN or
+    ±infinity, unless that field already has one.
+
+    No number of a trainer config means anything when it is not finite (``lr_head: .inf``
+    would only show later as a diverged loss), so this one check covers every field.
+    """
+    reported = {key for key, _ in problems}
+    for f in fields(section):  # type: ignore[arg-type]
+        value = getattr(section, f.name)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in items if isinstance(v, float) and not math.isfinite(v)]
+        if bad and f.name not in reported:
+            shown = list(value) if isinstance(value, (list, tuple)) else value
+            problems.append((f.name, f"must be a finite number, got {shown!r}"))
+
+
+def raise_if(problems: Problems, section: object | None = None) -> None:
+    """Raise the problems of one section (``schema.build`` puts its path before each key);
+    with ``section``, its non-finite numbers too (:func:`check_finite`)."""
+    if section is not None:
+        check_finite(problems, section)
     if problems:
         raise ConfigError(problems)
 
@@ -53,7 +74,7 @@ class AugmentSection:
                f"must be in [0, 45] degrees, got {self.rotation_deg!r}")
         check(p, 0 <= self.intensity_jitter < 1, "intensity_jitter",
                f"scale must be in [0, 1), got {self.intensity_jitter!r}")
-        raise_if(p)
+        raise_if(p, self)
 
     @property
     def enabled(self) -> bool:
@@ -110,7 +131,7 @@ class DataSection:
                "validation must not be augmented (its metrics would change from epoch to epoch): "
                "set flip: false, "
                "rotation_deg: 0, intensity_jitter: false")
-        raise_if(p)
+        raise_if(p, self)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -129,7 +150,7 @@ class HeadSection:
         p: Problems = []
         check(p, self.hidden >= 0, "hidden", f"must be >= 0 (0 = linear), got {self.hidden!r}")
         check(p, 0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout!r}")
-        raise_if(p)
+        raise_if(p, self)
 
 
 @dataclass
@@ -149,7 +170,7 @@ class ModelSection:
         check(p, self.unfreeze_at_epoch >= -1, "unfreeze_at_epoch",
                f"must be -1 (never) or an epoch >= 0, got {self.unfreeze_at_epoch!r}")
         check(p, bool(self.encoder), "encoder", "must name 'tiny', a hub id or a directory")
-        raise_if(p)
+        raise_if(p, self)
 
     def encoder_trainable(self, epoch: int) -> bool:
         """Whether the encoder gets gradients in ``epoch`` (0-based)."""
@@ -179,7 +200,7 @@ class EarlyStoppingSection:
         if self.metric in METRICS_MIN and self.mode == "max":
             p.append(("mode", f"{self.metric} is better when lower: use mode: min"))
         check(p, self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta!r}")
-        raise_if(p)
+        raise_if(p, self)
 
 
 @dataclass
@@ -225,7 +246,7 @@ class TrainSection:
         else:
             check(p, len(self.class_weights) >= 2 and all(w > 0 for w in self.class_weights),
                    "class_weights", f"a list needs one weight > 0 per class, got {self.class_weights}")
-        raise_if(p)
+        raise_if(p, self)
 
 
 @dataclass
@@ -243,7 +264,7 @@ class RuntimeSection:
                f"must be one of auto, xla, cuda, cpu, got {self.device!r}")
         check(p, self.num_processes >= 1, "num_processes",
                f"must be >= 1, got {self.num_processes!r}")
-        raise_if(p)
+        raise_if(p, self)
 
 
 @dataclass
@@ -258,4 +279,4 @@ class LogSection:
         p: Problems = []
         check(p, self.wandb_mode in ("online", "offline", "disabled"), "wandb_mode",
                f"must be online, offline or disabled, got {self.wandb_mode!r}")
-        raise_if(p)
+        raise_if(p, self)

@@ -160,3 +160,16 @@ def test_env_knobs_come_from_the_environment_once() -> None:
     with pytest.raises(ConfigError, match=r"OCTTRAIN_RANK_GRACE_S: must be a number of seconds > 0, "
                                           r"got 'soon'"):
         EnvKnobs.from_env({"OCTTRAIN_RANK_GRACE_S": "soon"})
+
+
+def test_a_non_finite_number_quotes_its_key_and_value(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data: {manifest: m.csv}\ntrain: {lr_head: .inf, lr_encoder: .nan}\n"
+                            "model: {head: {dropout: 0.1}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [("train.lr_encoder", "must be > 0, got nan"),
+                                   ("train.lr_head", "must be a finite number, got inf")]
+    with pytest.raises(ConfigError, match=r"train.early_stopping.min_delta: must be a finite "
+                                          r"number, got inf"):
+        load_config(_write(tmp_path, "data: {manifest: m.csv}\n"),
+                    ["train.early_stopping.min_delta=.inf"])

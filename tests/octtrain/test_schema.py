@@ -86,3 +86,25 @@ def test_read_yaml_names_the_file_in_the_callers_error(tmp_path: Path) -> None:
     bad.write_text("a: [1\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line 2"):
         read_yaml(bad)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train:\n  batch_size: 2\ndata: {root: x}\ntrain:\n  lr_head: 1\n",
+     "line 4, column 1: duplicate key 'train' (first at line 1, again at line 4)"),
+    ("train:\n  lr_head: 1\n  epochs: 3\n  lr_head: 2\n",
+     "duplicate key 'lr_head' (first at line 2, again at line 4)"),
+    ("a: {x: 1, y: 2, x: 3}\n", "duplicate key 'x' (first at line 1, again at line 1)"),
+])
+def test_read_yaml_refuses_a_key_given_twice(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        read_yaml(path)
+    assert str(err.value).startswith(f"{path}: invalid YAML at line ")
+    assert str(err.value).endswith(message)
+
+def test_read_yaml_keeps_equal_keys_in_different_mappings_and_merges(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text("a: {x: 1}\nb: {x: 2}\nbase: &b {p: 1}\nc:\n  <<: *b\n  q: 2\n")
+    assert read_yaml(path) == {"a": {"x": 1}, "b": {"x": 2}, "base": {"p": 1},
+                               "c": {"p": 1, "q": 2}}

@@ -11,6 +11,7 @@ from octtrain.sections import (
     AugmentSection,
     DataSection,
     EarlyStoppingSection,
+    HeadSection,
     ModelSection,
     TrainSection,
 )
@@ -43,3 +44,29 @@ def test_a_section_reports_all_its_problems_keyed_by_field(
         make()
     assert info.value.problems == problems
 
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("make", "problems"),
+    [
+        (lambda: TrainSection(lr_head=INF), [("lr_head", "must be a finite number, got inf")]),
+        (lambda: TrainSection(weight_decay=INF, grad_clip=INF, label_smoothing=float("nan")),
+         [("label_smoothing", "must be in [0, 1), got nan"),
+          ("weight_decay", "must be a finite number, got inf"),
+          ("grad_clip", "must be a finite number, got inf")]),
+        (lambda: TrainSection(class_weights=[1.0, INF]),
+         [("class_weights", "must be a finite number, got [1.0, inf]")]),
+        (lambda: EarlyStoppingSection(min_delta=INF), [("min_delta", "must be a finite number, got inf")]),
+        (lambda: ModelSection(head=HeadSection(dropout=-INF)),
+         [("dropout", "must be in [0, 1), got -inf")]),
+    ],
+)
+def test_non_finite_numbers_are_refused_once_per_field(
+    make: Callable[[], object], problems: list[tuple[str, str]],
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert info.value.problems == problems

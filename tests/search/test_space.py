@@ -250,3 +250,15 @@ def test_pruner_none_turns_pruning_off_and_round_trips() -> None:
     assert isinstance(space.pruner.build(), optuna.pruners.NopPruner)
     assert space.to_dict()["pruner"] == "none"
     assert space_from_dict(space.to_dict()).to_dict() == space.to_dict()
+
+
+def test_load_space_refuses_a_section_given_twice(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(FAKE_SPACE) + "params: {}\n")
+    first = next(i for i, line in enumerate(path.read_text().splitlines(), 1)
+                 if line.startswith("params:"))
+    last = len(path.read_text().splitlines())
+    with pytest.raises(SearchSpaceError,
+                       match=rf"space.yaml: invalid YAML at line {last}, column 1: duplicate key "
+                             rf"'params' \(first at line {first}, again at line {last}\)"):
+        load_space(path)
