@@ -126,8 +126,8 @@ class Loaders:
 
 def build_loaders(splits: Splits, data: DataSection, train: TrainSection, world: int,
                   rank: int) -> Loaders:
-    """Loaders of rank ``rank`` of ``world``; a ConfigError when an epoch is shorter than one
-    accumulated optimizer step.
+    """Loaders of rank ``rank`` of ``world``; a ConfigError when a process's training split is
+    smaller than one batch, or an epoch shorter than one accumulated optimizer step.
 
     Leftover micro-batches of an epoch (fewer than one accumulation) are skipped: every
     optimizer step then averages exactly ``grad_accum_steps`` micro-batches.
@@ -143,6 +143,10 @@ def build_loaders(splits: Splits, data: DataSection, train: TrainSection, world:
                             sampler=DistributedSampler(val_set, num_replicas=world, rank=rank,
                                                        shuffle=False))
     batches = len(train_loader)
+    if batches == 0:
+        raise ConfigError([("train.batch_size",
+                            f"{train.batch_size} is larger than the training split: each of "
+                            f"{world} process(es) gets {len(train_sampler)} training volumes")])
     steps = batches // train.grad_accum_steps
     if steps == 0:
         raise ConfigError([("train.grad_accum_steps",

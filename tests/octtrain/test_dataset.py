@@ -13,11 +13,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from octtrain import readers
 from octtrain.augment import Augment
-from octtrain.dataset import PaddedDataset, VolumeDataset, build_datasets
+from octtrain.dataset import PaddedDataset, VolumeDataset, build_datasets, build_loaders
+from octtrain.errors import ConfigError
 from octtrain.phantom import CLASS_NAMES
 from octtrain.preprocess import VolumeCache, preprocess
 from octtrain.records import Record
-from octtrain.sections import AugmentSection, DataSection
+from octtrain.sections import AugmentSection, DataSection, TrainSection
 
 SHAPE = (4, 16, 16)  # the phantoms are 4 × 32 × 32: B-scans get resized
 
@@ -153,3 +154,23 @@ def test_padded_dataset_fills_the_last_batch_with_masked_copies_of_item_0() -> N
     assert [float(v) for _, _, v in items] == [1.0] * 5 + [0.0] * 3
     assert [int(y) for _, y, _ in items[5:]] == [0, 0, 0]
     assert all(v.dtype == torch.float32 for _, _, v in items)
+
+
+@pytest.mark.parametrize(("world", "batch_size", "accum", "message"), [
+    (1, 64, 1, "train.batch_size: 64 is larger than the training split: each of 1 process(es) "
+               "gets {n} training volumes"),
+    (2, 11, 1, "train.batch_size: 11 is larger than the training split: each of 2 process(es) "
+               "gets {half} training volumes"),
+    (1, 2, 64, "train.grad_accum_steps: 64 micro-batches per step, but each process gets only "
+               "{batches} batches of 2 per epoch"),
+])
+def test_a_batch_larger_than_the_training_split_names_batch_size(
+        tmp_path: Path, tiny_manifest: Path, world: int, batch_size: int, accum: int,
+        message: str) -> None:
+    splits = build_datasets(_cfg(tmp_path, tiny_manifest))
+    n = len(splits.train)
+    assert n == 20  # the cases above rely on it
+    train = TrainSection(batch_size=batch_size, grad_accum_steps=accum)
+    with pytest.raises(ConfigError) as info:
+        build_loaders(splits, _cfg(tmp_path, tiny_manifest), train, world, 0)
+    assert str(info.value) == message.format(n=n, half=n // 2, batches=n // 2)
