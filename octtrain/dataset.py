@@ -80,7 +80,7 @@ def build_datasets(
     :class:`VolumeCache` in ``cfg.cache_dir``.
     """
     records, mapping = split_records(cfg, class_to_idx)
-    cache = VolumeCache(cfg.cache_dir, cfg.shape, cfg.clip_percentiles)
+    cache = VolumeCache(cfg.cache_dir, cfg.shape, cfg.clip_percentiles, cfg.allow_single_bscan)
     train_augment = Augment(cfg.augment if augment_train else AugmentSection())
     return Splits(
         train=VolumeDataset(records["train"], cache, train_augment),

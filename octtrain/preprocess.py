@@ -165,7 +165,9 @@ class VolumeCache:
         cache_dir: str | os.PathLike[str] | None,
         shape: Sequence[int],
         clip_percentiles: Sequence[float],
+        allow_single_bscan: bool = False,
     ) -> None:
+        self.allow_single_bscan = allow_single_bscan  # read_volume's; not in the key: same output
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.shape = tuple(int(s) for s in shape)
         self.clip_percentiles = (float(clip_percentiles[0]), float(clip_percentiles[1]))
@@ -203,7 +205,7 @@ class VolumeCache:
             return cached
         # Through the module attribute on purpose: tests count these calls to prove that a
         # second epoch is served from the cache.
-        volume = readers.read_volume(path)
+        volume = readers.read_volume(path, allow_single_bscan=self.allow_single_bscan)
         out = preprocess(volume, self.shape, self.clip_percentiles)
         try:
             atomic_save_npy(entry, out)

@@ -14,18 +14,21 @@ Formats, chosen by suffix (a directory is a stack of B-scan images):
                         Trailing singleton axes (``(W, H, D, 1)``) are dropped.
 ``.tif`` / ``.tiff``    multi-page TIFF, one page per B-scan
 ``.dcm``                DICOM (e.g. Ophthalmic Tomography), ``pixel_array`` = (frames, rows,
-                        cols); a single-frame file is one B-scan
+                        cols); a single-frame file is 2-D
 directory               B-scan images (png, jpg, jpeg, tif, tiff, bmp) sorted *naturally*
                         by name (``b2.png`` before ``b10.png``); other files are ignored
 ======================  ===================================================================
 
-A 2-D array is one B-scan (``D = 1``). Colour images (RGB/RGBA/palette, or TIFF/DICOM with
+A 2-D array is refused unless ``allow_single_bscan`` (``data.allow_single_bscan``), because a
+volume saved without its depth axis would otherwise train silently as one B-scan; when
+allowed it is one B-scan (``D = 1``). Colour images (RGB/RGBA/palette, or TIFF/DICOM with
 samples per pixel) become luminance (ITU-R 601-2: ``0.299 R + 0.587 G + 0.114 B``), because
 OCT is grayscale and a colour export only repeats the gray value or adds an overlay.
 Values are returned as stored (no scaling): :mod:`octtrain.preprocess` normalises them.
-NaN values are passed through unchanged; preprocessing handles them.
+A volume holding NaN or ±infinity is refused: it would silently become a blank volume.
 
-Every failure (missing, corrupt, unreadable, empty, wrong rank, unknown suffix) raises
+Every failure (missing, corrupt, unreadable, empty, wrong rank, non-finite values, unknown
+suffix) raises
 :class:`~octtrain.errors.DataError` whose one-line message names the file.
 """
 
@@ -84,19 +87,29 @@ def to_luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :3].astype(np.float32) @ _LUMA
 
 
-def as_volume(array: np.ndarray, path: str | os.PathLike[str]) -> np.ndarray:
-    """A 2-D or 3-D numeric array as float32 ``(D, H, W)``; anything else is a DataError."""
+def as_volume(array: np.ndarray, path: str | os.PathLike[str], *,
+              allow_single_bscan: bool = False) -> np.ndarray:
+    """A 3-D numeric array (or, with ``allow_single_bscan``, a 2-D one) of finite values as
+    float32 ``(D, H, W)``; anything else is a DataError naming ``path``."""
     if array.dtype.kind not in "biuf":
         raise DataError(f"{path}: volume has non-numeric dtype {array.dtype}")
+    if array.ndim == 2 and not allow_single_bscan:
+        raise DataError(f"{path}: 2-D array of shape {array.shape} is one B-scan, not a "
+                        "(D, H, W) volume; set data.allow_single_bscan: true to train on it")
     if array.ndim == 2:
         array = array[None]  # one B-scan: (1, H, W)
     if array.ndim != 3:
-        raise DataError(
-            f"{path}: expected a 2-D B-scan or a 3-D (D, H, W) volume, got shape {array.shape}"
-        )
+        raise DataError(f"{path}: expected a 3-D (D, H, W) volume, got shape {array.shape}")
     if array.size == 0:
         raise DataError(f"{path}: volume is empty (shape {array.shape})")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # an overflow is reported below as infinite
+        volume = np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype.kind == "f":  # float64 beyond float32's range becomes inf here too
+        bad = int(np.count_nonzero(~np.isfinite(volume)))
+        if bad:
+            raise DataError(f"{path}: volume holds {bad} NaN or infinite value(s) of "
+                            f"{volume.size}")
+    return volume
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -209,11 +222,12 @@ def _call(reader: Callable[[Path], np.ndarray], path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read volume ({type(err).__name__}: {detail})") from err
 
 
-def read_volume(path: str | os.PathLike[str]) -> np.ndarray:
+def read_volume(path: str | os.PathLike[str], *, allow_single_bscan: bool = False) -> np.ndarray:
     """Read one volume as float32 ``(D, H, W)``; see the module docstring for formats.
 
-    Raises DataError (naming ``path``) for a missing, corrupt, empty or wrong-rank volume and
-    for an unknown suffix (listing the supported formats).
+    Raises DataError (naming ``path``) for a missing, corrupt, empty, wrong-rank (2-D unless
+    ``allow_single_bscan``) or non-finite volume and for an unknown suffix (listing the
+    supported formats).
     """
     p = Path(path)
     if not p.exists():
@@ -229,4 +243,4 @@ def read_volume(path: str | os.PathLike[str]) -> np.ndarray:
                 f"{', '.join(SUPPORTED)}"
             )
         data = _call(reader, p)
-    return as_volume(np.asarray(data), p)
+    return as_volume(np.asarray(data), p, allow_single_bscan=allow_single_bscan)

@@ -107,6 +107,7 @@ class DataSection:
     test_fraction: float = 0.15
     split_seed: int = 0
     num_workers: int = 0  # DataLoader worker processes
+    allow_single_bscan: bool = False  # a 2-D array is one B-scan; false: refused as a volume
     augment: AugmentSection = field(default_factory=AugmentSection)
     val_augment: AugmentSection = field(default_factory=AugmentSection)
 

@@ -67,7 +67,7 @@ def check_data(data: DataSection) -> str:
             raise DataError(f"{given}: no volumes")
         checked = sample(entries)
         for entry in checked:
-            read_volume(entry.path)
+            read_volume(entry.path, allow_single_bscan=data.allow_single_bscan)
     except DataError as err:
         where = "" if Path(given).is_absolute() else f" (relative to {os.getcwd()})"
         raise PreflightError(f"{key} {given!r}{where}: {err}") from None

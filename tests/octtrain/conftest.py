@@ -43,9 +43,9 @@ def count_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[ReadCounter]:
     counter = ReadCounter()
     real = readers.read_volume
 
-    def counting(path: object) -> np.ndarray:
+    def counting(path: object, **options: Any) -> np.ndarray:
         counter.paths.append(str(path))
-        return real(path)  # type: ignore[arg-type]
+        return real(path, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(readers, "read_volume", counting)
     yield counter

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from octtrain import readers
 from octtrain.augment import Augment
 from octtrain.dataset import PaddedDataset, VolumeDataset, build_datasets, build_loaders
-from octtrain.errors import ConfigError
+from octtrain.errors import ConfigError, DataError
 from octtrain.phantom import CLASS_NAMES
 from octtrain.preprocess import VolumeCache, preprocess
 from octtrain.records import Record
@@ -174,3 +174,25 @@ def test_a_batch_larger_than_the_training_split_names_batch_size(
     with pytest.raises(ConfigError) as info:
         build_loaders(splits, _cfg(tmp_path, tiny_manifest), train, world, 0)
     assert str(info.value) == message.format(n=n, half=n // 2, batches=n // 2)
+
+
+def _manifest(tmp_path: Path, volumes: dict[str, np.ndarray]) -> Path:
+    """A manifest of ``volumes`` (name → array), one patient each, every class 'a' and 'b'."""
+    rows = ["path,label,patient_id,split"]
+    for i, (name, array) in enumerate(volumes.items()):
+        np.save(tmp_path / f"{name}.npy", array)
+        rows.append(f"{name}.npy,{'ab'[i % 2]},p{i},{'train' if i < 2 else 'val'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "m.csv"
+
+
+def test_a_two_d_volume_is_refused_unless_single_bscans_are_allowed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    manifest = _manifest(tmp_path, {"v0": rng.random((4, 8, 8)), "flat": rng.random((8, 8)),
+                                    "v2": rng.random((4, 8, 8)), "v3": rng.random((4, 8, 8))})
+    splits = build_datasets(_cfg(tmp_path, manifest))
+    with pytest.raises(DataError, match=r"flat.npy: 2-D array of shape \(8, 8\) is one B-scan"):
+        splits.train[1]
+    allowed = build_datasets(_cfg(tmp_path, manifest, allow_single_bscan=True))
+    volume, label = allowed.train[1]
+    assert volume.shape == SHAPE and label == 1

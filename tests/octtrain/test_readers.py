@@ -169,9 +169,12 @@ def test_tiff_rgb_pages_become_luminance(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, 140.75, atol=1e-3)
 
 
-def test_dicom_single_frame_is_one_bscan(tmp_path: Path) -> None:
+def test_dicom_single_frame_is_one_bscan_when_allowed(tmp_path: Path) -> None:
     _write_dicom(tmp_path / "one.dcm", VOL[1])
-    np.testing.assert_array_equal(read_volume(tmp_path / "one.dcm"), VOL[1:2])
+    np.testing.assert_array_equal(read_volume(tmp_path / "one.dcm", allow_single_bscan=True),
+                                  VOL[1:2])
+    with pytest.raises(DataError, match=r"one.dcm: 2-D array of shape \(4, 5\) is one B-scan"):
+        read_volume(tmp_path / "one.dcm")
 
 
 def test_dicom_rgb_becomes_luminance(tmp_path: Path) -> None:
@@ -187,11 +190,34 @@ def test_dicom_rgb_becomes_luminance(tmp_path: Path) -> None:
     "shape,expected",
     [((4, 5), (1, 4, 5)), ((2, 4, 5), (2, 4, 5))],
 )
-def test_two_d_array_is_one_bscan(tmp_path: Path, shape: tuple[int, ...],
-                                  expected: tuple[int, ...]) -> None:
+def test_two_d_array_is_one_bscan_when_allowed(tmp_path: Path, shape: tuple[int, ...],
+                                               expected: tuple[int, ...]) -> None:
     np.save(tmp_path / "a.npy", np.ones(shape, np.float64))
-    got = read_volume(tmp_path / "a.npy")
+    got = read_volume(tmp_path / "a.npy", allow_single_bscan=True)
     assert got.shape == expected and got.dtype == np.float32
+
+
+def test_two_d_array_is_refused_by_default(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.ones((4, 5)))
+    with pytest.raises(DataError) as err:
+        read_volume(tmp_path / "a.npy")
+    assert str(err.value) == (f"{tmp_path / 'a.npy'}: 2-D array of shape (4, 5) is one B-scan, "
+                              "not a (D, H, W) volume; set data.allow_single_bscan: true to "
+                              "train on it")
+    assert read_volume(tmp_path / "a.npy", allow_single_bscan=True).shape == (1, 4, 5)
+
+
+@pytest.mark.parametrize(("value", "dtype"), [(np.nan, np.float32), (np.inf, np.float64),
+                                              (-np.inf, np.float16), (1e300, np.float64)])
+def test_non_finite_values_are_refused_naming_the_file(tmp_path: Path, value: float,
+                                                       dtype: type) -> None:
+    array = np.ones((2, 3, 4), dtype)
+    array[1, 2, 3] = value
+    array[0, 0, 0] = value
+    np.save(tmp_path / "v.npy", array)
+    with pytest.raises(DataError) as err:
+        read_volume(tmp_path / "v.npy")
+    assert str(err.value) == f"{tmp_path / 'v.npy'}: volume holds 2 NaN or infinite value(s) of 24"
 
 
 @pytest.mark.parametrize(

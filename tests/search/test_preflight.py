@@ -104,7 +104,7 @@ def test_an_unreadable_manifest_is_refused(tmp_path: Path) -> None:
 def test_an_unreadable_volume_is_refused(tmp_path: Path) -> None:
     space = write_cli_space(tmp_path / "space.yaml")
     np.save(tmp_path / "data" / "v0.npy", np.zeros((2, 3, 4, 5), dtype=np.float32))  # 4-D
-    assert "v0.npy: expected a 2-D B-scan or a 3-D (D, H, W) volume, got shape (2, 3, 4, 5)" in (
+    assert "v0.npy: expected a 3-D (D, H, W) volume, got shape (2, 3, 4, 5)" in (
         refused(tmp_path, "run", space=space))
 
 
