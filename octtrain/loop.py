@@ -25,6 +25,7 @@ import yaml
 
 from octtrain.callback import EpochCallback, EpochChannel, EpochDecision
 from octtrain.checkpoint import Checkpointer
+from octtrain.classes import class_table
 from octtrain.config import EnvKnobs, TrainConfig
 from octtrain.dataset import Loaders, Splits, build_datasets, build_loaders
 from octtrain.early_stop import EarlyStopping
@@ -35,7 +36,7 @@ from octtrain.loss import resolve_class_weights
 from octtrain.model import OctClassifier, build_model
 from octtrain.optim import build_optimizer, build_scheduler
 from octtrain.progress import ProgressBar, early_stopping_line, epoch_line
-from octtrain.records import save_class_to_idx
+from octtrain.records import SPLITS, save_class_to_idx
 from octtrain.runtime import Runtime, init_runtime
 from octtrain.tracking import Tracker
 
@@ -161,6 +162,9 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
         raise DataError("the validation split is empty: add patients or raise data.val_fraction")
     if runtime.is_master:
         save_class_to_idx(run_dir / "class_to_idx.json", splits.class_to_idx)
+        if cfg.data.classes is None:  # every label found became a class: show them to check
+            print("volumes per class and split (data.classes would pin the classes):\n" + class_table(
+                {s: getattr(splits, s).labels for s in SPLITS}, splits.class_to_idx), flush=True)
 
     # Class weights from the whole training split, computed once on rank 0 and sent to all.
     weights = (resolve_class_weights(cfg.train.class_weights, splits.train.labels,

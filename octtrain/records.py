@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from octtrain import readers
+from octtrain.classes import pinned_class_to_idx
 from octtrain.errors import DataError
 from octtrain.sections import DataSection
 
@@ -273,15 +274,19 @@ def split_records(
     """Index the dataset of ``cfg`` and split it: ``({"train": [...], ...}, class_to_idx)``.
 
     ``class_to_idx`` (e.g. restored with :func:`load_class_to_idx`) fixes the numbering;
-    otherwise it is derived from the class names present.
+    else ``cfg.classes`` (any other label is a DataError); else the class names present.
     """
     if cfg.manifest is not None:
         entries = read_manifest(cfg.manifest)
     else:
         assert cfg.root is not None  # DataSection guarantees exactly one of the two
         entries = index_folder(cfg.root)
-    mapping = (dict(class_to_idx) if class_to_idx is not None
-               else class_to_idx_from_names(e.label for e in entries))
+    if class_to_idx is not None:
+        mapping = dict(class_to_idx)
+    elif cfg.classes is not None:
+        mapping = pinned_class_to_idx(entries, cfg.classes)
+    else:
+        mapping = class_to_idx_from_names(e.label for e in entries)
     return assign_splits(entries, mapping, cfg), mapping
 
 

@@ -108,6 +108,7 @@ class DataSection:
     split_seed: int = 0
     num_workers: int = 0  # DataLoader worker processes
     allow_single_bscan: bool = False  # a 2-D array is one B-scan; false: refused as a volume
+    classes: list[str] | None = None  # pins the label set and its numbering (list order)
     augment: AugmentSection = field(default_factory=AugmentSection)
     val_augment: AugmentSection = field(default_factory=AugmentSection)
 
@@ -128,6 +129,10 @@ class DataSection:
                "val_fraction + test_fraction must leave patients for training, got "
                f"{self.val_fraction + self.test_fraction!r}")
         check(p, self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers!r}")
+        if self.classes is not None:
+            check(p, len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)
+                  and all(self.classes), "classes",
+                  f"must list two or more distinct class names, got {self.classes!r}")
         check(p, not self.val_augment.enabled, "val_augment",
                "validation must not be augmented (its metrics would change from epoch to epoch): "
                "set flip: false, "

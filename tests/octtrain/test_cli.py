@@ -120,6 +120,10 @@ def test_train_small_run_prints_table(small_manifest: Path, tmp_path: Path) -> N
     assert f"run directory: {tmp_path / 'run'}" in out
     for name in ("0_normal", "1_drusen", "2_fluid", "3_atrophy"):
         assert name in out
+    assert out.startswith("volumes per class and split (data.classes would pin the classes):\n"
+                          "class      train    val   test\n"
+                          "0_normal       6      2      2\n")
+    assert "total         24      8      8\n" in out
 
     best = (tmp_path / "run" / "best.pt").read_bytes()
     again = octtrain("train", "--config", str(cfg), "--out", str(tmp_path / "run"))
@@ -132,6 +136,21 @@ def test_train_small_run_prints_table(small_manifest: Path, tmp_path: Path) -> N
     assert replaced.returncode == 0, replaced.stderr
     assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0]
     assert (tmp_path / "run" / "stale.txt").exists()  # only the run's own files are replaced
+
+
+def test_a_label_outside_data_classes_is_one_line_and_exit_2(small_manifest: Path,
+                                                              tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{manifest: {small_manifest}, classes: [0_normal, 1_drusen, 2_fluid, "
+                   f"3_atrohpy], cache_dir: {tmp_path / 'c'}}}\nruntime: {{device: cpu}}\n")
+    proc = octtrain("train", "--config", str(cfg), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert proc.stdout == ""  # no class table: the classes are pinned
+    line = next(i for i, row in enumerate(small_manifest.read_text().splitlines(), 1)
+                if row.split(",")[1] == "3_atrophy")
+    assert proc.stderr == (
+        "octtrain: error: label(s) not in data.classes ['0_normal', '1_drusen', '2_fluid', "
+        f"'3_atrohpy']: '3_atrophy' (first in {small_manifest} line {line})\n")
 
 
 def test_an_existing_run_is_refused_without_overwrite(

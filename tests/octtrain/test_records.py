@@ -323,3 +323,42 @@ def test_save_rejects_bad_mapping(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="class indices must be 0..1"):
         save_class_to_idx(tmp_path / "c.json", {"a": 1, "b": 1})
     assert not (tmp_path / "c.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# data.classes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pinned_classes_number_in_list_order(tmp_path: Path) -> None:
+    manifest = _dataset(tmp_path, [("a.npy", "normal", "p1"), ("b.npy", "fluid", "p2")])
+    cfg = DataSection(manifest=str(manifest), val_fraction=0.0, test_fraction=0.0,
+                      classes=["normal", "fluid"])
+    records, mapping = split_records(cfg)
+    assert mapping == {"normal": 0, "fluid": 1}
+    assert [r.label for r in records["train"]] == [0, 1]
+
+
+def test_a_label_outside_the_pinned_classes_names_where_it_first_appears(tmp_path: Path) -> None:
+    manifest = _dataset(tmp_path, [("a.npy", "normal", "p1"), ("b.npy", "nromal", "p2"),
+                                   ("c.npy", "fluid", "p3"), ("d.npy", "nromal", "p4"),
+                                   ("e.npy", "fliud", "p5")])
+    cfg = DataSection(manifest=str(manifest), classes=["normal", "fluid"])
+    with pytest.raises(DataError) as err:
+        split_records(cfg)
+    assert str(err.value) == (
+        "label(s) not in data.classes ['normal', 'fluid']: "
+        f"'nromal' (first in {manifest} line 3); 'fliud' (first in {manifest} line 6)")
+
+
+def test_a_misspelled_class_folder_is_refused_with_pinned_classes(tmp_path: Path) -> None:
+    for rel in ("normal/P1.npy", "normal/P2.npy", "fluid/P3.npy", "fliud/P4.npy"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / rel, np.zeros((2, 4, 4), np.float32))
+    cfg = DataSection(root=str(tmp_path), classes=["normal", "fluid"])
+    with pytest.raises(DataError) as err:
+        split_records(cfg)
+    assert str(err.value) == ("label(s) not in data.classes ['normal', 'fluid']: "
+                              f"'fliud' (first in {tmp_path / 'fliud' / 'P4.npy'})")
+    _, mapping = split_records(DataSection(root=str(tmp_path)))
+    assert mapping == {"fliud": 0, "fluid": 1, "normal": 2}  # unpinned: an extra class

@@ -70,3 +70,12 @@ def test_non_finite_numbers_are_refused_once_per_field(
     with pytest.raises(ConfigError) as info:
         make()
     assert info.value.problems == problems
+
+
+@pytest.mark.parametrize("classes", [["a"], ["a", "b", "a"], ["a", ""]])
+def test_data_classes_must_be_two_or_more_distinct_names(classes: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        DataSection(manifest="m.csv", classes=classes)
+    assert info.value.problems == [
+        ("classes", f"must list two or more distinct class names, got {classes!r}")]
+    assert DataSection(manifest="m.csv", classes=["b", "a"]).classes == ["b", "a"]
