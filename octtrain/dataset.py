@@ -90,6 +90,26 @@ def build_datasets(
     )
 
 
+def blank_volumes(splits: Splits, rank: int, world: int) -> list[str]:
+    """Preprocess (into the cache) share ``rank`` of ``world`` of the train and val volumes;
+    the paths of those that are constant (blank after the intensity clip).
+
+    Run once before the first epoch, so that an unreadable or non-finite volume stops the
+    run before training starts, and every blank one is counted (a DataLoader worker could
+    not report it). A preprocessed volume is all zeros exactly when its clipped intensity
+    range is empty (see :func:`octtrain.preprocess.clip_and_scale`).
+    """
+    records = [*splits.train.records, *splits.val.records][rank::world]
+    return [r.path for r in records if not splits.train.cache.load(r.path).any()]
+
+
+def blank_warning(paths: Sequence[str], shown: int = 3) -> str:
+    """One line naming up to ``shown`` of the blank volumes ``paths`` and counting them all."""
+    more = f", ... ({len(paths) - shown} more)" if len(paths) > shown else ""
+    return (f"warning: {len(paths)} volume(s) are constant (blank after the intensity clip: "
+            f"they train as all zeros): {', '.join(paths[:shown])}{more}")
+
+
 class PaddedDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
     """A dataset padded to a multiple of ``multiple`` items; each item carries ``valid`` (1 or 0).
 

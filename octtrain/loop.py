@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,7 +28,14 @@ from octtrain.callback import EpochCallback, EpochChannel, EpochDecision
 from octtrain.checkpoint import Checkpointer
 from octtrain.classes import class_table
 from octtrain.config import EnvKnobs, TrainConfig
-from octtrain.dataset import Loaders, Splits, build_datasets, build_loaders
+from octtrain.dataset import (
+    Loaders,
+    Splits,
+    blank_volumes,
+    blank_warning,
+    build_datasets,
+    build_loaders,
+)
 from octtrain.early_stop import EarlyStopping
 from octtrain.epoch import Update, train_epoch, validate
 from octtrain.errors import DataError
@@ -160,6 +168,11 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
     splits = build_datasets(cfg.data)
     if len(splits.val) == 0:
         raise DataError("the validation split is empty: add patients or raise data.val_fraction")
+    shares = runtime.all_gather_object(blank_volumes(splits, runtime.rank, runtime.world_size),
+                                       "octtrain.blank_volumes")
+    blank = [path for share in shares for path in share]
+    if blank and runtime.is_master:
+        print(f"octtrain: {blank_warning(blank)}", file=sys.stderr, flush=True)
     if runtime.is_master:
         save_class_to_idx(run_dir / "class_to_idx.json", splits.class_to_idx)
         if cfg.data.classes is None:  # every label found became a class: show them to check

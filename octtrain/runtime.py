@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -200,6 +200,20 @@ class Runtime:
         with self._collective(f"broadcast of {tag}"):
             dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def all_gather_object(self, obj: Any, tag: str) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank. Every rank must call it."""
+        if self.world_size == 1:
+            return [obj]
+        if self.kind == "xla":
+            import torch_xla.core.xla_model as xm
+
+            gathered = xm.mesh_reduce(tag, obj, list)  # the payloads, in ordinal order
+            return list(cast("list[Any]", gathered))
+        out: list[Any] = [None] * self.world_size
+        with self._collective(f"all_gather of {tag}"):
+            dist.all_gather_object(out, obj)
+        return out
 
     def barrier(self, tag: str) -> None:
         if self.world_size == 1:

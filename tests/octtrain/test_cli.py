@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from octtrain.cli import main
@@ -151,6 +152,53 @@ def test_a_label_outside_data_classes_is_one_line_and_exit_2(small_manifest: Pat
     assert proc.stderr == (
         "octtrain: error: label(s) not in data.classes ['0_normal', '1_drusen', '2_fluid', "
         f"'3_atrohpy']: '3_atrophy' (first in {small_manifest} line {line})\n")
+
+
+@pytest.fixture
+def own_data(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A small phantom set this test may spoil: its manifest and its volumes in manifest order."""
+    manifest = make_synthetic(tmp_path / "data", n_volumes=24, frames=4, height=16, width=16,
+                              volumes_per_patient=1, class_shares=(0.25, 0.25, 0.25, 0.25), seed=5)
+    rows = list(csv.DictReader(manifest.open()))
+    return manifest, [manifest.parent / row["path"] for row in rows]
+
+
+def _own_train(manifest: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{manifest: {manifest}, frames: 4, height: 16, width: 16, "
+                   f"test_fraction: 0, cache_dir: {tmp_path / 'cache'}}}\n"
+                   "train: {epochs: 1, batch_size: 2}\n"
+                   "runtime: {device: cpu}\n")
+    return octtrain("train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
+
+
+def test_constant_volumes_are_one_warning_with_their_count(own_data: tuple[Path, list[Path]],
+                                                           tmp_path: Path) -> None:
+    manifest, volumes = own_data
+    for v in volumes[:4]:
+        np.save(v, np.full(np.load(v).shape, 3.0, np.float32))
+    proc = _own_train(manifest, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("octtrain: warning: 4 volume(s) are constant (blank after the "
+                                  "intensity clip: they train as all zeros): ")
+    assert warnings[0].endswith(", ... (1 more)")
+    named = warnings[0].split("zeros): ")[1].removesuffix(", ... (1 more)").split(", ")
+    assert len(named) == 3 and set(named) <= {str(v) for v in volumes[:4]}
+
+
+def test_a_non_finite_volume_stops_the_run_before_training(own_data: tuple[Path, list[Path]],
+                                                           tmp_path: Path) -> None:
+    manifest, volumes = own_data
+    spoilt = np.load(volumes[5]).astype(np.float32)
+    spoilt[0, 1, 2] = np.nan
+    np.save(volumes[5], spoilt)
+    proc = _own_train(manifest, tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"octtrain: error: {volumes[5]}: volume holds 1 NaN or infinite "
+                           f"value(s) of {spoilt.size}\n")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_an_existing_run_is_refused_without_overwrite(

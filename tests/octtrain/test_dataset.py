@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from octtrain import readers
 from octtrain.augment import Augment
-from octtrain.dataset import PaddedDataset, VolumeDataset, build_datasets, build_loaders
+from octtrain.dataset import (
+    PaddedDataset,
+    VolumeDataset,
+    blank_volumes,
+    blank_warning,
+    build_datasets,
+    build_loaders,
+)
 from octtrain.errors import ConfigError, DataError
 from octtrain.phantom import CLASS_NAMES
 from octtrain.preprocess import VolumeCache, preprocess
@@ -196,3 +203,23 @@ def test_a_two_d_volume_is_refused_unless_single_bscans_are_allowed(tmp_path: Pa
     allowed = build_datasets(_cfg(tmp_path, manifest, allow_single_bscan=True))
     volume, label = allowed.train[1]
     assert volume.shape == SHAPE and label == 1
+
+
+def test_blank_volumes_are_the_constant_ones_of_train_and_val(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    spike = np.zeros((4, 8, 8))
+    spike[0, 0, 0] = 9.0  # one bright voxel: the 1-99 % clip range is empty, so blank too
+    manifest = _manifest(tmp_path, {"v0": rng.random((4, 8, 8)), "const": np.full((4, 8, 8), 7.0),
+                                    "spike": spike, "v3": rng.random((4, 8, 8))})
+    splits = build_datasets(_cfg(tmp_path, manifest))
+    blank = [str(tmp_path / "const.npy"), str(tmp_path / "spike.npy")]
+    assert blank_volumes(splits, 0, 1) == blank
+    assert blank_volumes(splits, 0, 2) + blank_volumes(splits, 1, 2) == [blank[1], blank[0]]
+    assert not splits.train[1][0].any()  # served from the cache the check filled
+
+
+def test_blank_warning_names_a_few_and_counts_all() -> None:
+    assert blank_warning(["a.npy"]) == ("warning: 1 volume(s) are constant (blank after the "
+                                        "intensity clip: they train as all zeros): a.npy")
+    assert blank_warning([f"{i}.npy" for i in range(5)]).endswith(
+        ": 0.npy, 1.npy, 2.npy, ... (2 more)")

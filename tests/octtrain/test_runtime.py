@@ -167,6 +167,7 @@ def test_collectives_of_a_world_of_one_are_identities(runtime: Runtime) -> None:
     t = torch.arange(4.0, device=runtime.device)
     assert runtime.all_reduce_sum(t) is t
     assert runtime.broadcast_object({"w": [1.0, 2.0]}, "tag") == {"w": [1.0, 2.0]}
+    assert runtime.all_gather_object(["a.npy"], "tag") == [["a.npy"]]
     runtime.barrier("tag")  # returns at once
 
 
