@@ -33,6 +33,7 @@ import replay_pruners as rp  # noqa: E402  (a sibling script)
 
 from search.record import end_reason, enqueued_name, epoch_metrics, unfreeze_at_epoch  # noqa: E402
 from search.space import load_space  # noqa: E402
+from search.worker import FINISHED  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,31 +61,35 @@ def run_search(space_file: Path, name: str, args: argparse.Namespace, workdir: P
     return optuna.load_study(study_name=name, storage=storage), wall
 
 
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
+
+
+def _config(t: optuna.trial.FrozenTrial) -> rp.Config:
+    """A finished trial as a recorded configuration: its stored per-epoch records."""
+    stored = (epoch_metrics(t, k) for k in sorted(t.intermediate_values))
+    return rp.Config(t.number, enqueued_name(t) or None, dict(t.params), unfreeze_at_epoch(t), "complete",
+                     [m for m in stored if m is not None])
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
 def as_recording(study: optuna.Study, header: dict[str, Any], path: str) -> rp.Recording:
-    """A study's trials as a recording (their stored per-epoch records)."""
-    configs = []
-    for t in study.get_trials(deepcopy=False):
-        if t.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
-            continue
-        stored = (epoch_metrics(t, k) for k in sorted(t.intermediate_values))
-        epochs = [m for m in stored if m is not None]
-        configs.append(rp.Config(t.number, enqueued_name(t) or None, dict(t.params), unfreeze_at_epoch(t),
-                                 "complete", epochs))
-    return rp.Recording(path, header, configs)
+    """A study's finished trials as a recording."""
+    return rp.Recording(path, header, [_config(t) for t in _finished(study)])
 
 
 def live_outcomes(study: optuna.Study, full: rp.Recording) -> list[rp.Outcome]:
     """The live trials as outcomes, each with the full curve of its unpruned twin when there is one."""
-    by_params = {json.dumps(c.params, sort_keys=True): c for c in full.configs}
-    own = as_recording(study, full.header, "live")
+    twins = {_key(c.params): c for c in full.configs}
     out = []
-    for t, c in zip((t for t in study.get_trials(deepcopy=False)
-                     if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)),
-                    own.configs, strict=True):
-        twin = by_params.get(json.dumps(c.params, sort_keys=True), c)
+    for t in _finished(study):
+        c = _config(t)
         state = "pruned" if t.state == optuna.trial.TrialState.PRUNED else "complete"
         wall = sum(float(m.get("epoch_s") or 0.0) for m in c.epochs)
-        out.append(rp.Outcome(twin, state, len(c.epochs), wall, end_reason(t) or None))
+        out.append(rp.Outcome(twins.get(_key(c.params), c), state, len(c.epochs), wall, end_reason(t) or None))
     return out
 
 
@@ -106,19 +111,20 @@ def main(argv: list[str] | None = None) -> int:
                   "epochs": space.base.train.epochs, "space_file": str(space_path)}
         full = as_recording(nop_study, header, "live-nop")
         ref = rp.recording_best(full)
+        pruned = live_outcomes(cfg_study, full)
         scores = {
             "nop": [rp.score(live_outcomes(nop_study, full), full, ref)],
-            "configured": [rp.score(live_outcomes(cfg_study, full), full, ref)],
+            "configured": [rp.score(pruned, full, ref)],
         }
         print(f"\nlive searches on {space_path}: {args.trials} trials, seed {args.seed}; "
               f"wall {nop_wall / 60:.1f} min unpruned, {cfg_wall / 60:.1f} min with the configured pruner")
         print(rp.format_table(rp.summarize(scores, full.maximize)))
         predicted = rp.replay(full, space.pruner.build, list(range(len(full.configs))))
-        live = {o.config.index: o for o in live_outcomes(cfg_study, full)}
+        live = {_key(o.config.params): o for o in pruned}
         print("\nreplay of the unpruned curves through the configured pruner vs the live pruned search:")
         agree = compared = 0
         for p in predicted:
-            twin = next((o for o in live.values() if o.config.params == p.config.params), None)
+            twin = live.get(_key(p.config.params))
             if twin is None:
                 continue
             compared += 1

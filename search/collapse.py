@@ -5,15 +5,14 @@ metrics record (:mod:`search.record`): the validation prediction histogram, its 
 and class, the validation balanced accuracy, and the *training* balanced accuracy of the epoch.
 :class:`search.pruner.CollapsePruner` applies them to a trial.
 
-Two criteria, each with its reason (one line, stored as the trial's ``prune_reason``):
-
 An epoch is *collapsed* (:func:`collapsed`) when its validation predictions sit in one class
 (one class holds at least ``max_class_share`` of them) or at chance (balanced accuracy at most
 ``1/C + margin``), and nothing else in the record says the model is learning: its training
 balanced accuracy is at most ``1/C + train_margin`` (it does not separate the classes of its own
 training data either) and its validation loss is not below ``(1 - loss_margin)`` times the loss
 of a constant predictor of the validation class prior (its probabilities carry no information
-about the inputs).
+about the inputs). Two criteria judge runs of collapsed epochs, each with its reason (one line,
+stored as the trial's ``prune_reason``):
 
 - :func:`stuck_reason`, judged from epoch 0 on, frozen warm-up included: ``stuck_patience``
   collapsed epochs in a row whose predictions do not move (the share of predictions that
@@ -42,7 +41,7 @@ either: the criteria then judge from what is there.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,11 +154,13 @@ def prediction_change(a: EpochEvidence, b: EpochEvidence) -> float:
 
 
 def _last_run(epochs: Sequence[EpochEvidence], length: int, first: int,
-              holds: Any) -> list[EpochEvidence] | None:
+              holds: Callable[[EpochEvidence, EpochEvidence | None], bool]) -> list[EpochEvidence] | None:
     """The last ``length`` epochs, in order, if they are consecutive, all at or after ``first``
     and each satisfies ``holds(epoch, previous_in_run)``; else ``None``."""
-    ordered = sorted(epochs, key=lambda e: e.epoch)[-length:] if length > 0 else []
-    if length < 1 or len(ordered) < length or ordered[0].epoch < first:
+    if length < 1:
+        return None
+    ordered = sorted(epochs, key=lambda e: e.epoch)[-length:]
+    if len(ordered) < length or ordered[0].epoch < first:
         return None
     for i, e in enumerate(ordered):
         previous = ordered[i - 1] if i else None
@@ -183,7 +184,7 @@ def stuck_reason(epochs: Sequence[EpochEvidence], t: Thresholds, patience: int) 
     if run is None:
         return None
     what = _describe_predictions(run, t)
-    return f"stuck: {what}, unchanged for {_epochs(run)}{_describe_training(run)}"
+    return f"stuck: {what}, unchanged for {_epochs(run)}{_describe_no_learning(run)}"
 
 
 def collapse_reason(epochs: Sequence[EpochEvidence], t: Thresholds, patience: int,
@@ -195,7 +196,7 @@ def collapse_reason(epochs: Sequence[EpochEvidence], t: Thresholds, patience: in
     run = _last_run(epochs, patience, grace, lambda e, _: collapsed(e, t))
     if run is None:
         return None
-    return f"collapsed: {_describe_predictions(run, t)} for {_epochs(run)}{_describe_training(run)}"
+    return f"collapsed: {_describe_predictions(run, t)} for {_epochs(run)}{_describe_no_learning(run)}"
 
 
 def _epochs(run: Sequence[EpochEvidence]) -> str:
@@ -223,7 +224,7 @@ def _describe_predictions(run: Sequence[EpochEvidence], t: Thresholds) -> str:
     return f"one class or chance level ({'; '.join(parts)})"
 
 
-def _describe_training(run: Sequence[EpochEvidence]) -> str:
+def _describe_no_learning(run: Sequence[EpochEvidence]) -> str:
     """The no-learning evidence of a run: ``; training balanced accuracy <= 0.26 (chance 0.25),
     validation loss >= 0.93 (class prior 0.91)``, each part where it is known."""
     parts = []
