@@ -100,7 +100,7 @@ def blank_volumes(splits: Splits, rank: int, world: int) -> list[str]:
     range is empty (see :func:`octtrain.preprocess.clip_and_scale`).
     """
     records = [*splits.train.records, *splits.val.records][rank::world]
-    return [r.path for r in records if not splits.train.cache.load(r.path).any()]
+    return [r.path for r in records if splits.train.cache.is_blank(r.path)]
 
 
 def blank_warning(paths: Sequence[str], shown: int = 3) -> str:

@@ -8,6 +8,7 @@ source file and parameter set and later epochs (and other processes) read a smal
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -196,6 +197,21 @@ class VolumeCache:
         if array.shape != self.shape or array.dtype != np.float32:
             return None
         return array
+
+    def is_blank(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the preprocessed volume at ``path`` is all zeros (a constant source), building
+        its entry if needed. The answer is kept beside the entry as an empty ``.blank`` or
+        ``.filled`` file, so a warm cache answers without reading the volume again: every trial
+        asks this of every volume before its first epoch."""
+        entry = self.entry_path(path)
+        for suffix, blank in ((".blank", True), (".filled", False)):
+            if entry.with_suffix(suffix).exists():
+                return blank
+        blank = not self.load(path).any()
+        # The entry itself was written, so a marker that cannot be only costs a load next time.
+        with contextlib.suppress(OSError):
+            entry.with_suffix(".blank" if blank else ".filled").touch()
+        return blank
 
     def load(self, path: str | os.PathLike[str]) -> np.ndarray:
         """Float32 ``(T, H, W)`` in ``[0, 1]`` for the volume at ``path``."""

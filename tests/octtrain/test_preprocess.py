@@ -162,6 +162,21 @@ def test_cache_reads_each_source_once(tmp_path: Path, count_reads: Any) -> None:
     assert not list((tmp_path / "cache").glob("*.tmp"))  # no temp files left behind
 
 
+def test_cache_remembers_which_entries_are_blank(tmp_path: Path, count_reads: Any) -> None:
+    filled = _volume(tmp_path / "v.npy")
+    constant = tmp_path / "c.npy"
+    np.save(constant, np.full((4, 16, 16), 7.0, np.float32))
+    cache = VolumeCache(tmp_path / "cache", (4, 16, 16), (1, 99))
+    assert [cache.is_blank(filled), cache.is_blank(constant)] == [False, True]
+    assert count_reads.calls == 2
+    # Another process answers from the markers alone: even without the entries it reads nothing.
+    cache.entry_path(filled).unlink()
+    cache.entry_path(constant).unlink()
+    again = VolumeCache(tmp_path / "cache", (4, 16, 16), (1, 99))
+    assert [again.is_blank(filled), again.is_blank(constant)] == [False, True]
+    assert count_reads.calls == 2
+
+
 def test_cache_rereads_a_changed_source(tmp_path: Path, count_reads: Any) -> None:
     src = _volume(tmp_path / "v.npy", seed=0)
     cache = VolumeCache(tmp_path / "cache", (4, 16, 16), (1, 99))
