@@ -31,7 +31,8 @@ STORAGE_ENV = "OCTSEARCH_STORAGE"  # the default --storage: keeps a password off
 def _common(parser: argparse.ArgumentParser, *, study: bool = True) -> None:
     # The default is read when the command runs, never shown: it may hold a password.
     parser.add_argument("--storage", metavar="URL",
-                        help=f"sqlite:///FILE, postgresql+psycopg://... or mysql+pymysql://... "
+                        help=f"sqlite:///FILE, postgresql+psycopg://..., mysql+pymysql://... or "
+                             f"grpc://HOST:PORT (octsearch serve-storage) "
                              f"(default: ${STORAGE_ENV}, else {DEFAULT_STORAGE})")
     if study:
         parser.add_argument("--study", metavar="NAME",
@@ -94,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     _common(dash, study=False)
     dash.set_defaults(func=cmd_dashboard)
+
+    proxy = sub.add_parser("serve-storage", help="serve the storage to many workers through "
+                                                 "Optuna's gRPC proxy (--storage grpc://HOST:PORT)")
+    proxy.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default: 127.0.0.1; 0.0.0.0 for other hosts)")
+    proxy.add_argument("--port", type=int, default=13000, help="port (default: 13000)")
+    _common(proxy, study=False)
+    proxy.set_defaults(func=cmd_serve_storage)
     return parser
 
 
@@ -128,7 +137,7 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.preflight import preflight
+    from search.preflight import check_storage, preflight
     from search.record import runs_folder
     from search.report import format_leaderboard
     from search.space import load_space
@@ -144,6 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = check_shared(_storage_url(args))
     space = load_space(args.space)
     preflight(space.base, args.device)
+    check_storage(url)
     storage = open_storage(url)
     name = _study_name(args)
     assert name is not None
@@ -215,6 +225,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from search.dashboard import serve
 
     serve(_storage_url(args), args.host, args.port)
+    return 0
+
+
+def cmd_serve_storage(args: argparse.Namespace) -> int:
+    """The proxy in the foreground; Ctrl-C exits 130, SIGTERM 143 (128 + the signal)."""
+    from search.grpc_proxy import serve
+
+    try:
+        with sigterm_interrupts():
+            serve(_storage_url(args), args.host, args.port)
+    except KeyboardInterrupt as err:
+        print("octsearch: storage proxy stopped", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
     return 0
 
 

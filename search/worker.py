@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import optuna
-from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from octtrain.errors import ConfigError, clip
@@ -45,7 +45,7 @@ from search.record import (
 )
 from search.report import describe_trial, format_value
 from search.space import SearchSpace
-from search.storage import heartbeat
+from search.storage import StudyStorage, heartbeat
 from search.trial_process import Outcome, TrialRequest, TrialResult, run_trial_process
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -115,7 +115,7 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 
 def run_worker(
-    study: optuna.Study, space: SearchSpace, storage: RDBStorage, options: WorkerOptions,
+    study: optuna.Study, space: SearchSpace, storage: StudyStorage, options: WorkerOptions,
     *, out: TextIO | None = None,
 ) -> WorkerSummary:
     """Run trials until the study has ``options.n_trials`` finished trials (or time is up)."""
@@ -168,7 +168,7 @@ def _duration(seconds: float) -> str:
 
 
 def run_one_trial(
-    study: optuna.Study, space: SearchSpace, storage: RDBStorage, options: WorkerOptions,
+    study: optuna.Study, space: SearchSpace, storage: StudyStorage, options: WorkerOptions,
     *, out: TextIO | None = None,
 ) -> optuna.trial.FrozenTrial:
     """Ask one trial, run it in a child process, tell its state. Never leaves it RUNNING."""
@@ -193,7 +193,7 @@ def run_one_trial(
     return storage.get_trial(trial_id)
 
 
-def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: optuna.Trial,
+def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: optuna.Trial,
          options: WorkerOptions, out: TextIO | None) -> TrialResult:
     params = space.suggest(trial)
     overrides: dict[str, Any] = dict(params)
