@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.storages import GrpcStorageProxy, RDBStorage, _CachedStorage, fail_stale_trials
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from octtrain.errors import clip, one_line
 from search.errors import OctsearchError, StorageError
@@ -113,6 +113,17 @@ def open_grpc_storage(url: str, *, heartbeat_interval: int | None) -> GrpcStorag
 class _HeartbeatRelay(_CachedStorage):
     """The proxy's storage: Optuna's cached RDB storage (what ``run_grpc_proxy_server`` asks
     for), with a client's heartbeat attribute recorded as the database's heartbeat."""
+
+    def __init__(self, backend: RDBStorage) -> None:
+        super().__init__(backend)
+        self._state_lock = threading.Lock()
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        # One state change at a time: on SQLite (no SELECT ... FOR UPDATE) two workers asking
+        # at once could both take the same WAITING (enqueued) trial; state changes are rare.
+        with self._state_lock:
+            return super().set_trial_state_values(trial_id, state, values)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         if key == HEARTBEAT_ATTR:

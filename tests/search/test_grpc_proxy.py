@@ -10,6 +10,7 @@ import io
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -135,3 +136,27 @@ def test_serve_storage_refuses_a_busy_port_and_a_proxy_url(proxy: str, tmp_path:
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_workers_asking_at_once_never_share_an_enqueued_trial(proxy: str, database: tuple[str, str]) -> None:
+    """SQLite has no SELECT ... FOR UPDATE: the proxy takes WAITING trials one at a time."""
+    name = database[1]
+    study = optuna.create_study(storage=open_storage(proxy, heartbeat=False), study_name=name)
+    for i in range(16):
+        study.enqueue_trial({"x": i})
+    asked: list[int] = []
+    start = threading.Barrier(8)
+
+    def ask() -> None:
+        mine = optuna.load_study(study_name=name, storage=open_storage(proxy, heartbeat=False))
+        start.wait()
+        for _ in range(2):
+            asked.append(mine.ask().number)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(asked) == list(range(16))
