@@ -8,6 +8,8 @@ import io
 import json
 import os
 import signal
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,9 +19,9 @@ import optuna
 import pytest
 from fake_fit import CRASH, HANG, RAISE
 from optuna.trial import FrozenTrial, TrialState
-from search_testing import fake_options
+from search_testing import fake_env, fake_options, octsearch_command, write_cli_space
 
-from search.cli import sigterm_interrupts
+from search.cli import main, sigterm_interrupts
 from search.devices import available_devices, plan_slots
 from search.record import runs_folder
 from search.space import space_from_dict
@@ -157,3 +159,45 @@ def test_a_slot_at_its_failure_limit_stops_and_the_other_goes_on(
     assert all(t.user_attrs["devices"] != failed_slot for t in trials[1:])
     assert "1 trials in a row failed; stopping this slot. Last (trial 0): RuntimeError: boom" \
         in out.getvalue()
+
+
+def test_octsearch_run_parallel_2_and_the_trials_table_shows_where_each_ran(
+    tmp_path: Path,
+) -> None:
+    cores = available_devices("cpu", 0)
+    if len(cores) < 2:
+        pytest.skip(f"two slots need two cores, this process has {cores}")
+    space = write_cli_space(tmp_path / "par.yaml")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    run = subprocess.run(octsearch_command("run", "--space", str(space), "--trials", "3",
+                                           "--parallel", "2", "--device", "cpu",
+                                           "--storage", storage),
+                         cwd=tmp_path, env=fake_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (f"octsearch: 2 trials at once: slot 0 on cpu:{cores[0]}, slot 1 on cpu:{cores[1]}"
+            in run.stderr)
+    assert "[slot 1] octsearch: trial " in run.stderr
+    table = subprocess.run(octsearch_command("trials", "--storage", storage), cwd=tmp_path,
+                           env=fake_env(), capture_output=True, text=True, timeout=120)
+    rows = table.stdout.splitlines()[3:]
+    host = socket.gethostname()
+    assert len(rows) == 3 and all(f"{host} cpu:" in row for row in rows)
+    assert {f"cpu:{c}" for c in cores[:2]} == {r.split(host)[1].split()[0] for r in rows}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--parallel", "0"], "--parallel must be at least 1, got 0"),
+    (["--parallel", "two"], "--parallel must be a number of trials or 'auto', got 'two'"),
+    (["--parallel", "999"], "--parallel 999 with 1 device(s) per trial needs 999 CPU cores, "
+                            "but this worker has"),
+    (["--devices-per-trial", "0"], "--devices-per-trial must be at least 1, got 0"),
+])
+def test_run_refuses_slots_that_cannot_be(args: list[str], message: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    space = write_cli_space(tmp_path / "bad.yaml")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert main(["run", "--space", str(space), "--trials", "2", "--device", "cpu",
+                 "--storage", storage, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("octsearch: error: ") and message in err[0]
+    assert not (tmp_path / "study.db").exists()  # refused before any study was made
