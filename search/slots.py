@@ -64,7 +64,6 @@ class Slot:
     retired: str = ""  # why the slot takes no more trials ("" while it does)
     thread: threading.Thread | None = None
     stop: StopRequest = field(default_factory=StopRequest)
-    trial_number: int = -1
     result: optuna.trial.FrozenTrial | None = None
     error: BaseException | None = None
 
@@ -97,13 +96,13 @@ class SlotPool:
     def all_retired(self) -> bool:
         return all(s.retired for s in self.slots)
 
-    def start(self, slot: Slot, trial_number: int, options: WorkerOptions,
-              run: TrialFn) -> None:
+    def start(self, slot: Slot, options: WorkerOptions, run: TrialFn) -> None:
         """Run ``run(slot_options, slot_out)`` in the slot's thread; its end is :meth:`done`."""
         env = {**options.env, **slot.assignment.env}
         slot.stop = StopRequest()
-        slot_options = dataclasses.replace(options, env=env, stop=slot.stop)
-        slot.trial_number, slot.result, slot.error = trial_number, None, None
+        label = slot.assignment.label if slot.assignment.devices else ""
+        slot_options = dataclasses.replace(options, env=env, stop=slot.stop, devices=label)
+        slot.result, slot.error = None, None
 
         def body() -> None:
             try:
@@ -113,8 +112,9 @@ class SlotPool:
             finally:
                 self.ended.set()
 
-        slot.thread = threading.Thread(target=body, name=f"octsearch-{slot.name}", daemon=True)
-        slot.thread.start()
+        thread = threading.Thread(target=body, name=f"octsearch-{slot.name}", daemon=True)
+        thread.start()
+        slot.thread = thread  # busy from here: the thread owns the trial
 
     def done(self) -> list[Slot]:
         """The slots whose trial has ended since the last call (their thread joined)."""

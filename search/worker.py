@@ -74,6 +74,7 @@ class WorkerOptions:
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment of trial processes
     slots: tuple[Assignment, ...] = ()  # trials at once and their devices (none: one, all)
     stop: StopRequest | None = None  # set per slot (search.slots): stops its trial process
+    devices: str = ""  # set per slot: its devices, recorded with each trial (record.py)
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -148,11 +149,14 @@ def run_worker(
             slot = pool.free() if step is Step.START else None
             if slot is not None:
                 trial = ask_trial(study)
-                if slot.assignment.devices:
-                    write_devices(trial, slot.assignment.label)
                 summary.trials.append(trial.number)
-                pool.start(slot, trial.number, options, functools.partial(
-                    _run_in_slot, study, space, storage, trial))
+                try:
+                    pool.start(slot, options, functools.partial(
+                        _run_in_slot, study, space, storage, trial))
+                finally:
+                    if not slot.busy:  # interrupted before its thread took the trial over
+                        _tell(study, trial, TrialResult(Outcome.FAILED,
+                                                        reason="worker: stopped at its start"))
                 continue
             pool.wait(options.poll_s)
     except BaseException as err:
@@ -273,6 +277,8 @@ def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: op
     if options.num_processes is not None:
         overrides["runtime.num_processes"] = options.num_processes
     write_overrides(trial, overrides)
+    if options.devices:
+        write_devices(trial, options.devices)
     try:
         cfg = space.trainer_config(overrides)
     except ConfigError as err:
