@@ -8,8 +8,9 @@ epochs per hour of wall time. Pruning is switched off (``pruner: none``) so that
 trains the same trials to the end: the enqueued trials and the sampler's seeded random startup
 trials are asked in the same order whatever the parallelism (keep ``--trials`` within them,
 3 + 4 on the smoke space, for identical work). The preprocessing cache is warmed once before
-the first run and shared (a long search's steady state). On a CPU host the slots share the cores this process may use (``--parallel 2`` on 2
-cores: one core and one torch thread per trial, against one trial with 2 threads).
+the first run and shared (a long search's steady state). On a CPU host the slots share the
+cores this process may use (``--parallel 2`` on 2 cores: one core and one torch thread per
+trial, against one trial with 2 threads).
 """
 
 from __future__ import annotations
