@@ -29,6 +29,7 @@ import yaml
 
 from octtrain.dataset import blank_volumes, build_datasets
 from octtrain.synthetic import make_synthetic
+from search.record import epoch_metrics
 from search.space import load_space
 from search.worker import FINISHED
 
@@ -40,6 +41,7 @@ class Run:
     epochs: int
     wall_s: float
     trial_s: float  # mean duration of a finished trial
+    outside_s: float  # of which outside its epochs: process start, data and model set-up
 
     @property
     def trials_per_hour(self) -> float:
@@ -58,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="--parallel of each run")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed of every run")
     parser.add_argument("--manifest", help="data (default: the space's, else new phantoms)")
+    parser.add_argument("--volumes", type=int, default=720,
+                        help="phantoms to write when the space's data is missing (default: 720)")
     parser.add_argument("--epochs", type=int, help="train.epochs of every trial (default: the space's)")
     parser.add_argument("--workdir", help="studies, runs, caches (default: a temporary directory)")
     parser.add_argument("--fit-target", default="octtrain:fit", help=argparse.SUPPRESS)  # tests
@@ -76,9 +80,7 @@ def prepare_space(args: argparse.Namespace, workdir: Path) -> Path:
     manifest = args.manifest or overrides.get("data.manifest")
     if manifest is not None:  # else the base config's own
         if not Path(manifest).exists():
-            print(f"parallel: no data at {manifest}; writing phantoms to {workdir / 'data'}",
-                  flush=True)
-            manifest = str(make_synthetic(workdir / "data", seed=0))
+            manifest = str(phantoms(workdir / "data", args.volumes))
         overrides["data.manifest"] = str(Path(manifest).resolve())
     if args.epochs is not None:
         overrides["train.epochs"] = args.epochs
@@ -90,6 +92,15 @@ def prepare_space(args: argparse.Namespace, workdir: Path) -> Path:
     blank_volumes(build_datasets(load_space(path).base.data), 0, 1)  # preprocess every volume
     print(f"parallel: preprocessing cache warmed in {time.monotonic() - start:.0f} s", flush=True)
     return path
+
+
+def phantoms(folder: Path, n_volumes: int) -> Path:
+    """The manifest of ``n_volumes`` phantoms in ``folder``, written unless already there."""
+    manifest = folder / "manifest.csv"
+    if manifest.exists() and len(manifest.read_text().splitlines()) == n_volumes + 1:
+        return manifest
+    print(f"parallel: writing {n_volumes} phantoms to {folder}", flush=True)
+    return Path(make_synthetic(folder, n_volumes=n_volumes, seed=0))
 
 
 def run_search(space: Path, parallel: int, args: argparse.Namespace, workdir: Path) -> Run:
@@ -104,20 +115,31 @@ def run_search(space: Path, parallel: int, args: argparse.Namespace, workdir: Pa
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.monotonic() - start
-    study = optuna.load_study(study_name=name, storage=storage)
+    print(f"parallel: --parallel {parallel} took {wall:.0f} s; load average (1, 5, 15 min) now "
+          + ", ".join(f"{v:.1f}" for v in os.getloadavg()), flush=True)
+    return summarize(optuna.load_study(study_name=name, storage=storage), parallel, wall)
+
+
+def summarize(study: optuna.Study, parallel: int, wall_s: float) -> Run:
+    """A finished run: its trials, epochs, and the mean time of a trial in and out of epochs."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
     durations = [t.duration.total_seconds() for t in trials if t.duration is not None]
-    return Run(parallel, len(trials), sum(len(t.intermediate_values) for t in trials), wall,
-               sum(durations) / max(1, len(durations)))
+    epoch_s = [float((epoch_metrics(t, k) or {}).get("epoch_s") or 0.0)
+               for t in trials for k in t.intermediate_values]
+    n = max(1, len(trials))
+    return Run(parallel, len(trials), len(epoch_s), wall_s, sum(durations) / n,
+               (sum(durations) - sum(epoch_s)) / n)
 
 
 def format_table(runs: list[Run]) -> str:
-    base = runs[0]
-    lines = ["| --parallel | trials | epochs | wall (s) | mean trial (s) | trials/h | epochs/h "
-             f"| vs --parallel {base.parallel} |", "|---|---|---|---|---|---|---|---|"]
+    base = min(runs, key=lambda r: r.parallel)
+    lines = ["| --parallel | trials | epochs | wall (s) | mean trial (s) | outside epochs (s) "
+             f"| trials/h | epochs/h | vs --parallel {base.parallel} |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r.parallel} | {r.finished} | {r.epochs} | {r.wall_s:.0f} | "
-                     f"{r.trial_s:.0f} | {r.trials_per_hour:.0f} | {r.epochs_per_hour:.0f} | "
+                     f"{r.trial_s:.0f} | {r.outside_s:.0f} | {r.trials_per_hour:.0f} | "
+                     f"{r.epochs_per_hour:.0f} | "
                      f"{r.trials_per_hour / base.trials_per_hour:.2f}x |")
     return "\n".join(lines)
 

@@ -13,6 +13,14 @@ So the study ends with N finished trials, and only workers asking at the same in
 start more (at most one extra trial per such worker). FAIL trials do not count: a failed
 trial is replaced, but a worker stops after ``max_consecutive_failures`` failures in a row,
 since then the problem is the setup, not the trial.
+
+A worker with several slots (``--parallel N``, :mod:`search.slots`, :mod:`search.devices`)
+applies the same rule to start a trial in each free slot: its main thread counts and asks, one
+trial at a time, so its own running trials count as RUNNING before it starts the next. Each
+slot runs its trial as :func:`run_one_trial` does (own process, own heartbeat) and counts its
+own failures in a row: a slot at the limit retires, and the worker stops with a WorkerError
+once every slot has. When the study is done or time is up, it starts nothing and waits for
+its running trials.
 """
 
 from __future__ import annotations
