@@ -61,6 +61,8 @@ def test_a_4_chip_trial_on_a_4_chip_host_is_one_slot_and_changes_nothing() -> No
     (4, 2, 1, ["0", "1"], ["cuda:0", "cuda:1"]),
     (4, 2, 2, ["0,1", "2,3"], ["cuda:0,1", "cuda:2,3"]),
     (8, 2, 4, ["0,1,2,3", "4,5,6,7"], ["cuda:0-3", "cuda:4-7"]),
+    (8, 8, 1, [str(g) for g in range(8)], [f"cuda:{g}" for g in range(8)]),
+    (8, 4, 2, ["0,1", "2,3", "4,5", "6,7"], ["cuda:0,1", "cuda:2,3", "cuda:4,5", "cuda:6,7"]),
 ])
 def test_cuda_slots_see_only_their_gpus(n: int, parallel: int, per_trial: int,
                                         visible: list[str], labels: list[str]) -> None:
