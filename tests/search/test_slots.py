@@ -21,13 +21,14 @@ from fake_fit import CRASH, HANG, RAISE
 from optuna.trial import FrozenTrial, TrialState
 from search_testing import fake_env, fake_options, octsearch_command, write_cli_space
 
+import search.storage as storage_mod
 from search.cli import main, sigterm_interrupts
 from search.devices import available_devices, plan_slots
 from search.record import runs_folder
 from search.space import space_from_dict
 from search.storage import open_storage
 from search.study import open_study
-from search.worker import WorkerOptions, run_worker
+from search.worker import WorkerOptions, ask_trial, run_worker
 
 LEARNS = {"model.head.hidden": 64, "train.lr_head": 1e-3}
 
@@ -201,3 +202,22 @@ def test_run_refuses_slots_that_cannot_be(args: list[str], message: str, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("octsearch: error: ") and message in err[0]
     assert not (tmp_path / "study.db").exists()  # refused before any study was made
+
+
+def test_a_stale_trial_of_a_dead_worker_is_retried_in_a_free_slot(
+    fake_space: dict[str, Any], sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(storage_mod, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(storage_mod, "GRACE_PERIOD_S", 2)  # not 2 minutes: a test
+    fake_space["enqueue"] = [{"name": "orphan", "params": LEARNS}]
+    study, space, storage = open_fake(fake_space, sqlite_url, "stale2")
+    orphan = ask_trial(study)  # a worker that died after one heartbeat
+    space.suggest(orphan)
+    storage.record_heartbeat(orphan._trial_id)
+    summary = run_worker(study, space, storage, two_slots(tmp_path, 2))
+    trials = study.get_trials()
+    assert summary.finished == 2 and trials[0].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == trials[0].params == LEARNS
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
