@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start no new trial after this many seconds")
     run.add_argument("--seed", type=int, help="sampler seed (give each worker its own)")
     run.add_argument("--device", choices=DEVICES, help="runtime.device of every trial")
+    run.add_argument("--parallel", default="1", metavar="N|auto",
+                     help="trials at once in this worker, each on its own devices (TPU chips, "
+                          "GPUs, or a share of the CPU cores); auto: one per chip/GPU "
+                          "(default: 1)")
+    run.add_argument("--devices-per-trial", type=int, metavar="K",
+                     help="devices of each trial: runtime.num_processes of every trial "
+                          "(default: the space's)")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                      help="trial run directories go to DIR/STUDY-ID/trial_NNNN, ID the "
                           "study's creation id (default: runs)")
@@ -137,6 +144,7 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from search.devices import auto_parallel, host_devices, parse_parallel, plan_slots
     from search.preflight import check_storage, preflight
     from search.record import runs_folder
     from search.report import format_leaderboard
@@ -150,10 +158,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise OctsearchError(f"--max-failures must be at least 1, got {args.max_failures}")
     if args.timeout is not None and not args.timeout > 0:
         raise OctsearchError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    if args.devices_per_trial is not None and args.devices_per_trial < 1:
+        raise OctsearchError(f"--devices-per-trial must be at least 1, got {args.devices_per_trial}")
+    parallel = parse_parallel(args.parallel)
     url = check_shared(_storage_url(args))
     space = load_space(args.space)
     preflight(space.base, args.device)
     check_storage(url)
+    per_trial = args.devices_per_trial or space.base.runtime.num_processes
+    kind, available = host_devices(args.device or space.base.runtime.device)
+    slots = plan_slots(kind, available, parallel or auto_parallel(kind, available, per_trial),
+                       per_trial)
     storage = open_storage(url)
     name = _study_name(args)
     assert name is not None
@@ -162,9 +177,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"octsearch: {'created' if created else 'joined'} study {name!r} in "
           f"{redact(storage.url)}: {finished}/{args.trials} finished, {running} running; run "
           f"directories under {args.runs_dir / runs_folder(study)}", file=sys.stderr)
+    if len(slots) > 1:
+        print(f"octsearch: {len(slots)} trials at once: "
+              + ", ".join(f"slot {s.slot} on {s.label}" for s in slots), file=sys.stderr)
     options = WorkerOptions(n_trials=args.trials, timeout_s=args.timeout, device=args.device,
-                            runs_dir=args.runs_dir, max_consecutive_failures=args.max_failures,
-                            fit_target=args.fit_target)
+                            num_processes=args.devices_per_trial, runs_dir=args.runs_dir,
+                            max_consecutive_failures=args.max_failures,
+                            fit_target=args.fit_target, slots=tuple(slots))
     with sigterm_interrupts():
         summary = run_worker(study, space, storage, options, out=sys.stderr)
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "

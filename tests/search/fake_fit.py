@@ -11,11 +11,13 @@ values, which a sampler never draws:
 * ``RAISE``: raises ``RuntimeError("boom")`` in epoch 1;
 * ``HANG``: writes its pid to ``pid`` in the run directory in epoch 1, then hangs.
 
-Every epoch sleeps ``FAKE_FIT_EPOCH_S`` seconds (default 0).
+Every epoch sleeps ``FAKE_FIT_EPOCH_S`` seconds (default 0). The devices the process was
+given (its CPU affinity and the slot's variables) go to ``assignment.json`` in the run directory.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -30,6 +32,8 @@ from octtrain.errors import DivergedError
 
 NUM_CLASSES = 4
 DIVERGE, CRASH, RAISE, HANG = 0.00123, 0.00234, 0.00345, 0.00456
+ASSIGNMENT_VARS = ("OCTSEARCH_SLOT", "OCTSEARCH_CPU_CORES", "OMP_NUM_THREADS",
+                   "CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS")
 
 
 @dataclass
@@ -74,6 +78,9 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
         progress: bool = True) -> FakeFitResult:
     run_dir = Path(out_dir or "runs/fake")
     run_dir.mkdir(parents=True, exist_ok=True)
+    seen = {var: os.environ.get(var) for var in ASSIGNMENT_VARS}
+    (run_dir / "assignment.json").write_text(json.dumps(
+        {**seen, "affinity": sorted(os.sched_getaffinity(0))}))
     behaviour = cfg.train.lr_head
     collapsed = cfg.model.head.hidden == 0
     result = FakeFitResult(out_dir=run_dir)
