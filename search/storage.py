@@ -34,6 +34,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from octtrain.errors import clip, one_line
 from search.errors import StorageError
 from search.record import KEPT_ON_RETRY
+from search.retry import Outage, RetryingStorage
 
 DEFAULT_STORAGE = "sqlite:///octsearch.db"  # a file in the working directory
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a connection waits for another writer's lock
@@ -127,12 +128,15 @@ def _enable_wal(url: str, create: bool) -> None:
     _retry_open_race(set_wal, url)
 
 
-def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RDBStorage:
+def open_storage(url: str, *, heartbeat: bool = True, create: bool = True,
+                 outage_s: float | None = None, out: TextIO | None = None) -> RDBStorage:
     """An RDB storage with this project's settings.
 
     ``heartbeat=True`` is for workers (they record heartbeats and fail stale trials); trial
     processes, reports and the dashboard open the same database without it. ``create=False``
     refuses to create a new SQLite file (review commands run in the wrong folder).
+    ``outage_s``: ride out an unreachable database for that long (:mod:`search.retry`; notices
+    to ``out``, default stderr); ``None``: every call is made once.
     """
     url = check_shared(url)
     backend = sqlalchemy.engine.make_url(url).get_backend_name()
@@ -148,9 +152,13 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
     def build() -> RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **options)
+            kind = RDBStorage if outage_s is None else RetryingStorage
+            return kind(url, engine_kwargs=_engine_kwargs(url), **options)
 
-    return _retry_open_race(build, url)
+    storage = _retry_open_race(build, url)
+    if isinstance(storage, RetryingStorage) and outage_s is not None:
+        storage.outage = Outage(outage_s, out)
+    return storage
 
 
 OPEN_RACE_RETRIES = 5

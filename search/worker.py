@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 
 from octtrain.errors import ConfigError, clip
 from search.errors import StorageError, WorkerError
+from search.pending import deliver_pending, tell_or_keep
 from search.record import (
     end_reason,
     runs_folder,
@@ -44,6 +45,7 @@ from search.record import (
     write_run,
 )
 from search.report import describe_trial, format_value
+from search.retry import OUTAGE_ENV, DatabaseUnreachableError, RetryingStorage
 from search.space import SearchSpace
 from search.storage import heartbeat
 from search.trial_process import Outcome, TrialRequest, TrialResult, run_trial_process
@@ -123,6 +125,7 @@ def run_worker(
     start = time.monotonic()
     failures_in_a_row = 0
     waiting = False
+    deliver_pending(study, storage, options.runs_dir, space.objective.metric_key, _tell, out=out)
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -177,6 +180,7 @@ def run_one_trial(
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
     trial_id = trial._trial_id  # Optuna's Trial(study, trial_id) is how the child takes it over
+    run_dir = _run_dir(study, options, trial.number)
     try:
         with heartbeat(storage, trial_id, out=out):
             result = _run(study, space, storage, trial, options, out)
@@ -188,9 +192,13 @@ def run_one_trial(
         _tell(study, trial, TrialResult(Outcome.FAILED, reason=f"worker: {reason}"))
         if not isinstance(err, Exception):
             raise
-    else:
-        _tell(study, trial, result)
+    else:  # kept in run_dir if the database stays unreachable
+        tell_or_keep(study, storage, trial, result, run_dir, space.objective.metric_key, _tell)
     return storage.get_trial(trial_id)
+
+
+def _run_dir(study: optuna.Study, options: WorkerOptions, number: int) -> Path:
+    return (options.runs_dir / runs_folder(study) / f"trial_{number:04d}").resolve()
 
 
 def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: optuna.Trial,
@@ -204,7 +212,7 @@ def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: op
         cfg = space.trainer_config(overrides)
     except ConfigError as err:
         return TrialResult(Outcome.FAILED, reason=f"invalid trainer config: {err}")
-    run_dir = (options.runs_dir / runs_folder(study) / f"trial_{trial.number:04d}").resolve()
+    run_dir = _run_dir(study, options, trial.number)
     unfreeze = cfg.model.unfreeze_at_epoch if cfg.model.freeze_encoder else -1
     write_run(trial, unfreeze_at_epoch=unfreeze, run_dir=run_dir, host=socket.gethostname())
     shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
@@ -213,8 +221,11 @@ def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: op
         study_name=study.study_name, trial_id=trial._trial_id, trial_number=trial.number,
         run_dir=str(run_dir), config=cfg.to_dict(), fit_target=options.fit_target,
     )
+    env = dict(options.env)
+    if isinstance(storage, RetryingStorage):  # the trial process rides out the same outage
+        env[OUTAGE_ENV] = str(storage.outage.limit_s)
     return run_trial_process(request, storage.url, echo=out, prefix=f"  [trial {trial.number}] ",
-                             env=options.env)
+                             env=env)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None:
@@ -233,6 +244,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None
             study.tell(trial, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return
+    except DatabaseUnreachableError:
+        raise  # the result is kept on disk (search.pending), the trial left RUNNING
     except Exception as err:
         # The storage failed under us: a FAIL is the least wrong end; the heartbeat stops, so
         # another worker fails the trial as stale if even this does not reach the database.
