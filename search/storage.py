@@ -184,9 +184,11 @@ def _lost_open_race(cause: BaseException) -> bool:
     """Workers opening a new database at the same instant all create Optuna's tables (and, on
     SQLite, switch it to WAL): all but one fail with "already exists" / a duplicate key, or on
     SQLite with "database is locked", which SQLite returns at once rather than wait when a lock
-    upgrade could deadlock. Each succeeds once the other has finished."""
+    upgrade could deadlock, or with "UNIQUE constraint failed" (SQLite's duplicate key, e.g.
+    of Optuna's alembic version row). Each succeeds once the other has finished."""
     text = str(cause).lower()
-    return any(sign in text for sign in ("already exists", "duplicate", "database is locked"))
+    return any(sign in text for sign in ("already exists", "duplicate", "unique constraint",
+                                         "database is locked"))
 
 
 @contextmanager
