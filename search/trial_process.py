@@ -41,7 +41,7 @@ from search.epoch_queue import QUEUE_FILE
 from search.lifeline import lifeline
 from search.record import best_step
 from search.reporter import EpochReporter, metric_value
-from search.retry import outage_limit_from_env
+from search.retry import Outage, outage_limit_from_env
 from search.storage import open_storage
 from search.study import stored_space
 
@@ -195,8 +195,10 @@ def run_child(request_path: Path) -> TrialResult:
     request = TrialRequest.read(request_path)
     run_dir = Path(request.run_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(os.environ[STORAGE_ENV], heartbeat=False, create=False,
-                           outage_s=outage_limit_from_env())
+    outage_s = outage_limit_from_env()  # the worker reached the database just now: an
+    storage = Outage(outage_s).call(  # outage starting here is ridden out too
+        lambda: open_storage(os.environ[STORAGE_ENV], heartbeat=False, create=False,
+                             outage_s=outage_s), "open storage")
     study = optuna.load_study(study_name=request.study_name, storage=storage,
                               sampler=optuna.samplers.RandomSampler())  # the worker sampled
     space = stored_space(study)
