@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-SERVER_USER = "postgres"  # runs the server when the tests run as root
+SERVER_USERS = ("postgres", "nobody")  # the first that exists runs the server under root
 
 
 def _bin_dir() -> Path | None:
@@ -30,6 +30,16 @@ def _bin_dir() -> Path | None:
         return Path(found[-1]).parent
     on_path = shutil.which("initdb")
     return Path(on_path).parent if on_path else None
+
+
+def _server_user() -> str:
+    for name in SERVER_USERS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    pytest.fail(f"no non-root user ({', '.join(SERVER_USERS)}) to run PostgreSQL as")
 
 
 def _free_port() -> int:
@@ -50,7 +60,7 @@ class PrivatePostgres:
                 pytest.fail(message)
             pytest.skip(message)
         self._bin = bin_dir
-        self._user = SERVER_USER if os.geteuid() == 0 else None
+        self._user = _server_user() if os.geteuid() == 0 else None
         self.root = Path(tempfile.mkdtemp(prefix="octsearch-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -58,7 +68,11 @@ class PrivatePostgres:
         if self._user is not None:
             entry = pwd.getpwnam(self._user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        try:
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self._bin / tool), *args]
