@@ -116,8 +116,10 @@ class Outage:
             now = time.monotonic()
             if self._since is None:
                 self._since = now
+                once = getattr(_local, "once", False)  # the reporter: it queues and goes on
+                queued = "epoch reports queued, training goes on; " if once else ""
                 self._say(f"database unreachable ({what}: {clip(one_line(_root(err)))}); "
-                          f"retrying for up to {self.limit_s:g} s")
+                          f"{queued}retrying for up to {self.limit_s:g} s")
             return self._since + self.limit_s - now
 
     def succeeded(self) -> None:

@@ -180,8 +180,8 @@ def run_one_trial(
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
     trial_id = trial._trial_id  # Optuna's Trial(study, trial_id) is how the child takes it over
-    run_dir = _run_dir(study, options, trial.number)
     try:
+        run_dir = _run_dir(study, options, trial.number)
         with heartbeat(storage, trial_id, out=out):
             result = _run(study, space, storage, trial, options, out)
     except BaseException as err:  # interrupted, or the worker itself failed

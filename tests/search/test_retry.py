@@ -89,9 +89,11 @@ def test_gives_up_after_the_limit() -> None:
 
 def test_single_attempt_raises_the_outage_to_the_caller() -> None:
     flaky = Flaky(1, _internal_error(REFUSED))
+    out = io.StringIO()
     with single_attempt(), pytest.raises(optuna.exceptions.StorageInternalError):
-        Outage(30, io.StringIO()).call(flaky, "report")
+        Outage(30, out).call(flaky, "report")
     assert flaky.calls == 1
+    assert "; epoch reports queued, training goes on; retrying for up to 30 s" in out.getvalue()
 
 
 def test_open_storage_with_an_outage_limit_retries_storage_calls(tmp_path: Path) -> None:
