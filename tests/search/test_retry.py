@@ -63,9 +63,9 @@ class Flaky:
 
 def test_injected_storage_internal_error_is_retried_with_one_notice() -> None:
     out = io.StringIO()
-    flaky = Flaky(3, _internal_error(REFUSED))
+    flaky = Flaky(2, _internal_error(REFUSED))
     assert Outage(30, out).call(flaky, "get_trial") == "ok"
-    assert flaky.calls == 4
+    assert flaky.calls == 3
     lines = out.getvalue().splitlines()
     assert len(lines) == 2, lines
     assert lines[0].startswith("octsearch: database unreachable (get_trial: ")
