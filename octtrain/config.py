@@ -5,9 +5,10 @@ A config is validated once: :func:`config_from_dict` builds every section of
 :mod:`octtrain.sections` and collects *every* problem (unknown key, wrong type, bad value) into
 one :class:`~octtrain.errors.ConfigError` that names the file and the dotted key path.
 
-Relative paths (``data.manifest``, ``data.root``, ``data.cache_dir``) are relative to the
-working directory of the process, not to the config file, so a config means the same thing
-whether it is given to ``octtrain train`` or embedded in a search space.
+Relative paths (``data.manifest``, ``data.root``, ``data.cache_dir``, ...) are relative to the
+folder of the file they are written in (a ``--set`` value: to the working directory), and a
+loaded config holds them absolute (:mod:`octtrain.paths`), so it means the same files in
+whatever directory a process starts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 from octtrain.errors import ConfigError, Problems
+from octtrain.paths import resolve_dotted, resolve_paths
 from octtrain.schema import build, did_you_mean, read_yaml, yaml_number
 from octtrain.sections import (
     DataSection,
@@ -88,13 +90,17 @@ def config_from_dict(raw: Mapping[str, Any], source: str | None = None) -> Train
 
 
 def load_config(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
-    """Load and validate a trainer YAML file, applying ``--set`` style overrides first."""
+    """Load and validate a trainer YAML file, applying ``--set`` style overrides first.
+    Relative paths: the file's against its folder, the overrides' against the working
+    directory."""
     raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([("", "the top level must be a mapping of sections")], str(path))
     over = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    raw = resolve_paths(raw, Path(path).parent)
+    over = resolve_dotted(over, Path.cwd())
     return config_from_dict(apply_overrides(raw, over, source=str(path)), source=str(path))
 
 

@@ -80,7 +80,8 @@ def build_datasets(
     :class:`VolumeCache` in ``cfg.cache_dir``.
     """
     records, mapping = split_records(cfg, class_to_idx)
-    cache = VolumeCache(cfg.cache_dir, cfg.shape, cfg.clip_percentiles, cfg.allow_single_bscan)
+    cache = VolumeCache(cfg.cache_dir, cfg.shape, cfg.clip_percentiles, cfg.allow_single_bscan,
+                        replace_nonfinite=cfg.nonfinite == "replace")
     train_augment = Augment(cfg.augment if augment_train else AugmentSection())
     return Splits(
         train=VolumeDataset(records["train"], cache, train_augment),
@@ -101,6 +102,20 @@ def blank_volumes(splits: Splits, rank: int, world: int) -> list[str]:
     """
     records = [*splits.train.records, *splits.val.records][rank::world]
     return [r.path for r in records if splits.train.cache.is_blank(r.path)]
+
+
+def replaced_volumes(splits: Splits, rank: int, world: int) -> list[str]:
+    """Of share ``rank`` of ``world`` of the train and val volumes (as :func:`blank_volumes`),
+    those whose NaN/inf values were replaced by 0 (``data.nonfinite: replace``)."""
+    records = [*splits.train.records, *splits.val.records][rank::world]
+    return [r.path for r in records if splits.train.cache.was_replaced(r.path)]
+
+
+def replaced_note(paths: Sequence[str], shown: int = 3) -> str:
+    """One line counting the volumes whose NaN/inf values were replaced, naming up to ``shown``."""
+    more = f", ... ({len(paths) - shown} more)" if len(paths) > shown else ""
+    return (f"{len(paths)} volume(s) held NaN or infinite values, replaced by 0 "
+            f"(data.nonfinite: replace): {', '.join(paths[:shown])}{more}")
 
 
 def blank_warning(paths: Sequence[str], shown: int = 3) -> str:

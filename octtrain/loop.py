@@ -35,6 +35,8 @@ from octtrain.dataset import (
     blank_warning,
     build_datasets,
     build_loaders,
+    replaced_note,
+    replaced_volumes,
 )
 from octtrain.early_stop import EarlyStopping
 from octtrain.epoch import Update, train_epoch, validate
@@ -173,6 +175,12 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
     blank = [path for share in shares for path in share]
     if blank and runtime.is_master:
         print(f"octtrain: {blank_warning(blank)}", file=sys.stderr, flush=True)
+    if cfg.data.nonfinite == "replace":
+        mine = replaced_volumes(splits, runtime.rank, runtime.world_size)
+        shares = runtime.all_gather_object(mine, "octtrain.nonfinite")
+        replaced = [path for share in shares for path in share]
+        if replaced and runtime.is_master:
+            print(f"octtrain: {replaced_note(replaced)}", file=sys.stderr, flush=True)
     if runtime.is_master:
         save_class_to_idx(run_dir / "class_to_idx.json", splits.class_to_idx)
         if cfg.data.classes is None:  # every label found became a class: show them to check

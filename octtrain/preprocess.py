@@ -48,6 +48,18 @@ def clip_and_scale(volume: np.ndarray, clip_percentiles: Sequence[float]) -> np.
     return out.astype(np.float32, copy=False)
 
 
+NONFINITE_SUFFIX = ".nonfinite"  # beside a cache entry whose source held NaN/inf (replaced)
+
+
+def replace_nonfinite(volume: np.ndarray) -> int:
+    """Set every NaN and ±inf of ``volume`` to 0, in place; returns how many there were."""
+    bad = ~np.isfinite(volume)
+    count = int(np.count_nonzero(bad))
+    if count:
+        volume[bad] = 0.0
+    return count
+
+
 def resample(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Resize ``(D, H0, W0)`` to ``shape = (T, H, W)``: area-average where an axis shrinks,
     trilinear where it grows.
@@ -112,9 +124,12 @@ def source_stamp(path: Path) -> list[list[object]]:
 
 
 def cache_key(
-    path: str | os.PathLike[str], shape: Sequence[int], clip_percentiles: Sequence[float]
+    path: str | os.PathLike[str], shape: Sequence[int], clip_percentiles: Sequence[float],
+    replace_nonfinite: bool = False,
 ) -> str:
-    """Hex digest of (absolute source path, its size/mtime stamps, shape, clip, FORMAT_VERSION).
+    """Hex digest of (absolute source path, its size/mtime stamps, shape, clip, FORMAT_VERSION,
+    and ``data.nonfinite: replace`` where set: a replaced volume is never served to a run that
+    refuses non-finite volumes).
 
     Changing any of them gives a new key, so a stale entry is never served; the old file just
     stays unused in the cache directory.
@@ -131,6 +146,8 @@ def cache_key(
         "clip": [float(c) for c in clip_percentiles],
         "version": FORMAT_VERSION,
     }
+    if replace_nonfinite:
+        ident["nonfinite"] = "replace"
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
@@ -167,8 +184,10 @@ class VolumeCache:
         shape: Sequence[int],
         clip_percentiles: Sequence[float],
         allow_single_bscan: bool = False,
+        replace_nonfinite: bool = False,
     ) -> None:
         self.allow_single_bscan = allow_single_bscan  # read_volume's; not in the key: same output
+        self.replace_nonfinite = replace_nonfinite  # data.nonfinite: replace (NaN/inf become 0)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.shape = tuple(int(s) for s in shape)
         self.clip_percentiles = (float(clip_percentiles[0]), float(clip_percentiles[1]))
@@ -184,7 +203,7 @@ class VolumeCache:
 
     def entry_path(self, path: str | os.PathLike[str]) -> Path:
         """Where the preprocessed version of ``path`` is (or would be) stored."""
-        key = cache_key(path, self.shape, self.clip_percentiles)
+        key = cache_key(path, self.shape, self.clip_percentiles, self.replace_nonfinite)
         stem = readers.volume_stem(path)[:40]
         return self.cache_dir / f"{stem}-{key[:32]}.npy"
 
@@ -221,13 +240,25 @@ class VolumeCache:
             return cached
         # Through the module attribute on purpose: tests count these calls to prove that a
         # second epoch is served from the cache.
-        volume = readers.read_volume(path, allow_single_bscan=self.allow_single_bscan)
+        volume = readers.read_volume(path, allow_single_bscan=self.allow_single_bscan,
+                                     check_finite=not self.replace_nonfinite)
+        replaced = replace_nonfinite(volume) if self.replace_nonfinite else 0
         out = preprocess(volume, self.shape, self.clip_percentiles)
         try:
             atomic_save_npy(entry, out)
+            if replaced:
+                entry.with_suffix(NONFINITE_SUFFIX).touch()
         except OSError as err:
             raise DataError(
                 f"{entry}: cannot write the preprocessing cache ({err.strerror}); "
                 "set data.cache_dir to a writable folder"
             ) from None
         return out
+
+    def was_replaced(self, path: str | os.PathLike[str]) -> bool:
+        """Whether NaN/inf values of the volume at ``path`` were replaced by 0 when its entry
+        was built (``data.nonfinite: replace``), building the entry if needed."""
+        if not self.replace_nonfinite:
+            return False
+        self.load(path)
+        return self.entry_path(path).with_suffix(NONFINITE_SUFFIX).exists()

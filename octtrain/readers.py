@@ -88,9 +88,10 @@ def to_luminance(rgb: np.ndarray) -> np.ndarray:
 
 
 def as_volume(array: np.ndarray, path: str | os.PathLike[str], *,
-              allow_single_bscan: bool = False) -> np.ndarray:
+              allow_single_bscan: bool = False, check_finite: bool = True) -> np.ndarray:
     """A 3-D numeric array (or, with ``allow_single_bscan``, a 2-D one) of finite values as
-    float32 ``(D, H, W)``; anything else is a DataError naming ``path``."""
+    float32 ``(D, H, W)``; anything else is a DataError naming ``path``. ``check_finite=False``
+    lets NaN/inf through, for a caller that replaces them (``data.nonfinite: replace``)."""
     if array.dtype.kind not in "biuf":
         raise DataError(f"{path}: volume has non-numeric dtype {array.dtype}")
     if array.ndim == 2 and not allow_single_bscan:
@@ -104,7 +105,7 @@ def as_volume(array: np.ndarray, path: str | os.PathLike[str], *,
         raise DataError(f"{path}: volume is empty (shape {array.shape})")
     with np.errstate(over="ignore"):  # an overflow is reported below as infinite
         volume = np.ascontiguousarray(array, dtype=np.float32)
-    if array.dtype.kind == "f":  # float64 beyond float32's range becomes inf here too
+    if check_finite and array.dtype.kind == "f":  # float64 beyond float32's range: inf too
         bad = int(np.count_nonzero(~np.isfinite(volume)))
         if bad:
             raise DataError(f"{path}: volume holds {bad} NaN or infinite value(s) of "
@@ -222,7 +223,8 @@ def _call(reader: Callable[[Path], np.ndarray], path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read volume ({type(err).__name__}: {detail})") from err
 
 
-def read_volume(path: str | os.PathLike[str], *, allow_single_bscan: bool = False) -> np.ndarray:
+def read_volume(path: str | os.PathLike[str], *, allow_single_bscan: bool = False,
+                check_finite: bool = True) -> np.ndarray:
     """Read one volume as float32 ``(D, H, W)``; see the module docstring for formats.
 
     Raises DataError (naming ``path``) for a missing, corrupt, empty, wrong-rank (2-D unless
@@ -243,4 +245,5 @@ def read_volume(path: str | os.PathLike[str], *, allow_single_bscan: bool = Fals
                 f"{', '.join(SUPPORTED)}"
             )
         data = _call(reader, p)
-    return as_volume(np.asarray(data), p, allow_single_bscan=allow_single_bscan)
+    return as_volume(np.asarray(data), p, allow_single_bscan=allow_single_bscan,
+                     check_finite=check_finite)

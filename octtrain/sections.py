@@ -108,6 +108,7 @@ class DataSection:
     split_seed: int = 0
     num_workers: int = 0  # DataLoader worker processes
     allow_single_bscan: bool = False  # a 2-D array is one B-scan; false: refused as a volume
+    nonfinite: str = "error"  # NaN/inf in a volume: error (naming the file) | replace (by 0)
     classes: list[str] | None = None  # pins the label set and its numbering (list order)
     augment: AugmentSection = field(default_factory=AugmentSection)
     val_augment: AugmentSection = field(default_factory=AugmentSection)
@@ -119,6 +120,8 @@ class DataSection:
         for name in ("frames", "height", "width"):
             value = getattr(self, name)
             check(p, value >= 2, name, f"must be >= 2, got {value!r}")
+        check(p, self.nonfinite in ("error", "replace"), "nonfinite",
+               f"must be error or replace, got {self.nonfinite!r}")
         lo, hi = self.clip_percentiles
         check(p, 0 <= lo < hi <= 100, "clip_percentiles",
                f"must be [low, high] with 0 <= low < high <= 100, got {list(self.clip_percentiles)}")

@@ -3,12 +3,17 @@
 Train metrics are written as soon as the training epoch ends and *before* validation:
 if validation hangs or dies, the dashboard still shows the epoch that was trained.
 Only the master rank tracks; other ranks get a tracker that drops everything.
+
+The config sent to W&B goes through :func:`redact_secrets`: a trainer config holds no storage
+URL (a search passes it to its trial processes in the environment, which W&B does not
+record), and any URL with a password that a config could hold is sent with ``***`` instead.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,21 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")  # scheme://user:PASSWORD@host
+
+
+def redact_secrets(value: Any) -> Any:
+    """``value`` with the password of every URL in its strings replaced by ``***``
+    (recursively), e.g. ``postgresql://u:***@host/db``."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    if isinstance(value, Mapping):
+        return {k: redact_secrets(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_secrets(v) for v in value]
+    return value
+
+
 class Tracker:
     def __init__(self, out_dir: Path, cfg: LogSection, run_config: dict[str, Any], enabled: bool = True):
         self.enabled = enabled
@@ -42,7 +62,7 @@ class Tracker:
 
             self._wandb = wandb.init(
                 project=cfg.wandb_project, mode=cfg.wandb_mode, dir=str(out_dir),  # type: ignore[arg-type]
-                config=run_config, name=out_dir.name, reinit="finish_previous",
+                config=redact_secrets(run_config), name=out_dir.name, reinit="finish_previous",
             )
 
     def _write(self, record: dict[str, Any]) -> None:

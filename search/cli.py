@@ -20,6 +20,7 @@ import optuna
 
 from octtrain.errors import OcttrainError, one_line
 from search.errors import OctsearchError, WorkerError
+from search.retry import DEFAULT_OUTAGE_S
 from search.storage import DEFAULT_STORAGE, check_shared, open_storage, redact
 
 DEVICES = ("auto", "xla", "cuda", "cpu")
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "study's creation id (default: runs)")
     run.add_argument("--max-failures", type=int, default=3, metavar="K",
                      help="stop this worker after K failed trials in a row (default: 3)")
+    run.add_argument("--db-outage-s", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
+                     help="ride out a database unreachable for up to this long, retrying; "
+                          f"trial processes too (default: {DEFAULT_OUTAGE_S:g})")
     run.add_argument("--fit-target", default="octtrain:fit", metavar="MODULE:FUNCTION",
                      help=argparse.SUPPRESS)  # a stand-in trainer with octtrain.fit's contract (tests)
     _common(run)
@@ -161,6 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.devices_per_trial is not None and args.devices_per_trial < 1:
         raise OctsearchError(f"--devices-per-trial must be at least 1, got {args.devices_per_trial}")
     parallel = parse_parallel(args.parallel)
+    if not args.db_outage_s >= 0:
+        raise OctsearchError(f"--db-outage-s must be 0 or more seconds, got {args.db_outage_s:g}")
     url = check_shared(_storage_url(args))
     space = load_space(args.space)
     preflight(space.base, args.device)
@@ -169,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     kind, available = host_devices(args.device or space.base.runtime.device)
     slots = plan_slots(kind, available, parallel or auto_parallel(kind, available, per_trial),
                        per_trial)
-    storage = open_storage(url)
+    storage = open_storage(url, outage_s=args.db_outage_s, out=sys.stderr)
     name = _study_name(args)
     assert name is not None
     study, created = open_study(space, storage, name, seed=args.seed)

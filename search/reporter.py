@@ -6,19 +6,30 @@ see :mod:`search.record`), reports the objective metric as the intermediate valu
 ``k``, and asks the study's pruner for a decision with its reason (:func:`prune_reason`, the
 same decision ``trial.should_prune()`` gives). On a prune it stores the reason with the trial
 and raises :class:`optuna.TrialPruned` with it, which ``octtrain.fit`` lets through.
+
+While the database is unreachable (:func:`search.retry.is_outage`) training goes on: the
+epoch is queued (and written to ``queue_file`` in the run directory, so that the worker can
+deliver it should this process not), no prune decision is taken, and at the first epoch after
+the database is back the queued epochs are delivered in order and the pruner judges them all.
+:meth:`EpochReporter.finish` delivers what is still queued when the fit ends, retrying for
+the rest of the outage limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from search.epoch_queue import EpochQueue
 from search.pruner import prune_reason
 from search.record import write_epoch, write_prune_reason
+from search.retry import DatabaseUnreachableError, is_outage, single_attempt
 
 
 def metric_value(metrics: Mapping[str, Any], key: str) -> float:
@@ -32,18 +43,38 @@ def metric_value(metrics: Mapping[str, Any], key: str) -> float:
 class EpochReporter:
     """``on_epoch_end(epoch, metrics)`` for one running trial of a study."""
 
-    def __init__(self, trial: optuna.trial.Trial, metric_key: str) -> None:
+    def __init__(self, trial: optuna.trial.Trial, metric_key: str,
+                 queue_file: Path | None = None) -> None:
         self._trial = trial
         self._metric_key = metric_key
+        self._queue = EpochQueue(queue_file)
 
     def __call__(self, epoch: int, metrics: dict[str, Any]) -> None:
-        write_epoch(self._trial, epoch, metrics)
-        self._trial.report(metric_value(metrics, self._metric_key), epoch)
-        study = self._trial.study
-        reason = prune_reason(study.pruner, study, self._as_stored())
+        self._queue.add(epoch, metrics)
+        try:
+            with single_attempt():
+                self._deliver()
+                study = self._trial.study
+                reason = prune_reason(study.pruner, study, self._as_stored())
+        except Exception as err:
+            if not is_outage(err):
+                raise
+            return  # the database is unreachable: keep training, deliver at the next epoch
         if reason is not None:
             write_prune_reason(self._trial, reason)
             raise optuna.TrialPruned(reason)
+
+    def finish(self) -> None:
+        """Deliver the queued epochs, retrying for the rest of the outage limit; what cannot be
+        delivered stays in the queue file for the worker."""
+        with contextlib.suppress(DatabaseUnreachableError):
+            self._deliver()
+
+    def _deliver(self) -> None:
+        for epoch, metrics in self._queue.pending():
+            write_epoch(self._trial, epoch, metrics)
+            self._trial.report(metric_value(metrics, self._metric_key), epoch)
+            self._queue.delivered(epoch)
 
     def _as_stored(self) -> optuna.trial.FrozenTrial:
         """The trial as the storage holds it now, as ``trial.should_prune()`` shows it to the

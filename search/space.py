@@ -18,11 +18,15 @@ A space file (every key but ``base`` and ``params`` may be left out)::
       collapse: {max_class_share: 0.9, margin: 0.05, patience: 2, grace_epochs: 1}
       inner: {type: median, n_startup_trials: 5}
 
-Relative paths (``base``, and the trainer's own data paths) are relative to the working
-directory, as in the trainer. A parameter with ``when`` is sampled only when the condition on
-an earlier parameter holds; otherwise the trial keeps the base value. :func:`load_space`
-collects every problem of a file into one :class:`~search.errors.SearchSpaceError` whose keys
-are dotted paths into the file (``params.train.lr_head``).
+Relative paths are relative to the folder of the file they are written in: ``base`` and the
+path-valued trainer keys of the space (``data.manifest``, ``data.root``, ``data.cache_dir``,
+``runtime.xla_cache_dir``, a local ``model.encoder``) to the space file's, those of a base
+config file to that file's (:mod:`octtrain.paths`). The space holds them absolute, and so does
+the copy stored with the study, so every worker resolves them the same way wherever it starts.
+A parameter with ``when`` is sampled only when the condition on an earlier parameter holds;
+otherwise the trial keeps the base value. :func:`load_space` collects every problem of a file
+into one :class:`~search.errors.SearchSpaceError` whose keys are dotted paths into the file
+(``params.train.lr_head``).
 
 :meth:`SearchSpace.to_dict` is the canonical form stored with a study: it parses back with
 :func:`space_from_dict` and two workers may join one study only if theirs are equal
@@ -47,6 +51,7 @@ from octtrain.config import (
     unknown_setting,
 )
 from octtrain.errors import ConfigError, Problems, clip
+from octtrain.paths import resolve_dotted, resolve_paths
 from octtrain.schema import read_yaml, unknown_keys
 from octtrain.sections import METRICS_MAX, METRICS_MIN
 from search.errors import SearchSpaceError
@@ -121,17 +126,20 @@ class SearchSpace:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a space file; every problem goes into one SearchSpaceError."""
-    return space_from_dict(read_yaml(path, SearchSpaceError), source=str(path))
+    return space_from_dict(read_yaml(path, SearchSpaceError), source=str(path),
+                           folder=Path(path).parent)
 
 
-def space_from_dict(raw: Any, source: str | None = None) -> SearchSpace:
-    """Validate a raw space (a parsed file, or :meth:`SearchSpace.to_dict`)."""
+def space_from_dict(raw: Any, source: str | None = None,
+                    folder: Path | None = None) -> SearchSpace:
+    """Validate a raw space (a parsed file, or :meth:`SearchSpace.to_dict`); relative paths
+    are resolved against ``folder`` (the space file's; ``None``: kept as they are)."""
     if not isinstance(raw, Mapping):
         raise SearchSpaceError([("", f"the top level must be a mapping, got {type(raw).__name__}")],
                                source)
     p: Problems = []
     unknown_keys(raw, TOP_LEVEL_KEYS, "", p)
-    base = _parse_base(raw.get("base"), raw.get("overrides"), p)
+    base = _parse_base(raw.get("base"), raw.get("overrides"), folder, p)
     objective = _parse_objective(raw.get("objective"), p)
     params = _parse_params(raw.get("params"), base, p)
     enqueue = _parse_enqueue(raw.get("enqueue"), params, base, p)
@@ -149,19 +157,24 @@ def _config_problems(err: ConfigError, prefix: str) -> Problems:
     return [(f"{prefix}.{key}" if key else prefix, f"{msg}{where}") for key, msg in err.problems]
 
 
-def _parse_base(base: Any, overrides: Any, p: Problems) -> TrainConfig | None:
+def _parse_base(base: Any, overrides: Any, folder: Path | None,
+                p: Problems) -> TrainConfig | None:
     """The trainer config of a space: a path (loaded with the trainer's own loader) or an inline
-    mapping, with the dotted overrides applied before validation, so they may complete it."""
+    mapping, with the dotted overrides applied before validation, so they may complete it;
+    relative paths written in the space are resolved against ``folder``."""
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, Mapping):
         p.append(("overrides", f"must be a mapping of dotted trainer keys, got {overrides!r}"))
         return None
+    if folder is not None:
+        overrides = resolve_dotted(overrides, folder)
     try:
         if isinstance(base, str):
-            return load_config(base, overrides)
+            return load_config((folder or Path()) / Path(base).expanduser(), overrides)
         if isinstance(base, Mapping):
-            return config_from_dict(apply_overrides(base, overrides, source="overrides"))
+            inline = base if folder is None else resolve_paths(base, folder)
+            return config_from_dict(apply_overrides(inline, overrides, source="overrides"))
     except ConfigError as err:
         p.extend(_config_problems(err, "base"))
         return None

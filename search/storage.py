@@ -37,6 +37,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from octtrain.errors import clip, one_line
 from search.errors import StorageError
 from search.record import KEPT_ON_RETRY
+from search.retry import Outage, RetryingStorage
 
 if TYPE_CHECKING:
     from search.grpc_proxy import GrpcStorage
@@ -143,7 +144,8 @@ def _enable_wal(url: str, create: bool) -> None:
 
 
 def open_storage(url: str, *, heartbeat: bool = True, create: bool = True,
-                 pool_size: int | None = None) -> StudyStorage:
+                 pool_size: int | None = None, outage_s: float | None = None,
+                 out: TextIO | None = None) -> StudyStorage:
     """An RDB storage with this project's settings, or a client of the gRPC proxy at
     ``grpc://HOST:PORT`` (a StorageError when it does not answer).
 
@@ -151,6 +153,8 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True,
     processes, reports and the dashboard open the same database without it. ``create=False``
     refuses to create a new SQLite file (review commands run in the wrong folder).
     ``pool_size``: pooled connections to a server database (the proxy serves many calls).
+    ``outage_s``: ride out an unreachable database for that long (:mod:`search.retry`; notices
+    to ``out``, default stderr); ``None``: every call is made once.
     """
     url = check_shared(url)
     if url.startswith("grpc://"):
@@ -170,9 +174,13 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True,
     def build() -> RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=_engine_kwargs(url, pool_size), **options)
+            kind = RDBStorage if outage_s is None else RetryingStorage
+            return kind(url, engine_kwargs=_engine_kwargs(url, pool_size), **options)
 
-    return _retry_open_race(build, url)
+    storage = _retry_open_race(build, url)
+    if isinstance(storage, RetryingStorage) and outage_s is not None:
+        storage.outage = Outage(outage_s, out)
+    return storage
 
 
 OPEN_RACE_RETRIES = 5
@@ -198,9 +206,11 @@ def _lost_open_race(cause: BaseException) -> bool:
     """Workers opening a new database at the same instant all create Optuna's tables (and, on
     SQLite, switch it to WAL): all but one fail with "already exists" / a duplicate key, or on
     SQLite with "database is locked", which SQLite returns at once rather than wait when a lock
-    upgrade could deadlock. Each succeeds once the other has finished."""
+    upgrade could deadlock, or with "UNIQUE constraint failed" (SQLite's duplicate key, e.g.
+    of Optuna's alembic version row). Each succeeds once the other has finished."""
     text = str(cause).lower()
-    return any(sign in text for sign in ("already exists", "duplicate", "database is locked"))
+    return any(sign in text for sign in ("already exists", "duplicate", "unique constraint",
+                                         "database is locked"))
 
 
 @contextmanager

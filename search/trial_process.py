@@ -37,9 +37,11 @@ import optuna
 
 from octtrain.config import config_from_dict
 from octtrain.errors import DivergedError, OcttrainError, describe_exit
+from search.epoch_queue import QUEUE_FILE
 from search.lifeline import lifeline
 from search.record import best_step
 from search.reporter import EpochReporter, metric_value
+from search.retry import Outage, outage_limit_from_env
 from search.storage import open_storage
 from search.study import stored_space
 
@@ -221,7 +223,10 @@ def run_child(request_path: Path) -> TrialResult:
     request = TrialRequest.read(request_path)
     run_dir = Path(request.run_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(os.environ[STORAGE_ENV], heartbeat=False, create=False)
+    outage_s = outage_limit_from_env()  # the worker reached the database just now: an
+    storage = Outage(outage_s).call(  # outage starting here is ridden out too
+        lambda: open_storage(os.environ[STORAGE_ENV], heartbeat=False, create=False,
+                             outage_s=outage_s), "open storage")
     study = optuna.load_study(study_name=request.study_name, storage=storage,
                               sampler=optuna.samplers.RandomSampler())  # the worker sampled
     space = stored_space(study)
@@ -240,10 +245,13 @@ def run_child(request_path: Path) -> TrialResult:
 def _fit(request: TrialRequest, trial: optuna.trial.Trial, metric_key: str,
          maximize: bool) -> TrialResult:
     fit = _import_target(request.fit_target)
+    reporter = EpochReporter(trial, metric_key, Path(request.run_dir) / QUEUE_FILE)
     try:
         cfg = config_from_dict(request.config, source="trial config")
-        fitted = fit(cfg, out_dir=Path(request.run_dir),
-                     on_epoch_end=EpochReporter(trial, metric_key), progress=True)
+        try:
+            fitted = fit(cfg, out_dir=Path(request.run_dir), on_epoch_end=reporter, progress=True)
+        finally:
+            reporter.finish()  # epochs queued in an outage; what stays queued, the worker sends
     except optuna.TrialPruned as err:
         return TrialResult(Outcome.PRUNED, reason=str(err))
     except DivergedError as err:

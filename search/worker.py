@@ -44,6 +44,7 @@ from optuna.trial import TrialState
 from octtrain.errors import ConfigError, clip
 from search.devices import Assignment
 from search.errors import StorageError, WorkerError
+from search.pending import deliver_pending, tell_or_keep
 from search.record import (
     end_reason,
     runs_folder,
@@ -55,6 +56,7 @@ from search.record import (
     write_run,
 )
 from search.report import describe_trial, format_value
+from search.retry import OUTAGE_ENV, DatabaseUnreachableError, RetryingStorage
 from search.slots import Slot, SlotPool
 from search.space import SearchSpace
 from search.storage import StudyStorage, heartbeat
@@ -144,6 +146,7 @@ def run_worker(
     up to one per slot at once (``options.slots``; none: one slot on every device)."""
     summary = WorkerSummary()
     pool = SlotPool(list(options.slots) or [Assignment(0, "any", ())], out)
+    deliver_pending(study, storage, options.runs_dir, space.objective.metric_key, _tell, out=out)
     loop = _Loop(study, options, summary, pool, out, time.monotonic())
     try:
         while True:
@@ -261,6 +264,7 @@ def run_one_trial(
         trial = ask_trial(study)
     trial_id = trial._trial_id  # Optuna's Trial(study, trial_id) is how the child takes it over
     try:
+        run_dir = _run_dir(study, options, trial.number)
         with heartbeat(storage, trial_id, out=out):
             result = _run(study, space, storage, trial, options, out)
     except BaseException as err:  # interrupted, or the worker itself failed
@@ -271,9 +275,13 @@ def run_one_trial(
         _tell(study, trial, TrialResult(Outcome.FAILED, reason=f"worker: {reason}"))
         if not isinstance(err, Exception):
             raise
-    else:
-        _tell(study, trial, result)
+    else:  # kept in run_dir if the database stays unreachable
+        tell_or_keep(study, storage, trial, result, run_dir, space.objective.metric_key, _tell)
     return storage.get_trial(trial_id)
+
+
+def _run_dir(study: optuna.Study, options: WorkerOptions, number: int) -> Path:
+    return (options.runs_dir / runs_folder(study) / f"trial_{number:04d}").resolve()
 
 
 def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: optuna.Trial,
@@ -291,7 +299,7 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
         cfg = space.trainer_config(overrides)
     except ConfigError as err:
         return TrialResult(Outcome.FAILED, reason=f"invalid trainer config: {err}")
-    run_dir = (options.runs_dir / runs_folder(study) / f"trial_{trial.number:04d}").resolve()
+    run_dir = _run_dir(study, options, trial.number)
     unfreeze = cfg.model.unfreeze_at_epoch if cfg.model.freeze_encoder else -1
     write_run(trial, unfreeze_at_epoch=unfreeze, run_dir=run_dir, host=socket.gethostname())
     shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
@@ -300,8 +308,11 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
         study_name=study.study_name, trial_id=trial._trial_id, trial_number=trial.number,
         run_dir=str(run_dir), config=cfg.to_dict(), fit_target=options.fit_target,
     )
+    env = dict(options.env)
+    if isinstance(storage, RetryingStorage):  # the trial process rides out the same outage
+        env[OUTAGE_ENV] = str(storage.outage.limit_s)
     return run_trial_process(request, storage.url, echo=out, prefix=f"  [trial {trial.number}] ",
-                             env=options.env, stop=options.stop)
+                             env=env, stop=options.stop)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None:
@@ -320,6 +331,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None
             study.tell(trial, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return
+    except DatabaseUnreachableError:
+        raise  # the result is kept on disk (search.pending), the trial left RUNNING
     except Exception as err:
         # The storage failed under us: a FAIL is the least wrong end; the heartbeat stops, so
         # another worker fails the trial as stale if even this does not reach the database.

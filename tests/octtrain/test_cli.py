@@ -163,13 +163,14 @@ def own_data(tmp_path: Path) -> tuple[Path, list[Path]]:
     return manifest, [manifest.parent / row["path"] for row in rows]
 
 
-def _own_train(manifest: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _own_train(manifest: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {{manifest: {manifest}, frames: 4, height: 16, width: 16, "
                    f"test_fraction: 0, cache_dir: {tmp_path / 'cache'}}}\n"
                    "train: {epochs: 1, batch_size: 2}\n"
                    "runtime: {device: cpu}\n")
-    return octtrain("train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
+    return octtrain("train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet",
+                    *extra)
 
 
 def test_constant_volumes_are_one_warning_with_their_count(own_data: tuple[Path, list[Path]],
@@ -199,6 +200,23 @@ def test_a_non_finite_volume_stops_the_run_before_training(own_data: tuple[Path,
     assert proc.stderr == (f"octtrain: error: {volumes[5]}: volume holds 1 NaN or infinite "
                            f"value(s) of {spoilt.size}\n")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_nonfinite_replace_trains_and_counts_the_volumes_once(
+        own_data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    manifest, volumes = own_data
+    for v, bad in ((volumes[5], np.nan), (volumes[7], np.inf)):
+        spoilt = np.load(v).astype(np.float32)
+        spoilt[0, 1, :3] = bad
+        np.save(v, spoilt)
+    proc = _own_train(manifest, tmp_path, "--set", "data.nonfinite=replace")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "NaN" in line]
+    assert notes == [f"octtrain: 2 volume(s) held NaN or infinite values, replaced by 0 "
+                     f"(data.nonfinite: replace): {volumes[5]}, {volumes[7]}"] or notes == [
+        f"octtrain: 2 volume(s) held NaN or infinite values, replaced by 0 "
+        f"(data.nonfinite: replace): {volumes[7]}, {volumes[5]}"]
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_an_existing_run_is_refused_without_overwrite(

@@ -78,6 +78,8 @@ train: {lr_head: -0.1, class_weights: balanced, bogus: 1}
     [
         ({"data": {}}, "data.manifest", "exactly one"),
         ({"data": {"manifest": "a", "root": "b"}}, "data.manifest", "exactly one"),
+        ({"data": {"manifest": "m", "nonfinite": "zero"}}, "data.nonfinite",
+         "must be error or replace, got 'zero'"),
         ({**MIN, "train": {"epochs": 0}}, "train.epochs", "got 0"),
         ({**MIN, "train": {"scheduler": "step"}}, "train.scheduler", "'step'"),
         ({**MIN, "train": {"early_stopping": {"metric": "auc"}}}, "train.early_stopping.metric", "'auc'"),

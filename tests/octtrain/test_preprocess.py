@@ -19,6 +19,7 @@ from octtrain.preprocess import (
     clip_and_scale,
     default_cache_dir,
     preprocess,
+    replace_nonfinite,
     resample,
 )
 
@@ -242,3 +243,21 @@ def test_atomic_save_replaces(tmp_path: Path) -> None:
     pp.atomic_save_npy(target, np.ones(3, np.float32))
     np.testing.assert_array_equal(np.load(target), np.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["x.npy"]
+
+
+def test_nonfinite_replace_sets_nan_and_inf_to_zero_in_its_own_cache_entries(
+        tmp_path: Path) -> None:
+    src = tmp_path / "v.npy"
+    volume = np.arange(4 * 16 * 16, dtype=np.float32).reshape(4, 16, 16)
+    volume[0, 0, :2] = [np.nan, np.inf]
+    np.save(src, volume)
+    with pytest.raises(DataError, match=r"v.npy: volume holds 2 NaN or infinite value\(s\)"):
+        VolumeCache(tmp_path / "cache", (4, 16, 16), (0, 100)).load(src)  # data.nonfinite: error
+    cache = VolumeCache(tmp_path / "cache", (4, 16, 16), (0, 100), replace_nonfinite=True)
+    out = cache.load(src)
+    assert np.isfinite(out).all() and out[0, 0, 0] == 0.0 and out[0, 0, 1] == 0.0
+    assert cache.was_replaced(src)
+    # the replaced entry is never served to a run that refuses non-finite volumes
+    with pytest.raises(DataError):
+        VolumeCache(tmp_path / "cache", (4, 16, 16), (0, 100)).load(src)
+    assert replace_nonfinite(np.array([1.0, np.nan, -np.inf], dtype=np.float32)) == 2

@@ -6,6 +6,7 @@ no study (the SQLite file is never created) and no run directory left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -88,9 +89,9 @@ def test_a_missing_manifest_is_refused(command: str, tmp_path: Path) -> None:
     space = write_cli_space(tmp_path / "space.yaml")
     space.write_text(space.read_text().replace(str(tmp_path / "data" / "manifest.csv"),
                                                "elsewhere/manifest.csv"))
+    missing = tmp_path / "elsewhere" / "manifest.csv"  # relative to the space file's folder
     assert refused(tmp_path, command, space=space) == (
-        f"data.manifest 'elsewhere/manifest.csv' (relative to {tmp_path}): "
-        "elsewhere/manifest.csv: manifest not found")
+        f"data.manifest '{missing}': {missing}: manifest not found")
 
 
 def test_an_unreadable_manifest_is_refused(tmp_path: Path) -> None:
@@ -138,15 +139,33 @@ def test_a_timeout_that_leaves_no_time_is_refused(timeout: str, tmp_path: Path) 
         f"--timeout must be a positive number of seconds, got {timeout}")
 
 
-def test_the_checks_run_from_the_working_directory(tmp_path: Path) -> None:
-    """Relative data paths are resolved against the worker's working directory, as the trial
-    processes resolve them: the same space passes from the folder that holds its data."""
-    write_dataset(tmp_path / "data")
-    space = write_cli_space(tmp_path / "space.yaml")
-    space.write_text(space.read_text().replace(str(tmp_path / "data" / "manifest.csv"),
+def test_relative_paths_are_resolved_against_the_space_file(tmp_path: Path) -> None:
+    """A space's relative data paths name the same files from any working directory: they are
+    resolved against the space file's folder (the trial processes get them absolute)."""
+    space = write_cli_space(tmp_path / "spaces" / "space.yaml")
+    space.write_text(space.read_text().replace(str(space.parent / "data" / "manifest.csv"),
                                                "data/manifest.csv"))
-    proc = subprocess.run(octsearch_command("check", "--space", str(space)), cwd=tmp_path,
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(octsearch_command("check", "--space", str(space)), cwd=elsewhere,
                           capture_output=True, text=True, timeout=120, env=fake_env())
     assert proc.returncode == 0, proc.stderr
-    assert "data: 4 volumes in data/manifest.csv; 3 of them read" in proc.stdout
-    assert os.getcwd() != str(tmp_path)  # the test itself ran elsewhere
+    manifest = space.parent / "data" / "manifest.csv"
+    assert f"data: 4 volumes in {manifest}; 3 of them read" in proc.stdout
+    assert os.getcwd() != str(elsewhere)  # the test itself ran elsewhere
+
+
+def test_a_worker_started_from_another_directory_runs_the_space(tmp_path: Path) -> None:
+    space = write_cli_space(tmp_path / "spaces" / "space.yaml")
+    space.write_text(space.read_text().replace(str(space.parent / "data" / "manifest.csv"),
+                                               "data/manifest.csv"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(octsearch_command("run", "--space", str(space), "--trials", "1",
+                                            "--storage", f"sqlite:///{tmp_path / 'study.db'}"),
+                          cwd=elsewhere, capture_output=True, text=True, timeout=120,
+                          env=fake_env())
+    assert proc.returncode == 0, proc.stderr
+    (request,) = (elsewhere / "runs").glob("space-*/trial_0000/request.json")
+    config = json.loads(request.read_text())["config"]
+    assert config["data"]["manifest"] == str(space.parent / "data" / "manifest.csv")

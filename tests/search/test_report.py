@@ -67,8 +67,10 @@ def test_export_best_writes_a_complete_trainer_config(study: optuna.Study, tmp_p
     assert text.startswith("# octsearch export-best: study 'reviewed', trial 2, "
                            "balanced_accuracy 0.9000\n")
     cfg = load_config(out)
-    expected = stored_space(study).trainer_config({"model.head.hidden": 64,
-                                                   "train.lr_head": 1e-3})
+    expected = stored_space(study).trainer_config({
+        "model.head.hidden": 64, "train.lr_head": 1e-3,
+        # the fake space's relative manifest: relative to the exported file's folder
+        "data.manifest": str(tmp_path / "unused.csv")})
     assert cfg == expected
     assert yaml.safe_load(text)["model"]["head"]["hidden"] == 64
 

@@ -262,3 +262,19 @@ def test_load_space_refuses_a_section_given_twice(tmp_path: Path) -> None:
                        match=rf"space.yaml: invalid YAML at line {last}, column 1: duplicate key "
                              rf"'params' \(first at line {first}, again at line {last}\)"):
         load_space(path)
+
+
+def test_relative_paths_of_a_space_are_resolved_against_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "spaces"
+    (tmp_path / "configs").mkdir()
+    folder.mkdir()
+    (tmp_path / "configs" / "base.yaml").write_text("data: {manifest: ../data/base.csv}\n")
+    raw = copy.deepcopy(FAKE_SPACE)
+    raw["base"] = "../configs/base.yaml"
+    raw["overrides"] = {"data.cache_dir": "cache"}
+    (folder / "a.yaml").write_text(yaml.safe_dump(raw))
+    space = load_space(folder / "a.yaml")
+    assert space.base.data.manifest == str(tmp_path / "data" / "base.csv")  # the config's folder
+    assert space.base.data.cache_dir == str(folder / "cache")  # the space's folder
+    stored = space_from_dict(space.to_dict())  # as every worker reads it back from the study
+    assert stored.base.data.manifest == str(tmp_path / "data" / "base.csv")

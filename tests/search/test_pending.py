@@ -1,0 +1,62 @@
+"""search/pending.py: a kept result is delivered once, and never over a trial finished meanwhile."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.epoch_queue import QUEUE_FILE, EpochQueue
+from search.pending import MARKER_FILE, deliver_pending, keep
+from search.record import runs_folder
+from search.storage import open_storage
+from search.trial_process import Outcome, TrialResult
+from search.worker import _tell
+
+METRIC = "val/balanced_accuracy"
+
+
+def _study(tmp_path: Path) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=False)
+    return optuna.create_study(storage=storage, study_name="s", direction="maximize"), storage
+
+
+def _keep(tmp_path: Path, study: optuna.Study, trial: optuna.Trial, value: float) -> Path:
+    run_dir = tmp_path / "runs" / runs_folder(study) / f"trial_{trial.number:04d}"
+    run_dir.mkdir(parents=True)
+    queue = EpochQueue(run_dir / QUEUE_FILE)  # as a trial process leaves it in an outage
+    queue.add(0, {METRIC: value - 0.1})
+    queue.add(1, {METRIC: value})
+    keep(run_dir, study.study_name, trial._trial_id, trial.number,
+         TrialResult(Outcome.COMPLETE, value=value, best_epoch=1))
+    return run_dir
+
+
+def test_a_kept_result_is_delivered_with_its_queued_epochs(tmp_path: Path) -> None:
+    study, storage = _study(tmp_path)
+    trial = study.ask()
+    run_dir = _keep(tmp_path, study, trial, 0.7)
+    out = io.StringIO()
+    assert deliver_pending(study, storage, tmp_path / "runs", METRIC, _tell, out=out) == 1
+    (frozen,) = study.get_trials()
+    assert frozen.state == TrialState.COMPLETE and frozen.value == 0.7
+    assert frozen.intermediate_values == {0: 0.6, 1: 0.7}
+    assert frozen.user_attrs["best_epoch"] == 1 and frozen.user_attrs["epoch_001"] == {METRIC: 0.7}
+    assert not (run_dir / MARKER_FILE).exists() and not (run_dir / QUEUE_FILE).exists()
+    assert "delivered the kept result of trial 0 (complete)" in out.getvalue()
+    assert deliver_pending(study, storage, tmp_path / "runs", METRIC, _tell) == 0  # once
+
+
+def test_a_trial_failed_as_stale_meanwhile_is_not_overridden(tmp_path: Path) -> None:
+    study, storage = _study(tmp_path)
+    trial = study.ask()
+    run_dir = _keep(tmp_path, study, trial, 0.7)
+    study.tell(trial, state=TrialState.FAIL)  # another worker failed it as stale
+    out = io.StringIO()
+    assert deliver_pending(study, storage, tmp_path / "runs", METRIC, _tell, out=out) == 0
+    (frozen,) = study.get_trials()
+    assert frozen.state == TrialState.FAIL and frozen.intermediate_values == {}
+    assert "trial 0 is already FAIL: its kept result (complete) is not delivered" in out.getvalue()
+    assert not (run_dir / MARKER_FILE).exists()
