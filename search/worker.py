@@ -152,7 +152,13 @@ def run_worker(
         while True:
             for ended in pool.done():
                 loop.ended(ended)
-            step = loop.next()
+            try:
+                step = loop.next()
+            except DatabaseUnreachableError:
+                if not pool.busy():
+                    raise
+                pool.wait(options.poll_s)  # the running trials end first, each result kept
+                continue
             if step is Step.STOP and not pool.busy():
                 if pool.all_retired():
                     raise loop.failed
