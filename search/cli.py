@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(export)
     export.set_defaults(func=cmd_export_best)
 
+    report = sub.add_parser("report", help="write the study as one self-contained HTML file")
+    report.add_argument("--out", required=True, type=Path, help="output HTML file")
+    report.add_argument("--space", type=Path, help="name the study by its space file")
+    _common(report)
+    report.set_defaults(func=cmd_report)
+
     dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
@@ -208,6 +214,14 @@ def cmd_export_best(args: argparse.Namespace) -> int:
     out = export_best(_review_study(args), args.out)
     print(f"octsearch: wrote {out}; reproduce with: octtrain train --config {out}",
           file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.html_report import write_report
+
+    out = write_report(_review_study(args), args.out)
+    print(f"octsearch: wrote {out}", file=sys.stderr)
     return 0
 
 

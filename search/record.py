@@ -179,3 +179,12 @@ def best_step(values: Mapping[int, float], maximize: bool) -> tuple[float, int]:
         if math.isnan(best) or (value > best if maximize else value < best):
             best, best_at = value, step
     return best, best_at
+
+
+def stored_epochs(trial: BaseTrial) -> list[tuple[int, dict[str, Any]]]:
+    """Every stored ``(epoch, metrics)`` of the trial, in epoch order."""
+    out = []
+    for key, value in trial.user_attrs.items():
+        if key.startswith("epoch_") and key[6:].isdigit() and isinstance(value, dict):
+            out.append((int(key[6:]), value))
+    return sorted(out, key=lambda pair: pair[0])
