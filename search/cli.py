@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                      help="trial run directories go to DIR/STUDY-ID/trial_NNNN, ID the "
                           "study's creation id (default: runs)")
+    run.add_argument("--artifacts-dir", type=Path, metavar="DIR",
+                     help="artifact store of the trials' metrics.jsonl and config.yaml, served by "
+                          "octsearch dashboard (default: RUNS_DIR/artifacts)")
     run.add_argument("--max-failures", type=int, default=3, metavar="K",
                      help="stop this worker after K failed trials in a row (default: 3)")
     run.add_argument("--fit-target", default="octtrain:fit", metavar="MODULE:FUNCTION",
@@ -98,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    dash.add_argument("--artifacts-dir", type=Path, default=Path("runs/artifacts"), metavar="DIR",
+                      help="the artifact store that octsearch run wrote (default: runs/artifacts)")
     _common(dash, study=False)
     dash.set_defaults(func=cmd_dashboard)
     return parser
@@ -160,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"directories under {args.runs_dir / runs_folder(study)}", file=sys.stderr)
     options = WorkerOptions(n_trials=args.trials, timeout_s=args.timeout, device=args.device,
                             runs_dir=args.runs_dir, max_consecutive_failures=args.max_failures,
-                            fit_target=args.fit_target)
+                            fit_target=args.fit_target, artifacts_dir=args.artifacts_dir)
     with sigterm_interrupts():
         summary = run_worker(study, space, storage, options, out=sys.stderr)
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "
@@ -228,7 +233,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from search.dashboard import serve
 
-    serve(_storage_url(args), args.host, args.port)
+    serve(_storage_url(args), args.host, args.port, artifacts_dir=args.artifacts_dir)
     return 0
 
 

@@ -33,6 +33,8 @@ from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 
 from octtrain.errors import ConfigError, clip
+from search import evidence
+from search.artifacts import default_artifacts_dir
 from search.errors import StorageError, WorkerError
 from search.record import (
     end_reason,
@@ -61,6 +63,7 @@ class WorkerOptions:
     poll_s: float = 5.0  # how often a waiting worker looks at the study again
     fit_target: str = "octtrain:fit"
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment of trial processes
+    artifacts_dir: Path | None = None  # the trials' artifact store (None: RUNS_DIR/artifacts)
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -189,7 +192,9 @@ def run_one_trial(
         if not isinstance(err, Exception):
             raise
     else:
+        evidence.before_tell(trial, options.artifacts_dir or default_artifacts_dir(options.runs_dir), out)
         _tell(study, trial, result)
+    evidence.after_tell(study, trial, out)  # the dashboard note and figures; never fails the trial
     return storage.get_trial(trial_id)
 
 

@@ -11,7 +11,9 @@ values, which a sampler never draws:
 * ``RAISE``: raises ``RuntimeError("boom")`` in epoch 1;
 * ``HANG``: writes its pid to ``pid`` in the run directory in epoch 1, then hangs.
 
-Every epoch sleeps ``FAKE_FIT_EPOCH_S`` seconds (default 0).
+Every epoch sleeps ``FAKE_FIT_EPOCH_S`` seconds (default 0). With ``FAKE_FIT_RUN_FILES=1`` it
+writes octtrain's run files too (``config.yaml``, ``class_to_idx.json`` naming :data:`CLASSES`,
+``metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig
 from octtrain.errors import DivergedError
+from octtrain.records import save_class_to_idx
+from octtrain.sections import LogSection
+from octtrain.tracking import Tracker
 
 NUM_CLASSES = 4
+CLASSES = ("normal", "drusen", "cnv", "fluid")
 DIVERGE, CRASH, RAISE, HANG = 0.00123, 0.00234, 0.00345, 0.00456
 
 
@@ -77,6 +85,7 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
     behaviour = cfg.train.lr_head
     collapsed = cfg.model.head.hidden == 0
     result = FakeFitResult(out_dir=run_dir)
+    tracker = _run_files(cfg, run_dir) if os.environ.get("FAKE_FIT_RUN_FILES") == "1" else None
     for epoch in range(cfg.train.epochs):
         time.sleep(float(os.environ.get("FAKE_FIT_EPOCH_S", "0")))
         if epoch == 1:
@@ -95,7 +104,17 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
             print(f"fake epoch {epoch} bal_acc {metrics['val/balanced_accuracy']:.2f}",
                   file=sys.stderr, flush=True)
         result.history.append(metrics)
+        if tracker is not None:
+            tracker.log_epoch(epoch, metrics)
         result.epochs_run = epoch + 1
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
+    if tracker is not None:
+        tracker.close()
     return result
+
+
+def _run_files(cfg: TrainConfig, run_dir: Path) -> Tracker:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    save_class_to_idx(run_dir / "class_to_idx.json", {name: i for i, name in enumerate(CLASSES)})
+    return Tracker(run_dir, LogSection(), cfg.to_dict())
