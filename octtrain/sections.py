@@ -109,6 +109,7 @@ class DataSection:
     num_workers: int = 0  # DataLoader worker processes
     allow_single_bscan: bool = False  # a 2-D array is one B-scan; false: refused as a volume
     classes: list[str] | None = None  # pins the label set and its numbering (list order)
+    train_on_val: bool = False  # train on train + val (a final model; validation then sees trained data)
     augment: AugmentSection = field(default_factory=AugmentSection)
     val_augment: AugmentSection = field(default_factory=AugmentSection)
 

@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(export)
     export.set_defaults(func=cmd_export_best)
 
+    final = sub.add_parser("finalize", help="retrain the best trial and evaluate it once on the "
+                                             "test split")
+    final.add_argument("--space", type=Path, help="name the study by its space file")
+    final.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                       help="the final run goes to DIR/STUDY-ID/final (default: runs)")
+    final.add_argument("--train-on-val", action="store_true",
+                       help="train on train + val for the best trial's epoch count")
+    final.add_argument("--device", choices=DEVICES, help="runtime.device of the final run")
+    final.add_argument("--force", action="store_true",
+                       help="evaluate on a test split already used (the reuse is recorded)")
+    _common(final)
+    final.set_defaults(func=cmd_finalize)
+
     report = sub.add_parser("report", help="write the study as one self-contained HTML file")
     report.add_argument("--out", required=True, type=Path, help="output HTML file")
     report.add_argument("--space", type=Path, help="name the study by its space file")
@@ -219,6 +232,15 @@ def cmd_export_best(args: argparse.Namespace) -> int:
     out = export_best(_review_study(args), args.out)
     print(f"octsearch: wrote {out}; reproduce with: octtrain train --config {out}",
           file=sys.stderr)
+    return 0
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    from search.finalize import FinalizeOptions, finalize
+
+    finalize(_review_study(args),
+             FinalizeOptions(runs_dir=args.runs_dir, train_on_val=args.train_on_val,
+                             force=args.force, device=args.device))
     return 0
 
 
