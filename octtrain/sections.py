@@ -281,6 +281,9 @@ class LogSection:
     wandb: bool = False
     wandb_project: str = "octsearch"
     wandb_mode: str = "offline"  # online | offline | disabled
+    wandb_name: str | None = None  # the W&B run's name (None: the run directory's name)
+    wandb_group: str | None = None  # runs of one search share a group (octsearch: the study)
+    wandb_params: list[str] = field(default_factory=list)  # dotted keys shown as config.params
 
     def __post_init__(self) -> None:
         p: Problems = []

@@ -1,4 +1,5 @@
-"""What a worker leaves for review when a trial ends; none of it can fail the trial.
+"""What a worker leaves for review of a trial: its W&B identity, and what it writes when the
+trial ends, none of which can fail the trial.
 
 Two calls around ``tell`` (:func:`search.worker.run_one_trial`): before it, the run files go
 to the artifact store (a finished trial's attributes are frozen); after it, the trial's note
@@ -9,12 +10,13 @@ optional package) is one line on the worker's output, and the trial keeps the st
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
 import optuna
 
+from octtrain.config import TrainConfig
 from octtrain.errors import clip
 from search.artifacts import artifact_store, upload_run_files
 from search.notes import refresh_study_figures, save_trial_note
@@ -31,6 +33,17 @@ def _never_fails(what: str, trial: optuna.Trial, out: TextIO | None) -> Iterator
             out.write(f"octsearch: warning: trial {trial.number}: cannot write {what}: "
                       f"{clip(f'{type(err).__name__}: {err}')}\n")
             out.flush()
+
+
+def with_wandb_identity(cfg: TrainConfig, study_name: str, trial_number: int,
+                        params: Iterable[str]) -> TrainConfig:
+    """With ``log.wandb`` on: the trial's W&B run is ``<study>-trial-<n>`` in group ``<study>``,
+    its sampled params in its config. Not stored with the trial: an exported config stays clean."""
+    if not cfg.log.wandb:
+        return cfg
+    return cfg.with_overrides({"log.wandb_name": f"{study_name}-trial-{trial_number}",
+                               "log.wandb_group": study_name, "log.wandb_params": list(params)},
+                              source="octsearch W&B identity")
 
 
 def before_tell(trial: optuna.Trial, artifacts_dir: Path, out: TextIO | None = None) -> None:

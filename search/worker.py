@@ -207,6 +207,7 @@ def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: op
     write_overrides(trial, overrides)
     try:
         cfg = space.trainer_config(overrides)
+        cfg = evidence.with_wandb_identity(cfg, study.study_name, trial.number, params)
     except ConfigError as err:
         return TrialResult(Outcome.FAILED, reason=f"invalid trainer config: {err}")
     run_dir = (options.runs_dir / runs_folder(study) / f"trial_{trial.number:04d}").resolve()

@@ -32,7 +32,6 @@ from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig
 from octtrain.errors import DivergedError
 from octtrain.records import save_class_to_idx
-from octtrain.sections import LogSection
 from octtrain.tracking import Tracker
 
 NUM_CLASSES = 4
@@ -82,10 +81,20 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
         progress: bool = True) -> FakeFitResult:
     run_dir = Path(out_dir or "runs/fake")
     run_dir.mkdir(parents=True, exist_ok=True)
-    behaviour = cfg.train.lr_head
-    collapsed = cfg.model.head.hidden == 0
     result = FakeFitResult(out_dir=run_dir)
     tracker = _run_files(cfg, run_dir) if os.environ.get("FAKE_FIT_RUN_FILES") == "1" else None
+    try:
+        _epochs(cfg, run_dir, on_epoch_end, progress, result, tracker)
+    finally:
+        if tracker is not None:
+            tracker.close()
+    return result
+
+
+def _epochs(cfg: TrainConfig, run_dir: Path, on_epoch_end: EpochCallback | None, progress: bool,
+            result: FakeFitResult, tracker: Tracker | None) -> None:
+    behaviour = cfg.train.lr_head
+    collapsed = cfg.model.head.hidden == 0
     for epoch in range(cfg.train.epochs):
         time.sleep(float(os.environ.get("FAKE_FIT_EPOCH_S", "0")))
         if epoch == 1:
@@ -109,12 +118,10 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
         result.epochs_run = epoch + 1
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
-    if tracker is not None:
-        tracker.close()
-    return result
 
 
 def _run_files(cfg: TrainConfig, run_dir: Path) -> Tracker:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     save_class_to_idx(run_dir / "class_to_idx.json", {name: i for i, name in enumerate(CLASSES)})
-    return Tracker(run_dir, LogSection(), cfg.to_dict())
+    return Tracker(run_dir, cfg.log, cfg.to_dict(),
+                   class_to_idx={name: i for i, name in enumerate(CLASSES)})
