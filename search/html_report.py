@@ -113,8 +113,8 @@ def _optuna_figure(study: optuna.Study, section_id: str, draw: Any, min_complete
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fig = draw(study)
-    except (ValueError, RuntimeError) as err:
-        return _note(f"not available: {err}")
+    except Exception as err:  # noqa: BLE001 - one figure Optuna cannot draw must not lose the report
+        return _note(f"not available: {type(err).__name__}: {err}")
     return _figure(fig, f"plot-{section_id}")
 
 
