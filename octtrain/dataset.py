@@ -80,6 +80,8 @@ def build_datasets(
     :class:`VolumeCache` in ``cfg.cache_dir``.
     """
     records, mapping = split_records(cfg, class_to_idx)
+    if cfg.train_on_val:  # a final model (octsearch finalize): validation still runs, on trained data
+        records["train"] = records["train"] + records["val"]
     cache = VolumeCache(cfg.cache_dir, cfg.shape, cfg.clip_percentiles, cfg.allow_single_bscan,
                         replace_nonfinite=cfg.nonfinite == "replace")
     train_augment = Augment(cfg.augment if augment_train else AugmentSection())

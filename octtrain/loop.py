@@ -120,7 +120,8 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
     run = _set_up(runtime, cfg, run_dir)
     show = progress and runtime.is_master
     epochs, key = cfg.train.epochs, f"val/{cfg.train.early_stopping.metric}"
-    tracker = Tracker(run_dir, cfg.log, cfg.to_dict(), enabled=runtime.is_master)
+    tracker = Tracker(run_dir, cfg.log, cfg.to_dict(), enabled=runtime.is_master,
+                      class_to_idx=run.splits.class_to_idx)
     checkpointer = Checkpointer(run_dir, cfg.to_dict(), run.splits.class_to_idx,
                                 cfg.train.early_stopping.metric)
     stopper = EarlyStopping(cfg.train.early_stopping)
@@ -155,7 +156,7 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
             if stop is not None:
                 break
     finally:
-        tracker.close()
+        tracker.close(stop.name.lower() if stop is not None else None)
     if save_rank_weights:
         _save_rank_weights(runtime, run.model, run_dir)
     return FitResult(run_dir, epoch + 1, stopper.best_epoch, _best(stopper)["best/value"],

@@ -110,6 +110,7 @@ class DataSection:
     allow_single_bscan: bool = False  # a 2-D array is one B-scan; false: refused as a volume
     nonfinite: str = "error"  # NaN/inf in a volume: error (naming the file) | replace (by 0)
     classes: list[str] | None = None  # pins the label set and its numbering (list order)
+    train_on_val: bool = False  # train on train + val (a final model; validation then sees trained data)
     augment: AugmentSection = field(default_factory=AugmentSection)
     val_augment: AugmentSection = field(default_factory=AugmentSection)
 
@@ -283,6 +284,9 @@ class LogSection:
     wandb: bool = False
     wandb_project: str = "octsearch"
     wandb_mode: str = "offline"  # online | offline | disabled
+    wandb_name: str | None = None  # the W&B run's name (None: the run directory's name)
+    wandb_group: str | None = None  # runs of one search share a group (octsearch: the study)
+    wandb_params: list[str] = field(default_factory=list)  # dotted keys shown as config.params
 
     def __post_init__(self) -> None:
         p: Problems = []

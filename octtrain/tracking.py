@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from octtrain.sections import LogSection
+from octtrain.wandb_run import WandbRun
 
 
 def json_safe(value: Any) -> Any:
@@ -46,24 +48,31 @@ def redact_secrets(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact_secrets(v) for v in value]
     return value
+# why the loop stopped early (octtrain.loop) → the W&B run's state; on_epoch_end stops a run
+# when a search prunes it
+STOPPED = {"callback": "pruned", "early_stopping": "early_stopped"}
+
+
+def run_state(error: Exception) -> str:
+    """The W&B state of a run that ``error`` ended: a search's callback prunes a trial by
+    raising Optuna's ``TrialPruned`` (named, not imported: octtrain does not import optuna)."""
+    name = type(error).__name__
+    return "pruned" if name == "TrialPruned" else f"failed: {name}"
 
 
 class Tracker:
-    def __init__(self, out_dir: Path, cfg: LogSection, run_config: dict[str, Any], enabled: bool = True):
+    def __init__(self, out_dir: Path, cfg: LogSection, run_config: dict[str, Any], enabled: bool = True,
+                 class_to_idx: Mapping[str, int] | None = None):
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
-        self._wandb: Any = None
+        self._wandb: WandbRun | None = None
         if not enabled:
             return
         # "w": a run directory describes one run; re-running into it must not mix two histories.
         self._file = self.path.open("w", encoding="utf-8")
         if cfg.wandb and cfg.wandb_mode != "disabled":
-            import wandb  # optional dependency: pip install 'octsearch[wandb]'
-
-            self._wandb = wandb.init(
-                project=cfg.wandb_project, mode=cfg.wandb_mode, dir=str(out_dir),  # type: ignore[arg-type]
-                config=redact_secrets(run_config), name=out_dir.name, reinit="finish_previous",
-            )
+            names = sorted(class_to_idx or {}, key=(class_to_idx or {}).__getitem__)
+            self._wandb = WandbRun(cfg, out_dir, redact_secrets(run_config), names)
 
     def _write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(json_safe(record)) + "\n")
@@ -74,25 +83,26 @@ class Tracker:
             return
         self._write({"phase": "train", "epoch": epoch, **metrics})
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch)
+            self._wandb.log_train(epoch, metrics)
 
     def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self._write({"phase": "epoch", **metrics})
         if self._wandb is not None:
-            scalars = {k: v for k, v in metrics.items()
-                       if k.startswith("val/") and isinstance(v, (int, float))}
-            for i, acc in enumerate(metrics.get("val/per_class_accuracy", [])):
-                scalars[f"val/acc_class_{i}"] = acc
-            self._wandb.log(scalars, step=epoch)
+            self._wandb.log_epoch(epoch, metrics)
 
-    def close(self) -> None:
+    def close(self, stopped: str | None = None) -> None:
+        """``stopped``: why the loop ended early (None: it ran out, or an exception is
+        propagating: then the run ``failed``)."""
         if not self.enabled:
             return
         self._file.close()
         if self._wandb is not None:
-            self._wandb.finish()
+            error = sys.exc_info()[1]
+            state = (run_state(error) if isinstance(error, Exception)
+                     else STOPPED.get(stopped or "", stopped or "finished"))
+            self._wandb.finish(state)
             self._wandb = None
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import optuna
 
@@ -42,6 +43,28 @@ def _common(parser: argparse.ArgumentParser, *, study: bool = True) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
+def _add_review_outputs(sub: Any) -> None:
+    """``finalize`` and ``report``: what a review writes (a final model, an HTML file)."""
+    final = sub.add_parser("finalize", help="retrain the best trial and evaluate it once on the "
+                                             "test split")
+    final.add_argument("--space", type=Path, help="name the study by its space file")
+    final.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                       help="the final run goes to DIR/STUDY-ID/final (default: runs)")
+    final.add_argument("--train-on-val", action="store_true",
+                       help="train on train + val for the best trial's epoch count")
+    final.add_argument("--device", choices=DEVICES, help="runtime.device of the final run")
+    final.add_argument("--force", action="store_true",
+                       help="evaluate on a test split already used (the reuse is recorded)")
+    _common(final)
+    final.set_defaults(func=cmd_finalize)
+
+    report = sub.add_parser("report", help="write the study as one self-contained HTML file")
+    report.add_argument("--out", required=True, type=Path, help="output HTML file")
+    report.add_argument("--space", type=Path, help="name the study by its space file")
+    _common(report)
+    report.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="octsearch",
@@ -67,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                      help="trial run directories go to DIR/STUDY-ID/trial_NNNN, ID the "
                           "study's creation id (default: runs)")
+    run.add_argument("--artifacts-dir", type=Path, metavar="DIR", help="artifact store of "
+                     "the trials' run files, for the dashboard (default: RUNS_DIR/artifacts)")
     run.add_argument("--max-failures", type=int, default=3, metavar="K",
                      help="stop this worker after K failed trials in a row (default: 3)")
     run.add_argument("--db-outage-s", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
@@ -101,9 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(export)
     export.set_defaults(func=cmd_export_best)
 
+    _add_review_outputs(sub)
     dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    dash.add_argument("--artifacts-dir", type=Path, default=Path("runs/artifacts"), metavar="DIR",
+                      help="the artifact store that octsearch run wrote (default: runs/artifacts)")
     _common(dash, study=False)
     dash.set_defaults(func=cmd_dashboard)
 
@@ -189,7 +217,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = WorkerOptions(n_trials=args.trials, timeout_s=args.timeout, device=args.device,
                             num_processes=args.devices_per_trial, runs_dir=args.runs_dir,
                             max_consecutive_failures=args.max_failures,
-                            fit_target=args.fit_target, slots=tuple(slots))
+                            fit_target=args.fit_target, slots=tuple(slots),
+                            artifacts_dir=args.artifacts_dir)
     with sigterm_interrupts():
         summary = run_worker(study, space, storage, options, out=sys.stderr)
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "
@@ -246,10 +275,27 @@ def cmd_export_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finalize(args: argparse.Namespace) -> int:
+    from search.finalize import FinalizeOptions, finalize
+
+    finalize(_review_study(args),
+             FinalizeOptions(runs_dir=args.runs_dir, train_on_val=args.train_on_val,
+                             force=args.force, device=args.device))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.html_report import write_report
+
+    out = write_report(_review_study(args), args.out)
+    print(f"octsearch: wrote {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from search.dashboard import serve
 
-    serve(_storage_url(args), args.host, args.port)
+    serve(_storage_url(args), args.host, args.port, artifacts_dir=args.artifacts_dir)
     return 0
 
 

@@ -11,6 +11,11 @@ change. A study carries three user attributes, written once by the worker that c
 - :data:`SPACE_ATTR`: the canonical search space (:meth:`search.space.SearchSpace.to_dict`),
   written last.
 
+``octsearch finalize`` adds two when it evaluates the best trial on the test split:
+:data:`TEST_METRICS_ATTR` (the last test result: the trainer's ``test/...`` metrics with the
+trial, run directory and split) and :data:`TEST_USES_ATTR` (every use of the test split, so a
+second look at it is on record).
+
 A trial carries these user attributes (the worker writes the first ones before the trial
 process starts; the reporter writes one per epoch; the worker writes how the trial ended):
 
@@ -59,6 +64,9 @@ PRUNE_REASON_ATTR = "prune_reason"
 FAIL_REASON_ATTR = "fail_reason"
 OUTPUT_TAIL_ATTR = "output_tail"
 
+TEST_METRICS_ATTR = "test/metrics"
+TEST_USES_ATTR = "test/uses"
+
 KEPT_ON_RETRY = (ENQUEUED_ATTR,)  # what a re-queued stale trial keeps; the rest was its run's
 
 
@@ -92,6 +100,18 @@ def stored_space_dict(study: optuna.Study) -> dict[str, Any] | None:
     """The canonical space stored with the study, or ``None`` (not made by octsearch, or not yet)."""
     raw = study.user_attrs.get(SPACE_ATTR)
     return raw if isinstance(raw, dict) else None
+
+
+def write_test_result(study: optuna.Study, result: Mapping[str, Any], use: Mapping[str, Any]) -> None:
+    """Store a test evaluation (NaN as null) and append ``use`` to the study's test-split uses."""
+    study.set_user_attr(TEST_USES_ATTR, [*stored_test_uses(study), json_safe(dict(use))])
+    study.set_user_attr(TEST_METRICS_ATTR, json_safe(dict(result)))
+
+
+def stored_test_uses(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every recorded use of the study's test split, oldest first."""
+    raw = study.user_attrs.get(TEST_USES_ATTR)
+    return [u for u in raw if isinstance(u, dict)] if isinstance(raw, list) else []
 
 
 # Trial: written ---------------------------------------------------------------------------------
@@ -193,3 +213,12 @@ def best_step(values: Mapping[int, float], maximize: bool) -> tuple[float, int]:
         if math.isnan(best) or (value > best if maximize else value < best):
             best, best_at = value, step
     return best, best_at
+
+
+def stored_epochs(trial: BaseTrial) -> list[tuple[int, dict[str, Any]]]:
+    """Every stored ``(epoch, metrics)`` of the trial, in epoch order."""
+    out = []
+    for key, value in trial.user_attrs.items():
+        if key.startswith("epoch_") and key[6:].isdigit() and isinstance(value, dict):
+            out.append((int(key[6:]), value))
+    return sorted(out, key=lambda pair: pair[0])

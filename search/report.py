@@ -182,7 +182,7 @@ def format_best(study: optuna.Study) -> str:
     lines += [f"    {p.path}: {format_value(trial.params[p.path])}" for p in space.params
               if p.path in trial.params]
     run_dir = stored_run_dir(trial)
-    names = _class_names(run_dir)
+    names = class_names(run_dir)
     per_class_rows = []
     for c, (acc, f1) in enumerate(zip(metrics.get("val/per_class_accuracy") or [],
                                       metrics.get("val/per_class_f1") or [], strict=False)):
@@ -201,7 +201,7 @@ def format_best(study: optuna.Study) -> str:
     return "\n".join(lines)
 
 
-def _class_names(run_dir: str | None) -> dict[int, str]:
+def class_names(run_dir: str | None) -> dict[int, str]:
     """Index → class name from the trial's ``class_to_idx.json`` when this host can read the run
     directory (a study reviewed from another host shows indices instead)."""
     if not run_dir:

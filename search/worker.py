@@ -42,6 +42,8 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from octtrain.errors import ConfigError, clip
+from search import evidence
+from search.artifacts import default_artifacts_dir
 from search.devices import Assignment
 from search.errors import StorageError, WorkerError
 from search.pending import deliver_pending, tell_or_keep
@@ -85,6 +87,7 @@ class WorkerOptions:
     slots: tuple[Assignment, ...] = ()  # trials at once and their devices (none: one, all)
     stop: StopRequest | None = None  # set per slot (search.slots): stops its trial process
     devices: str = ""  # set per slot: its devices, recorded with each trial (record.py)
+    artifacts_dir: Path | None = None  # the trials' artifact store (None: RUNS_DIR/artifacts)
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -281,8 +284,11 @@ def run_one_trial(
         _tell(study, trial, TrialResult(Outcome.FAILED, reason=f"worker: {reason}"))
         if not isinstance(err, Exception):
             raise
-    else:  # kept in run_dir if the database stays unreachable
+    else:
+        evidence.before_tell(trial, options.artifacts_dir or default_artifacts_dir(options.runs_dir), out)
+        # kept in run_dir if the database stays unreachable
         tell_or_keep(study, storage, trial, result, run_dir, space.objective.metric_key, _tell)
+    evidence.after_tell(study, trial, out)  # the dashboard note and figures; never fails the trial
     return storage.get_trial(trial_id)
 
 
@@ -303,6 +309,7 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
         write_devices(trial, options.devices)
     try:
         cfg = space.trainer_config(overrides)
+        cfg = evidence.with_wandb_identity(cfg, study.study_name, trial.number, params)
     except ConfigError as err:
         return TrialResult(Outcome.FAILED, reason=f"invalid trainer config: {err}")
     run_dir = _run_dir(study, options, trial.number)

@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from octtrain import TrainConfig, fit
 from octtrain.sections import LogSection
 from octtrain.tracking import Tracker, read_metrics, redact_secrets
+from octtrain.wandb_run import read_offline_run
 
 
 def test_jsonl_is_strict_json_with_train_before_epoch(tmp_path: Path) -> None:
@@ -33,14 +36,64 @@ def test_disabled_tracker_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "wandb").exists()
 
 
+def finished_offline_run(path: Path, timeout: float = 30.0) -> dict[str, Any]:
+    """The offline run file once W&B's service has written it out: ``run.finish()`` returns
+    before the service process has flushed every record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = read_offline_run(path)
+        if "name" in run and "state" in run["summary"] or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
 def test_wandb_offline_run_in_the_run_directory(small_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
     cfg = small_config(**{"train.epochs": 2, "log.wandb": True, "log.wandb_mode": "offline",
                           "log.wandb_project": "octsearch-test"})
     fit(cfg, out_dir=tmp_path / "run", progress=False)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    assert list(runs[0].glob("run-*.wandb"))  # the offline log that `wandb sync` uploads
+    (log,) = runs[0].glob("run-*.wandb")  # the offline log that `wandb sync` uploads
     assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2
+    run = finished_offline_run(log)
+    assert run["name"] == "run" and run["group"] == ""  # the run directory's name, no group
+    assert run["summary"]["state"] == "finished"
+
+
+def test_wandb_run_has_name_group_params_per_class_metrics_and_confusion(
+    small_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    cfg = small_config(**{"train.epochs": 2, "log.wandb": True, "log.wandb_name": "s-trial-3",
+                          "log.wandb_group": "s", "log.wandb_params": ["train.lr_head", "model.head.hidden"]})
+    result = fit(cfg, out_dir=tmp_path / "run", progress=False)
+    (log,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    run = finished_offline_run(log)
+    assert (run["name"], run["group"]) == ("s-trial-3", "s")
+    assert run["config"]["params"] == {"train.lr_head": cfg.train.lr_head, "model.head.hidden": 0}
+    assert run["config"]["classes"] == sorted(result.class_to_idx, key=result.class_to_idx.__getitem__)
+    for name in run["config"]["classes"]:
+        assert f"val/per_class_accuracy/{name}" in run["history"]
+        assert f"val/per_class_f1/{name}" in run["history"]
+        assert f"best/val/per_class_accuracy/{name}" in run["summary"]
+    assert "train/loss" in run["history"] and "val/balanced_accuracy" in run["history"]
+    assert run["summary"]["state"] == "finished"
+    assert run["summary"]["best/confusion"]["_type"] == "table-file"
+
+
+def test_a_wandb_failure_is_one_warning_and_the_run_goes_on(
+    small_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: online W&B has no API key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = small_config(**{"train.epochs": 1, "log.wandb": True, "log.wandb_mode": "online"})
+    result = fit(cfg, out_dir=tmp_path / "run", progress=False)
+    assert result.epochs_run == 1
+    assert ("octtrain: warning: W&B: cannot start the run, going on without it: UsageError: "
+            in capsys.readouterr().err)
 
 
 def test_rerun_into_the_same_directory_replaces_the_history(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ passes by skipping. Every test gets a unique study name, deleted after the test.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +76,26 @@ def reviewed_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     run_worker(study, space, storage, fake_options(root, 2))
     assert [t.state.name for t in study.get_trials()] == ["PRUNED", "FAIL", "COMPLETE"]
     return url, "reviewed"
+
+
+@pytest.fixture(scope="session")
+def evidence_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    """(storage URL, study name, runs dir) of the ``reviewed_study`` trials run with the fake
+    trainer's run files (config.yaml, class_to_idx.json, metrics.jsonl): the worker's notes,
+    figures and artifacts of a finished study. Shared read-only."""
+    root = tmp_path_factory.mktemp("evidence")
+    url = f"sqlite:///{root / 'study.db'}"
+    raw = copy.deepcopy(FAKE_SPACE)
+    raw["enqueue"] = [
+        {"name": "collapses", "params": {"model.head.hidden": 0, "train.lr_head": 1e-3}},
+        {"name": "raises", "params": {"model.head.hidden": 64, "train.lr_head": RAISE}},
+        {"name": "learns", "params": {"model.head.hidden": 64, "train.lr_head": 1e-3}},
+    ]
+    space = space_from_dict(raw)
+    storage = open_storage(url)
+    study, _ = open_study(space, storage, "evidence")
+    options = fake_options(root, 2)
+    options = dataclasses.replace(options, env={**options.env, "FAKE_FIT_RUN_FILES": "1"})
+    run_worker(study, space, storage, options)
+    assert [t.state.name for t in study.get_trials()] == ["PRUNED", "FAIL", "COMPLETE"]
+    return url, "evidence", root / "runs"

@@ -13,6 +13,9 @@ values, which a sampler never draws:
 
 Every epoch sleeps ``FAKE_FIT_EPOCH_S`` seconds (default 0). The devices the process was
 given (its CPU affinity and the slot's variables) go to ``assignment.json`` in the run directory.
+With ``FAKE_FIT_RUN_FILES=1`` it
+writes octtrain's run files too (``config.yaml``, ``class_to_idx.json`` naming :data:`CLASSES`,
+``metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig
 from octtrain.errors import DivergedError
+from octtrain.records import save_class_to_idx
+from octtrain.tracking import Tracker
 
 NUM_CLASSES = 4
+CLASSES = ("normal", "drusen", "cnv", "fluid")
 DIVERGE, CRASH, RAISE, HANG = 0.00123, 0.00234, 0.00345, 0.00456
 ASSIGNMENT_VARS = ("OCTSEARCH_SLOT", "OCTSEARCH_CPU_CORES", "OMP_NUM_THREADS",
                    "CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS")
@@ -81,9 +89,20 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
     seen = {var: os.environ.get(var) for var in ASSIGNMENT_VARS}
     (run_dir / "assignment.json").write_text(json.dumps(
         {**seen, "affinity": sorted(os.sched_getaffinity(0))}))
+    result = FakeFitResult(out_dir=run_dir)
+    tracker = _run_files(cfg, run_dir) if os.environ.get("FAKE_FIT_RUN_FILES") == "1" else None
+    try:
+        _epochs(cfg, run_dir, on_epoch_end, progress, result, tracker)
+    finally:
+        if tracker is not None:
+            tracker.close()
+    return result
+
+
+def _epochs(cfg: TrainConfig, run_dir: Path, on_epoch_end: EpochCallback | None, progress: bool,
+            result: FakeFitResult, tracker: Tracker | None) -> None:
     behaviour = cfg.train.lr_head
     collapsed = cfg.model.head.hidden == 0
-    result = FakeFitResult(out_dir=run_dir)
     for epoch in range(cfg.train.epochs):
         time.sleep(float(os.environ.get("FAKE_FIT_EPOCH_S", "0")))
         if epoch == 1:
@@ -102,7 +121,15 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
             print(f"fake epoch {epoch} bal_acc {metrics['val/balanced_accuracy']:.2f}",
                   file=sys.stderr, flush=True)
         result.history.append(metrics)
+        if tracker is not None:
+            tracker.log_epoch(epoch, metrics)
         result.epochs_run = epoch + 1
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
-    return result
+
+
+def _run_files(cfg: TrainConfig, run_dir: Path) -> Tracker:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    save_class_to_idx(run_dir / "class_to_idx.json", {name: i for i, name in enumerate(CLASSES)})
+    return Tracker(run_dir, cfg.log, cfg.to_dict(),
+                   class_to_idx={name: i for i, name in enumerate(CLASSES)})

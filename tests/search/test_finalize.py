@@ -1,0 +1,84 @@
+"""``octsearch finalize``: the best trial retrained with the real (tiny) trainer and evaluated
+once on the test split of phantom data; a second look at the same split is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from octtrain.synthetic import make_synthetic
+from search.cli import main
+from search.record import TEST_METRICS_ATTR, write_best_epoch, write_overrides
+from search.space import space_from_dict
+from search.storage import open_storage
+from search.study import open_study
+
+CLASSES = ["0_normal", "1_drusen", "2_fluid", "3_atrophy"]
+
+
+@pytest.fixture
+def searched(tmp_path: Path) -> tuple[str, Path]:
+    """(storage URL, runs dir) of a study whose one COMPLETE trial peaked at epoch 1 of 3."""
+    manifest = make_synthetic(tmp_path / "data", n_volumes=40, frames=4, height=32, width=32,
+                              volumes_per_patient=1, seed=3)
+    space = space_from_dict({
+        "base": {
+            "data": {"manifest": str(manifest), "frames": 4, "height": 32, "width": 32,
+                     "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.2, "test_fraction": 0.2},
+            "model": {"encoder": "tiny"},
+            "train": {"epochs": 3, "batch_size": 4, "warmup_epochs": 0,
+                      "early_stopping": {"enabled": False}},
+            "runtime": {"device": "cpu"},
+        },
+        "params": {"train.lr_head": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "sampler": {"type": "random"},
+    })
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study, _ = open_study(space, open_storage(url, heartbeat=False), "final")
+    study.enqueue_trial({"train.lr_head": 3e-3})
+    trial = study.ask()
+    write_overrides(trial, space.suggest(trial))
+    for epoch, value in enumerate([0.4, 0.6, 0.5]):
+        trial.report(value, epoch)
+    write_best_epoch(trial, 1)
+    study.tell(trial, 0.6)
+    return url, tmp_path / "runs"
+
+
+def test_finalize_evaluates_once_on_the_test_split_and_refuses_a_second_look(
+    searched: tuple[str, Path], capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, runs = searched
+    args = ["finalize", "--storage", url, "--runs-dir", str(runs)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "study 'final': trial 0 on the test split (" in out
+    assert "| class | accuracy | F1 | volumes |" in out
+    assert all(f"| {name} |" in out for name in CLASSES)
+    assert "Confusion matrix (rows: true class, columns: predicted):" in out
+    study = optuna.load_study(study_name="final", storage=url)
+    stored = study.user_attrs[TEST_METRICS_ATTR]
+    (final,) = [p for p in (runs).glob("final-*/final")]
+    written = json.loads((final / "test_metrics.json").read_text())
+    assert written == stored and stored["class_names"] == CLASSES and stored["trial"] == 0
+    volumes = stored["test/volumes"]
+    assert volumes >= 4 and sum(map(sum, stored["test/confusion"])) == volumes
+    assert 0.0 <= stored["test/balanced_accuracy"] <= 1.0
+    assert [u["reused"] for u in study.user_attrs["test/uses"]] == [False]
+
+    assert main(args) == 2  # the same test split again: refused, nothing trained
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("octsearch: error: the test split of study 'final' "
+                                               "was already used by finalize at ")
+    assert not (final.parent / "final_2").exists()
+
+    assert main([*args, "--force", "--train-on-val"]) == 0
+    out = capsys.readouterr()
+    assert "(test split used again: recorded)" in out.out
+    assert "retraining trial 0 on train + val for 2 epochs" in out.err
+    uses = optuna.load_study(study_name="final", storage=url).user_attrs["test/uses"]
+    assert [(u["reused"], u["train_on_val"]) for u in uses] == [(False, False), (True, True)]
+    assert (final.parent / "final_2" / "test_metrics.json").is_file()

@@ -1,0 +1,116 @@
+"""``octsearch report``: one self-contained HTML file per study, finished or still running."""
+
+from __future__ import annotations
+
+import copy
+from html.parser import HTMLParser
+from pathlib import Path
+
+import optuna
+import pytest
+from fake_fit import epoch_metrics
+from search_testing import FAKE_SPACE, STUCK_REASON
+
+from search.cli import main
+from search.html_report import SECTIONS, build_report
+from search.record import write_epoch
+from search.space import space_from_dict
+from search.storage import open_storage
+from search.study import open_study
+
+
+class _Parsed(HTMLParser):
+    """Sections with their text, plot containers, and every script's src."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: dict[str, str] = {}
+        self.plots: list[str] = []
+        self.script_srcs: list[str] = []
+        self.inline_scripts = 0
+        self._section: str | None = None
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self._section = a.get("id") or ""
+            self.sections[self._section] = ""
+        elif tag == "div" and (a.get("id") or "").startswith("plot-"):
+            self.plots.append(a["id"] or "")
+        elif tag == "script":
+            self._in_script = True
+            if a.get("src"):
+                self.script_srcs.append(a["src"] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section":
+            self._section = None
+        elif tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and len(data) > 1_000_000:
+            self.inline_scripts += 1  # plotly.js itself
+        if self._section is not None and not self._in_script:
+            self.sections[self._section] += data
+
+
+def parse(text: str) -> _Parsed:
+    parsed = _Parsed()
+    parsed.feed(text)
+    return parsed
+
+
+def test_report_of_a_finished_study_has_every_section_and_needs_no_network(
+    reviewed_study: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, name = reviewed_study
+    out = tmp_path / "report.html"
+    assert main(["report", "--storage", url, "--study", name, "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().err
+    parsed = parse(out.read_text(encoding="utf-8"))
+    assert list(parsed.sections) == list(SECTIONS)
+    assert parsed.script_srcs == []  # nothing loaded from anywhere
+    assert parsed.inline_scripts == 1  # plotly.js, once
+    # Only the importances need two completed trials; every other figure is drawn.
+    assert parsed.plots == ["plot-history", "plot-intermediate", "plot-parallel", "plot-collapse",
+                            "plot-per-class", "plot-prunes"]
+    board = parsed.sections["leaderboard"]
+    assert board.index("2 (learns)") < board.index("0 (collapses)") < board.index("1 (raises)")
+    assert STUCK_REASON in board and "RuntimeError: boom" in board
+    assert "acc 0" in board and "F1 3" in board
+    assert "needs at least 2 completed trials (the study has 1 completed)" in parsed.sections[
+        "importance"]
+    # trial 0 was pruned after 3 of its 6 epochs; trial 2 ran its 6.
+    assert ("1 of 2 finished trials were pruned; 9 epochs were run where running every trial to "
+            "its end would have taken 12: 3 epochs saved.") in parsed.sections["prunes"]
+    assert "stuck" in parsed.sections["prunes"]
+
+
+def test_report_of_a_running_study(sqlite_url: str) -> None:
+    space = space_from_dict(copy.deepcopy(FAKE_SPACE))
+    study, _ = open_study(space, open_storage(sqlite_url, heartbeat=False), "running")
+    def ask(hidden: int, lr: float) -> optuna.Trial:
+        study.enqueue_trial({"model.head.hidden": hidden, "train.lr_head": lr})
+        trial = study.ask()
+        space.suggest(trial)
+        return trial
+
+    done = ask(64, 1e-3)
+    for epoch in range(3):
+        write_epoch(done, epoch, epoch_metrics(epoch, collapsed=False))
+        done.report(0.5 + 0.1 * epoch, epoch)
+    study.tell(done, 0.7)
+    other = ask(0, 3e-3)
+    study.tell(other, 0.6)
+    running = ask(0, 1e-3)
+    for epoch in range(2):
+        write_epoch(running, epoch, epoch_metrics(epoch, collapsed=True))
+        running.report(0.25, epoch)
+    parsed = parse(build_report(study))
+    assert list(parsed.sections) == list(SECTIONS)
+    assert "plot-importance" in parsed.plots  # two completed trials: importances drawn
+    assert "RUNNING" in parsed.sections["leaderboard"]
+    assert "0 of 2 finished trials were pruned" in parsed.sections["prunes"]
+    assert optuna.load_study(study_name="running", storage=sqlite_url).trials[2].state.name == "RUNNING"
