@@ -124,10 +124,13 @@ def run_files_in(out_dir: str | Path) -> list[str]:
     return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
 
 
+def default_run_dir() -> Path:
+    """``runs/<timestamp>-<random>``: where a run goes without an ``out_dir``."""
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 def _make_run_dir(out_dir: str | Path | None) -> Path:
-    if out_dir is None:
-        out_dir = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    path = Path(out_dir)
+    path = Path(out_dir) if out_dir is not None else default_run_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

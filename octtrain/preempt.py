@@ -20,9 +20,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from octtrain.runtime import Runtime
+if TYPE_CHECKING:
+    from octtrain.runtime import Runtime
 
 STOP_SIGNALS = (signal.SIGTERM,)  # what a spot VM, a scheduler or `kill` sends
 
