@@ -9,7 +9,8 @@ values, which a sampler never draws:
 * ``DIVERGE``: raises :class:`octtrain.DivergedError` in epoch 1;
 * ``CRASH``: prints a line and dies with exit status 3 in epoch 1 (no result);
 * ``RAISE``: raises ``RuntimeError("boom")`` in epoch 1;
-* ``HANG``: writes its pid to ``pid`` in the run directory in epoch 1, then hangs.
+* ``HANG``: writes its pid to ``pid`` in the run directory in epoch 1, then hangs until a
+  stop is requested (SIGTERM), and dies without a result.
 
 Every epoch sleeps ``FAKE_FIT_EPOCH_S`` seconds (default 0).
 """
@@ -27,6 +28,7 @@ from typing import Any
 from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig
 from octtrain.errors import DivergedError
+from octtrain.preempt import stop_requested
 
 NUM_CLASSES = 4
 DIVERGE, CRASH, RAISE, HANG = 0.00123, 0.00234, 0.00345, 0.00456
@@ -71,7 +73,8 @@ def epoch_metrics(epoch: int, collapsed: bool) -> dict[str, Any]:
 
 def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
         on_epoch_end: EpochCallback | None = None,
-        progress: bool = True) -> FakeFitResult:
+        progress: bool = True, resume_from: str | Path | None = None,
+        preempt_to: str | Path | None = None) -> FakeFitResult:
     run_dir = Path(out_dir or "runs/fake")
     run_dir.mkdir(parents=True, exist_ok=True)
     behaviour = cfg.train.lr_head
@@ -89,7 +92,9 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
                 raise RuntimeError("boom")
             if behaviour == HANG:
                 (run_dir / "pid").write_text(str(os.getpid()))
-                time.sleep(3600)
+                while stop_requested() is None:  # hangs until SIGTERM (the trial process's
+                    time.sleep(0.05)  # handler only requests a stop)...
+                os._exit(1)  # ... then dies without a result, as a trainer that cannot stop
         metrics = epoch_metrics(epoch, collapsed)
         if progress:
             print(f"fake epoch {epoch} bal_acc {metrics['val/balanced_accuracy']:.2f}",
