@@ -121,3 +121,35 @@ def test_resume_refuses_another_config(learning_config: TrainConfig, tmp_path: P
     with pytest.raises(ConfigError, match="no resume checkpoint"):
         fit(learning_config, out_dir=tmp_path / "run", progress=False,
             resume_from=tmp_path / "missing.pt")
+
+
+@pytest.mark.slow
+def test_two_ranks_stop_at_the_same_step_and_resume_exactly(
+        learning_config: TrainConfig, tmp_path: Path, live_ranks: Callable[[], list[int]]) -> None:
+    """Both ranks get SIGTERM (as from a process group's kill) a moment into epoch 1; rank 0's
+    flag decides for both at a step boundary, each rank's generators and partial sums are saved,
+    and the resumed two-rank run equals the uninterrupted one."""
+    import threading
+
+    cfg = learning_config.with_overrides({"train.batch_size": 2, "train.epochs": 2,
+                                          "runtime.num_processes": 2})
+    whole = fit(cfg, out_dir=tmp_path / "whole", progress=False)
+
+    def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
+        if epoch == 0:
+            ranks = live_ranks()
+            assert len(ranks) == 2
+            threading.Timer(0.2, lambda: [os.kill(pid, signal.SIGTERM) for pid in ranks]).start()
+
+    resume = tmp_path / "run" / "resume.pt"
+    with pytest.raises(Preempted) as stopped:
+        fit(cfg, out_dir=tmp_path / "run", progress=False, preempt_to=resume,
+            on_epoch_end=on_epoch_end)
+    assert stopped.value.epoch == 1 and stopped.value.epochs_done == 1
+    state = load_checkpoint(resume)
+    assert [r["micro_batch"] for r in state["ranks"]] == [stopped.value.micro_batch] * 2
+    print(f"two ranks stopped at epoch 1, micro-batch {stopped.value.micro_batch}")
+    resumed = fit(cfg, out_dir=tmp_path / "run", progress=False, resume_from=resume)
+    assert _comparable(resumed.history) == _comparable(whole.history)
+    a, b = load_checkpoint(whole.out_dir / "last.pt"), load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
