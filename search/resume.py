@@ -60,7 +60,7 @@ def requeue(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> No
                if k in KEPT_ON_RETRY or k in {epoch_attr(e) for e in range(done)}}
     write_preempted(trial, {"reason": result.reason, "epochs_done": done,
                             "checkpoint": result.checkpoint})
-    write_failure(trial, f"preempted: {result.reason}")
+    write_failure(trial, f"{result.reason}; re-queued to resume")
     study.tell(trial, state=TrialState.FAIL)  # first: a crash after it loses a resume, not a count
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
