@@ -8,9 +8,10 @@ the resumed run skips exactly the batches trained), the early-stopping state, th
 the epochs done, and per rank the random generators and the partial sums of the stopped epoch.
 
 On CPU with ``data.num_workers: 0`` the resumed run is bit-identical to an uninterrupted one
-(tests/octtrain/test_resume.py). With DataLoader workers the batches are the same but the
-workers' augmentation draws of the stopped epoch start afresh; on CUDA/XLA kernels may differ
-from run to run anyway.
+(tests/octtrain/test_resume.py), on XLA too without augmentation and dropout. With DataLoader
+workers the batches are the same but the workers' augmentation draws of the stopped epoch start
+afresh; on XLA the loader's feeder thread has drawn augmentation ahead of the step when the
+generators are saved, and only the device generator's seed can be read back.
 """
 
 from __future__ import annotations
