@@ -73,6 +73,7 @@ pruner: none
     return space
 
 
+@pytest.mark.slow
 def test_sigterm_preempts_and_the_next_worker_resumes(study_url: tuple[str, str],
                                                       manifest: Path, tmp_path: Path) -> None:
     url, name = study_url
