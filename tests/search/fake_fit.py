@@ -12,11 +12,14 @@ values, which a sampler never draws:
 * ``HANG``: writes its pid to ``pid`` in the run directory in epoch 1, then hangs until a
   stop is requested (SIGTERM), and dies without a result.
 
-Every epoch sleeps ``FAKE_FIT_EPOCH_S`` seconds (default 0).
+Every epoch touches ``started_E`` in the run directory, then sleeps ``FAKE_FIT_EPOCH_S`` seconds
+(default 0). With ``preempt_to``, a stop request (SIGTERM) is honoured at the next epoch start:
+its "resume checkpoint" is that epoch's number, which ``resume_from`` continues.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -28,7 +31,7 @@ from typing import Any
 from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig
 from octtrain.errors import DivergedError
-from octtrain.preempt import stop_requested
+from octtrain.preempt import Preempted, stop_requested
 
 NUM_CLASSES = 4
 DIVERGE, CRASH, RAISE, HANG = 0.00123, 0.00234, 0.00345, 0.00456
@@ -80,7 +83,14 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
     behaviour = cfg.train.lr_head
     collapsed = cfg.model.head.hidden == 0
     result = FakeFitResult(out_dir=run_dir)
-    for epoch in range(cfg.train.epochs):
+    start = json.loads(Path(resume_from).read_text())["epoch"] if resume_from else 0
+    for epoch in range(start, cfg.train.epochs):
+        (run_dir / f"started_{epoch}").touch()
+        stop = stop_requested()
+        if preempt_to is not None and stop is not None:  # a resume "checkpoint": the epoch
+            Path(preempt_to).parent.mkdir(parents=True, exist_ok=True)
+            Path(preempt_to).write_text(json.dumps({"epoch": epoch}))
+            raise Preempted(preempt_to, epoch, 0, epoch, stop)
         time.sleep(float(os.environ.get("FAKE_FIT_EPOCH_S", "0")))
         if epoch == 1:
             if behaviour == DIVERGE:
