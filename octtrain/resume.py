@@ -11,14 +11,19 @@ On CPU with ``data.num_workers: 0`` the resumed run is bit-identical to an unint
 (tests/octtrain/test_resume.py), on XLA too without augmentation and dropout. With DataLoader
 workers the batches are the same but the workers' augmentation draws of the stopped epoch start
 afresh; on XLA the loader's feeder thread has drawn augmentation ahead of the step when the
-generators are saved, and only the device generator's seed can be read back.
+generators are saved, and the XLA device generator (dropout) is not saved: torch_xla exposes
+only its seed.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import numpy as np
+import torch
 
 from octtrain.checkpoint import load_checkpoint, save_checkpoint
 from octtrain.early_stop import EarlyStopping
@@ -41,9 +46,36 @@ class ResumePoint:
     history: list[dict[str, Any]]
 
 
+def rng_state(runtime: Runtime) -> dict[str, Any]:
+    """This process's random generators (Python, NumPy, torch CPU, CUDA), as tensors and plain
+    values (the checkpoint loads with ``weights_only``). XLA's device generator is not among
+    them: torch_xla exposes only its seed, not its running state."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]",
+                                           np.random.get_state())
+    state: dict[str, Any] = {
+        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state()}
+    if runtime.kind == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(runtime.device)
+    return state
+
+
+def set_rng_state(runtime: Runtime, state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in mt.tolist()), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and runtime.kind == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], runtime.device)
+
+
 def rank_state(runtime: Runtime, progress: TrainProgress) -> dict[str, Any]:
     """One rank's share of a resume checkpoint (on the CPU): generators and partial sums."""
-    return {"rng": runtime.rng_state(), "micro_batch": progress.micro_batch,
+    return {"rng": rng_state(runtime), "micro_batch": progress.micro_batch,
             "loss_sum": runtime.to_cpu(progress.loss_sum), "conf": runtime.to_cpu(progress.conf),
             "io_s": progress.io_s, "compute_s": progress.compute_s}
 
@@ -88,7 +120,7 @@ def restore(path: str | Path, runtime: Runtime, *, model: OctClassifier, update:
     stopper.best_epoch = state["early_stopping"]["best_epoch"]
     stopper.bad_epochs = state["early_stopping"]["bad_epochs"]
     mine = state["ranks"][runtime.rank]
-    runtime.set_rng_state(mine["rng"])
+    set_rng_state(runtime, mine["rng"])
     progress = TrainProgress(mine["micro_batch"], mine["loss_sum"], mine["conf"], mine["io_s"],
                              mine["compute_s"])
     return ResumePoint(int(state["epoch"]), progress, list(state["history"]))

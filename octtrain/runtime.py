@@ -103,38 +103,6 @@ class Runtime:
         np.random.seed(value % 2**32)
         torch.manual_seed(value)
 
-    def rng_state(self) -> dict[str, Any]:
-        """This process's random generators (Python, NumPy, torch CPU, and the device's), as
-        tensors and plain values (a resume checkpoint loads with ``weights_only``)."""
-        version, mt, gauss = random.getstate()
-        _, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]",
-                                               np.random.get_state())
-        state: dict[str, Any] = {
-            "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
-            "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "torch": torch.get_rng_state()}
-        if self.kind == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        elif self.kind == "xla":
-            import torch_xla.core.xla_model as xm
-
-            state["xla"] = int(xm.get_rng_state(str(self.device)))
-        return state
-
-    def set_rng_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`rng_state` returned."""
-        version, mt, gauss = state["python"]
-        random.setstate((version, tuple(int(x) for x in mt.tolist()), gauss))
-        keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and self.kind == "cuda":
-            torch.cuda.set_rng_state(state["cuda"], self.device)
-        if "xla" in state and self.kind == "xla":
-            import torch_xla.core.xla_model as xm
-
-            xm.set_rng_state(state["xla"], str(self.device))
-
     # -- graph boundaries -------------------------------------------------------------------
 
     def sync(self) -> None:

@@ -245,8 +245,8 @@ def test_preempted_and_resumed_on_xla(small_config: Callable[..., TrainConfig],
 
     Without augmentation or dropout: on XLA the ParallelLoader's feeder thread augments batches
     ahead of the step with the global generator, so the saved generator state is past the
-    prefetched batches, and torch_xla exposes only the seed of its device generator, not its
-    running state. With them, a resumed XLA run differs in those draws (measured here: max
+    prefetched batches, and the XLA device generator is not saved (torch_xla exposes only its
+    seed, not its running state). With them, a resumed XLA run differs in those draws (measured here: max
     weight difference 0.013 after one resumed epoch with flip and dropout 0.3)."""
     cfg = small_config(**{"train.epochs": 2, "train.grad_accum_steps": 2, "model.head.hidden": 16,
                           "model.head.dropout": 0.0, "data.augment.flip": False,
