@@ -37,6 +37,7 @@ import torch.distributed as dist
 
 from octtrain.errors import ConfigError
 from octtrain.sections import RuntimeSection
+from octtrain.topology import TPU_BASE_PORT, parse_chips, tpu_rank_env
 
 DeviceKind = Literal["xla", "cuda", "cpu"]
 
@@ -361,7 +362,39 @@ def init_process_group(kind: DeviceKind, rank: int, world_size: int, port: int, 
 
 def launch_xla(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
     """Run ``fn(ordinal, *args)`` in one process per local XLA device (``torch_xla.launch``:
-    PJRT assigns the ordinals); returns when all have ended, raises if one raised."""
+    PJRT assigns the ordinals); returns when all have ended, raises if one raised. Given some
+    chips (``TPU_VISIBLE_CHIPS=2,3``: a slot of ``octsearch run --parallel``), one rank per chip
+    of those (:func:`octtrain.topology.tpu_rank_env`), not of chips 0.. and ports 8476...
+    """
     import torch_xla
+    chips = os.environ.get("TPU_VISIBLE_CHIPS", "")
+    if "," not in chips:
+        torch_xla.launch(fn, args=args)
+        return
+    visible = parse_chips(chips)
+    base_port = int(os.environ.get("TPU_PROCESS_PORT", TPU_BASE_PORT + visible[0]))
+    torch.multiprocessing.start_processes(
+        _xla_rank_on_chips, args=(visible, base_port, fn, args), nprocs=len(visible),
+        join=True, start_method="spawn")
 
-    torch_xla.launch(fn, args=args)
+
+def _xla_rank_on_chips(index: int, chips: list[int], base_port: int, fn: Callable[..., Any],
+                       args: tuple[Any, ...]) -> None:
+    """One rank of :func:`launch_xla` on given chips: its topology set before PJRT starts,
+    then what ``torch_xla.launch`` does in each process (``initialize_multiprocess``)."""
+    os.environ.update(tpu_rank_env(chips, index, base_port=base_port))
+    import torch_xla.runtime as xr
+    from torch_xla._internal import pjrt
+    pjrt.initialize_multiprocess(index, len(chips))
+    fn(xr.global_ordinal(), *args)
+
+
+def local_device_count(kind: Literal["tpu", "cuda"]) -> int:
+    """TPU chips on this host's PCI bus (torch_xla's count, no runtime started) or CUDA devices."""
+    if kind == "cuda":
+        return torch.cuda.device_count()
+    if importlib.util.find_spec("torch_xla") is None:
+        return 0
+    from torch_xla._internal import tpu
+
+    return int(tpu.num_available_chips())

@@ -12,7 +12,10 @@ def main() -> None:
     # First thing (though importing the search package already took a moment: a worker that
     # died meanwhile is noticed, as the parent pid is not the one it was given).
     die_with_parent()
+    from search.devices import pin_cpu_cores
     from search.trial_process import run_child
+
+    pin_cpu_cores()  # a CPU slot's share of the cores, before torch starts its threads
 
     if len(sys.argv) != 2:
         sys.exit("usage: python -m search._trial_main REQUEST.json")

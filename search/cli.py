@@ -32,7 +32,8 @@ STORAGE_ENV = "OCTSEARCH_STORAGE"  # the default --storage: keeps a password off
 def _common(parser: argparse.ArgumentParser, *, study: bool = True) -> None:
     # The default is read when the command runs, never shown: it may hold a password.
     parser.add_argument("--storage", metavar="URL",
-                        help=f"sqlite:///FILE, postgresql+psycopg://... or mysql+pymysql://... "
+                        help=f"sqlite:///FILE, postgresql+psycopg://..., mysql+pymysql://... or "
+                             f"grpc://HOST:PORT (octsearch serve-storage) "
                              f"(default: ${STORAGE_ENV}, else {DEFAULT_STORAGE})")
     if study:
         parser.add_argument("--study", metavar="NAME",
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start no new trial after this many seconds")
     run.add_argument("--seed", type=int, help="sampler seed (give each worker its own)")
     run.add_argument("--device", choices=DEVICES, help="runtime.device of every trial")
+    run.add_argument("--parallel", default="1", metavar="N|auto",
+                     help="trials at once in this worker, each on its own devices (TPU chips, "
+                          "GPUs, or a share of the CPU cores); auto: one per chip/GPU "
+                          "(default: 1)")
+    run.add_argument("--devices-per-trial", type=int, metavar="K",
+                     help="devices of each trial: runtime.num_processes of every trial "
+                          "(default: the space's)")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                      help="trial run directories go to DIR/STUDY-ID/trial_NNNN, ID the "
                           "study's creation id (default: runs)")
@@ -99,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     _common(dash, study=False)
     dash.set_defaults(func=cmd_dashboard)
+
+    proxy = sub.add_parser("serve-storage", help="serve the storage to many workers through "
+                                                 "Optuna's gRPC proxy (--storage grpc://HOST:PORT)")
+    proxy.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default: 127.0.0.1; 0.0.0.0 for other hosts)")
+    proxy.add_argument("--port", type=int, default=13000, help="port (default: 13000)")
+    _common(proxy, study=False)
+    proxy.set_defaults(func=cmd_serve_storage)
     return parser
 
 
@@ -118,9 +134,10 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the running trial is stopped (preempted: it is re-queued
     to resume from its checkpoint, see search.resume)."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+    def __init__(self, which: int | str) -> None:  # a number, or a name (copies by args)
+        sig = signal.Signals[which] if isinstance(which, str) else signal.Signals(which)
+        super().__init__(sig.name)
+        self.signum = int(sig)
 
 
 @contextmanager
@@ -140,7 +157,8 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.preflight import preflight
+    from search.devices import auto_parallel, host_devices, parse_parallel, plan_slots
+    from search.preflight import check_storage, preflight
     from search.record import runs_folder
     from search.report import format_leaderboard
     from search.space import load_space
@@ -153,9 +171,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise OctsearchError(f"--max-failures must be at least 1, got {args.max_failures}")
     if args.timeout is not None and not args.timeout > 0:
         raise OctsearchError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    if args.devices_per_trial is not None and args.devices_per_trial < 1:
+        raise OctsearchError(f"--devices-per-trial must be at least 1, got {args.devices_per_trial}")
+    parallel = parse_parallel(args.parallel)
     url = check_shared(_storage_url(args))
     space = load_space(args.space)
     preflight(space.base, args.device)
+    check_storage(url)
+    per_trial = args.devices_per_trial or space.base.runtime.num_processes
+    kind, available = host_devices(args.device or space.base.runtime.device)
+    slots = plan_slots(kind, available, parallel or auto_parallel(kind, available, per_trial),
+                       per_trial)
     storage = open_storage(url)
     name = _study_name(args)
     assert name is not None
@@ -164,10 +190,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"octsearch: {'created' if created else 'joined'} study {name!r} in "
           f"{redact(storage.url)}: {finished}/{args.trials} finished, {running} running; run "
           f"directories under {args.runs_dir / runs_folder(study)}", file=sys.stderr)
+    if len(slots) > 1:
+        print(f"octsearch: {len(slots)} trials at once: "
+              + ", ".join(f"slot {s.slot} on {s.label}" for s in slots), file=sys.stderr)
     options = WorkerOptions(n_trials=args.trials, timeout_s=args.timeout, device=args.device,
-                            runs_dir=args.runs_dir, checkpoint_dir=args.checkpoint_dir,
+                            num_processes=args.devices_per_trial, runs_dir=args.runs_dir,
+                            checkpoint_dir=args.checkpoint_dir,
                             max_consecutive_failures=args.max_failures,
-                            fit_target=args.fit_target)
+                            fit_target=args.fit_target, slots=tuple(slots))
     with sigterm_interrupts():
         summary = run_worker(study, space, storage, options, out=sys.stderr)
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "
@@ -228,6 +258,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from search.dashboard import serve
 
     serve(_storage_url(args), args.host, args.port)
+    return 0
+
+
+def cmd_serve_storage(args: argparse.Namespace) -> int:
+    """The proxy in the foreground; Ctrl-C exits 130, SIGTERM 143 (128 + the signal)."""
+    from search.grpc_proxy import serve
+
+    try:
+        with sigterm_interrupts():
+            serve(_storage_url(args), args.host, args.port)
+    except KeyboardInterrupt as err:
+        print("octsearch: storage proxy stopped", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
     return 0
 
 

@@ -23,7 +23,7 @@ from octtrain.errors import DataError
 from octtrain.readers import read_volume
 from octtrain.records import Entry, index_folder, read_manifest
 from octtrain.sections import DataSection
-from search.errors import PreflightError
+from search.errors import PreflightError, StorageError
 
 SAMPLE_VOLUMES = 3  # volumes read before the first trial: the first, one in the middle, the last
 
@@ -79,3 +79,17 @@ def preflight(cfg: TrainConfig, device: str | None = None) -> list[str]:
     replaces its ``runtime.device``); what was checked, one line each, or a PreflightError."""
     return [f"data: {check_data(cfg.data)}",
             f"device: {check_device(device or cfg.runtime.device)} (available)"]
+
+
+def check_storage(url: str) -> str:
+    """A ``grpc://`` proxy must answer (a PreflightError naming it otherwise); a database URL is
+    checked when the worker opens it, before any trial either."""
+    from search.grpc_proxy import is_grpc_url, open_grpc_storage
+
+    if not is_grpc_url(url):
+        return f"{url.split(':', 1)[0]} (opened by the worker)"
+    try:
+        open_grpc_storage(url, heartbeat_interval=None).close()
+    except StorageError as err:
+        raise PreflightError(str(err)) from None
+    return f"proxy at {url} answers"

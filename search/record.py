@@ -21,6 +21,8 @@ process starts; the reporter writes one per epoch; the worker writes how the tri
 ``unfreeze_at_epoch``     the epoch the encoder unfreezes (``-1``: never)
 ``run_dir``               the trial's run directory (absolute)
 ``host``                  the host name of the worker that ran it
+``devices``               the devices its worker's slot gave it (``tpu:2,3``, ``cuda:1``,
+                          ``cpu:0-7``; :class:`search.devices.Assignment`); none before slots
 ``epoch_NNN``             the trainer's metrics dict of epoch ``NNN`` (0-based; NaN as null)
 ``best_epoch``            COMPLETE: the epoch of the told (best) value
 ``prune_reason``          PRUNED: why, one line
@@ -57,6 +59,7 @@ OVERRIDES_ATTR = "overrides"
 UNFREEZE_ATTR = "unfreeze_at_epoch"
 RUN_DIR_ATTR = "run_dir"
 HOST_ATTR = "host"
+DEVICES_ATTR = "devices"
 BEST_EPOCH_ATTR = "best_epoch"
 PRUNE_REASON_ATTR = "prune_reason"
 FAIL_REASON_ATTR = "fail_reason"
@@ -113,6 +116,11 @@ def write_run(trial: optuna.Trial, *, unfreeze_at_epoch: int, run_dir: Path, hos
     trial.set_user_attr(UNFREEZE_ATTR, unfreeze_at_epoch)
     trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
     trial.set_user_attr(HOST_ATTR, host)
+
+
+def write_devices(trial: optuna.Trial, label: str) -> None:
+    """The devices the trial runs on (its slot's), written when it is handed to the slot."""
+    trial.set_user_attr(DEVICES_ATTR, label)
 
 
 def write_epoch(trial: optuna.Trial, epoch: int, metrics: Mapping[str, Any]) -> None:
@@ -185,6 +193,12 @@ def stored_overrides(trial: BaseTrial) -> dict[str, Any]:
 def stored_run_dir(trial: BaseTrial) -> str | None:
     value = trial.user_attrs.get(RUN_DIR_ATTR)
     return str(value) if value else None
+
+
+def ran_on(trial: BaseTrial) -> str:
+    """``host devices`` of the trial (what is stored of them; ``""`` for none)."""
+    attrs = trial.user_attrs
+    return " ".join(str(attrs[k]) for k in (HOST_ATTR, DEVICES_ATTR) if attrs.get(k))
 
 
 def enqueued_name(trial: BaseTrial) -> str:

@@ -27,6 +27,7 @@ from search.record import (
     end_reason,
     enqueued_name,
     epoch_metrics,
+    ran_on,
     stored_best_epoch,
     stored_overrides,
     stored_run_dir,
@@ -45,6 +46,7 @@ class TrialRow:
     reason: str
     params: dict[str, Any]
     enqueued: str
+    ran_on: str = ""  # host and devices
 
 
 def trial_row(trial: FrozenTrial, maximize: bool) -> TrialRow:
@@ -61,7 +63,8 @@ def trial_row(trial: FrozenTrial, maximize: bool) -> TrialRow:
     per_class = [math.nan if a is None else float(a)
                  for a in metrics.get("val/per_class_accuracy") or []]
     return TrialRow(trial.number, trial.state.name, value, epoch, len(trial.intermediate_values),
-                    per_class, end_reason(trial), dict(trial.params), enqueued_name(trial))
+                    per_class, end_reason(trial), dict(trial.params), enqueued_name(trial),
+                    ran_on(trial))
 
 
 def describe_trial(trial: FrozenTrial) -> str:
@@ -108,7 +111,7 @@ def format_rows(rows: Sequence[TrialRow], param_paths: Sequence[str], metric: st
                 reason_width: int = 70) -> str:
     names = _short_names(param_paths)
     headers = ["#", "state", metric, "epoch", "epochs", "per-class acc",
-               *(names[p] for p in param_paths), "reason"]
+               *(names[p] for p in param_paths), "ran on", "reason"]
     body = []
     for r in rows:
         body.append([
@@ -116,7 +119,7 @@ def format_rows(rows: Sequence[TrialRow], param_paths: Sequence[str], metric: st
             format_value(r.value), "-" if r.epoch < 0 else str(r.epoch), str(r.epochs),
             " ".join(f"{a:.2f}" for a in r.per_class_accuracy) or "-",
             *(format_value(r.params[p]) if p in r.params else "" for p in param_paths),
-            clip(r.reason, reason_width),
+            r.ran_on or "-", clip(r.reason, reason_width),
         ])
     return format_table(headers, body)
 

@@ -11,6 +11,9 @@ Workers record a heartbeat for their running trial (:func:`heartbeat`). A trial 
 stopped beating for :data:`GRACE_PERIOD_S` (a host lost, a worker killed with SIGKILL) is
 failed by the next worker that asks for a trial and re-queued once more with the same
 parameters (:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`).
+
+``grpc://HOST:PORT`` is Optuna's gRPC storage proxy in front of one of those databases, for
+many workers (:mod:`search.grpc_proxy`, started by ``octsearch serve-storage``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, Union
 
 import optuna
 import sqlalchemy
@@ -35,6 +38,9 @@ from octtrain.errors import clip, one_line
 from search.errors import StorageError
 from search.record import KEPT_ON_RETRY
 
+if TYPE_CHECKING:
+    from search.grpc_proxy import GrpcStorage
+
 DEFAULT_STORAGE = "sqlite:///octsearch.db"  # a file in the working directory
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a connection waits for another writer's lock
 HEARTBEAT_INTERVAL_S = 20  # a running trial's worker writes a heartbeat this often
@@ -42,6 +48,7 @@ GRACE_PERIOD_S = 120  # a RUNNING trial without a heartbeat for this long is fai
 STALE_TRIAL_RETRIES = 1  # times a stale trial is re-queued with the same parameters
 POOL = {"pool_size": 2, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 1800}
 CONNECT_TIMEOUT_S = 10
+StudyStorage = Union[RDBStorage, "GrpcStorage"]  # a database, or the gRPC proxy in front of one
 
 _DRIVERS = {
     "sqlite": "sqlite",
@@ -54,7 +61,12 @@ _DRIVERS = {
 
 
 def normalize_url(url: str) -> str:
-    """``url`` with the driver this project installs, or a StorageError naming it."""
+    """``url`` with the driver this project installs, or a StorageError naming it; a proxy's
+    ``grpc://HOST[:PORT]`` with its port."""
+    from search.grpc_proxy import grpc_url, is_grpc_url, parse_grpc_url
+
+    if is_grpc_url(url):
+        return grpc_url(*parse_grpc_url(url))
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
@@ -76,6 +88,8 @@ def check_shared(url: str) -> str:
     ``sqlite:///``, ``:memory:``): each trial process opens the storage again and would find
     an empty database of its own."""
     normalized = normalize_url(url)
+    if normalized.startswith("grpc://"):
+        return normalized  # the proxy's database is shared by construction
     parsed = sqlalchemy.engine.make_url(normalized)
     in_memory = (not parsed.database or parsed.database == ":memory:"
                  or parsed.query.get("mode") == "memory")
@@ -94,11 +108,12 @@ def redact(url: str) -> str:
     return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
-def _engine_kwargs(url: str) -> dict[str, Any]:
+def _engine_kwargs(url: str, pool_size: int | None = None) -> dict[str, Any]:
     backend = sqlalchemy.engine.make_url(url).get_backend_name()
     if backend == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    return {**POOL, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    pool = POOL if pool_size is None else {**POOL, "pool_size": pool_size}
+    return {**pool, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
 
 
 def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -127,14 +142,21 @@ def _enable_wal(url: str, create: bool) -> None:
     _retry_open_race(set_wal, url)
 
 
-def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RDBStorage:
-    """An RDB storage with this project's settings.
+def open_storage(url: str, *, heartbeat: bool = True, create: bool = True,
+                 pool_size: int | None = None) -> StudyStorage:
+    """An RDB storage with this project's settings, or a client of the gRPC proxy at
+    ``grpc://HOST:PORT`` (a StorageError when it does not answer).
 
     ``heartbeat=True`` is for workers (they record heartbeats and fail stale trials); trial
     processes, reports and the dashboard open the same database without it. ``create=False``
     refuses to create a new SQLite file (review commands run in the wrong folder).
+    ``pool_size``: pooled connections to a server database (the proxy serves many calls).
     """
     url = check_shared(url)
+    if url.startswith("grpc://"):
+        from search.grpc_proxy import open_grpc_storage
+
+        return open_grpc_storage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S if heartbeat else None)
     backend = sqlalchemy.engine.make_url(url).get_backend_name()
     if backend == "sqlite":
         _enable_wal(url, create)
@@ -148,7 +170,7 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> RD
     def build() -> RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **options)
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(url, pool_size), **options)
 
     return _retry_open_race(build, url)
 
@@ -182,7 +204,7 @@ def _lost_open_race(cause: BaseException) -> bool:
 
 
 @contextmanager
-def heartbeat(storage: RDBStorage, trial_id: int, *, out: TextIO | None = None) -> Iterator[None]:
+def heartbeat(storage: StudyStorage, trial_id: int, *, out: TextIO | None = None) -> Iterator[None]:
     """Record the trial's heartbeat every heartbeat interval while the block runs.
 
     Optuna records heartbeats only inside ``Study.optimize``; a worker that asks, runs the
@@ -217,7 +239,7 @@ def heartbeat(storage: RDBStorage, trial_id: int, *, out: TextIO | None = None) 
 class _Beat:
     """One heartbeat write; remembers an outage so that it is reported once, not every beat."""
 
-    def __init__(self, storage: RDBStorage, trial_id: int, out: TextIO | None) -> None:
+    def __init__(self, storage: StudyStorage, trial_id: int, out: TextIO | None) -> None:
         self.storage, self.trial_id, self.out = storage, trial_id, out
         self.failing_since: float | None = None  # monotonic time of the first failed beat
 

@@ -14,16 +14,15 @@ import warnings
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
 
 from search.errors import SearchSpaceError, StorageError
 from search.record import ENQUEUED_ATTR, stored_space_dict, write_space
 from search.space import SearchSpace, diff_spaces, space_from_dict
-from search.storage import redact
+from search.storage import StudyStorage, redact
 
 
 def open_study(
-    space: SearchSpace, storage: RDBStorage, study_name: str, *, seed: int | None = None
+    space: SearchSpace, storage: StudyStorage, study_name: str, *, seed: int | None = None
 ) -> tuple[optuna.Study, bool]:
     """The study ``study_name`` for ``space``, and whether this call created it.
 
@@ -66,7 +65,7 @@ def _wait_for_space(study: optuna.Study) -> None:
         time.sleep(0.2)
 
 
-def _check_same_space(study: optuna.Study, canonical: dict[str, Any], storage: RDBStorage) -> None:
+def _check_same_space(study: optuna.Study, canonical: dict[str, Any], storage: StudyStorage) -> None:
     stored = stored_space_dict(study)
     where = f"study {study.study_name!r} in {redact(storage.url)!r}"
     if stored is None:
@@ -81,7 +80,7 @@ def _check_same_space(study: optuna.Study, canonical: dict[str, Any], storage: R
                                  "new --study name for the new space")])
 
 
-def load_review_study(storage: RDBStorage, study_name: str | None) -> optuna.Study:
+def load_review_study(storage: StudyStorage, study_name: str | None) -> optuna.Study:
     """An existing study for reading; without a name, the storage's only study."""
     names = optuna.study.get_all_study_names(storage)
     if study_name is None:

@@ -123,11 +123,32 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+class StopRequest:
+    """Another thread's request to stop a running trial process: the thread waiting for it
+    terminates it and raises the request's KeyboardInterrupt, as if interrupted itself (only a
+    worker's main thread receives Ctrl-C and SIGTERM; its slots' threads run trials)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.error = KeyboardInterrupt()
+
+    def request(self, error: KeyboardInterrupt) -> None:
+        self.error = error
+        self._event.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._event.wait(timeout_s)
+
+
+STOP_POLL_S = 0.2  # how often a stoppable wait looks at its child
+
+
 def run_trial_process(
     request: TrialRequest, storage_url: str, *, echo: TextIO | None = None, prefix: str = "",
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None, stop: StopRequest | None = None,
 ) -> TrialResult:
-    """Run the trial in a child process and return how it ended (blocks until then)."""
+    """Run the trial in a child process and return how it ended (blocks until then, or until
+    ``stop`` is requested: then the child is terminated and the request's error raised)."""
     run_dir = Path(request.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / RESULT_FILE
@@ -146,7 +167,7 @@ def run_trial_process(
         reader = threading.Thread(target=_pump, args=(proc, log, tail, echo, prefix), daemon=True)
         reader.start()
         try:
-            returncode = proc.wait()
+            returncode = proc.wait() if stop is None else _wait_or_stop(proc, stop)
         finally:
             if proc.poll() is None:
                 _terminate(proc)
@@ -158,6 +179,13 @@ def run_trial_process(
     last = lines[-1].strip() if lines else "no output"
     return TrialResult(Outcome.FAILED, reason=f"trial process {describe_exit(returncode)} "
                        f"without a result: {last}", output_tail="\n".join(lines))
+
+
+def _wait_or_stop(proc: subprocess.Popen[str], stop: StopRequest) -> int:
+    while (returncode := proc.poll()) is None:
+        if stop.wait(STOP_POLL_S):
+            raise stop.error
+    return returncode
 
 
 def _pump(proc: subprocess.Popen[str], log: TextIO, tail: deque[str], echo: TextIO | None,

@@ -13,11 +13,20 @@ So the study ends with N finished trials, and only workers asking at the same in
 start more (at most one extra trial per such worker). FAIL trials do not count: a failed
 trial is replaced, but a worker stops after ``max_consecutive_failures`` failures in a row,
 since then the problem is the setup, not the trial.
+
+A worker with several slots (``--parallel N``, :mod:`search.slots`, :mod:`search.devices`)
+applies the same rule to start a trial in each free slot: its main thread counts and asks, one
+trial at a time, so its own running trials count as RUNNING before it starts the next. Each
+slot runs its trial as :func:`run_one_trial` does (own process, own heartbeat) and counts its
+own failures in a row: a slot at the limit retires, and the worker stops with a WorkerError
+once every slot has. When the study is done or time is up, it starts nothing and waits for
+its running trials.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import socket
 import time
@@ -29,10 +38,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import optuna
-from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from octtrain.errors import ConfigError, clip
+from search.devices import Assignment
 from search.errors import StorageError, WorkerError
 from search.record import (
     RESUMES_TRIAL_ATTR,
@@ -40,6 +50,7 @@ from search.record import (
     resume_source,
     runs_folder,
     write_best_epoch,
+    write_devices,
     write_failure,
     write_overrides,
     write_prune_reason,
@@ -47,9 +58,16 @@ from search.record import (
 )
 from search.report import describe_trial, format_value
 from search.resume import checkpoint_path, interrupted_result, requeue
+from search.slots import Slot, SlotPool
 from search.space import SearchSpace
-from search.storage import heartbeat
-from search.trial_process import Outcome, TrialRequest, TrialResult, run_trial_process
+from search.storage import StudyStorage, heartbeat
+from search.trial_process import (
+    Outcome,
+    StopRequest,
+    TrialRequest,
+    TrialResult,
+    run_trial_process,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -59,12 +77,16 @@ class WorkerOptions:
     n_trials: int  # finished trials wanted in the study, all workers together
     timeout_s: float | None = None  # start no trial after this many seconds
     device: str | None = None  # runtime.device of every trial (None: the space's)
+    num_processes: int | None = None  # runtime.num_processes of every trial (None: the space's)
     runs_dir: Path = Path("runs")  # trial run directories: RUNS_DIR/STUDY-ID/trial_NNNN
     checkpoint_dir: Path | None = None  # resume checkpoints of preempted trials (None: runs_dir)
     max_consecutive_failures: int = 3
     poll_s: float = 5.0  # how often a waiting worker looks at the study again
     fit_target: str = "octtrain:fit"
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment of trial processes
+    slots: tuple[Assignment, ...] = ()  # trials at once and their devices (none: one, all)
+    stop: StopRequest | None = None  # set per slot (search.slots): stops its trial process
+    devices: str = ""  # set per slot: its devices, recorded with each trial (record.py)
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -119,51 +141,106 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 
 def run_worker(
-    study: optuna.Study, space: SearchSpace, storage: RDBStorage, options: WorkerOptions,
+    study: optuna.Study, space: SearchSpace, storage: StudyStorage, options: WorkerOptions,
     *, out: TextIO | None = None,
 ) -> WorkerSummary:
-    """Run trials until the study has ``options.n_trials`` finished trials (or time is up)."""
+    """Run trials until the study has ``options.n_trials`` finished trials (or time is up),
+    up to one per slot at once (``options.slots``; none: one slot on every device)."""
     summary = WorkerSummary()
-    start = time.monotonic()
-    failures_in_a_row = 0
-    waiting = False
-    while True:
+    pool = SlotPool(list(options.slots) or [Assignment(0, "any", ())], out)
+    loop = _Loop(study, options, summary, pool, out, time.monotonic())
+    try:
+        while True:
+            for ended in pool.done():
+                loop.ended(ended)
+            step = loop.next()
+            if step is Step.STOP and not pool.busy():
+                if pool.all_retired():
+                    raise loop.failed
+                return summary
+            slot = pool.free() if step is Step.START else None
+            if slot is not None:
+                trial = ask_trial(study)
+                summary.trials.append(trial.number)
+                try:
+                    pool.start(slot, options, functools.partial(
+                        _run_in_slot, study, space, storage, trial))
+                finally:
+                    if not slot.busy:  # interrupted before its thread took the trial over
+                        _tell(study, trial, TrialResult(Outcome.FAILED,
+                                                        reason="worker: stopped at its start"))
+                continue
+            pool.wait(options.poll_s)
+    except BaseException as err:
+        pool.stop_all(err)  # every running trial stopped and failed, as a one-slot worker's
+        raise
+
+
+def _run_in_slot(study: optuna.Study, space: SearchSpace, storage: StudyStorage,
+                 trial: optuna.Trial, options: WorkerOptions,
+                 out: TextIO | None) -> optuna.trial.FrozenTrial:
+    return run_one_trial(study, space, storage, options, out=out, trial=trial)
+
+
+class _Loop:
+    """The main thread's bookkeeping: the counting rule, time, each slot's failures."""
+
+    def __init__(self, study: optuna.Study, options: WorkerOptions, summary: WorkerSummary,
+                 pool: SlotPool, out: TextIO | None, start: float) -> None:
+        self.study, self.options, self.summary, self.pool = study, options, summary, pool
+        self.out, self.start = out, start
+        self.waiting = False
+        self.failed = WorkerError("no slot")  # raised once every slot has retired
+
+    def next(self) -> Step:
+        """:func:`next_step` for this worker; STOP also when time is up or every slot retired."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(study)
-        finished, running = count_trials(study)
-        summary.finished = finished
-        step = next_step(finished, running, options.n_trials)
+            fail_stale_trials(self.study)
+        finished, running = count_trials(self.study)
+        self.summary.finished = finished
+        step = next_step(finished, running, self.options.n_trials)
+        timeout = self.options.timeout_s
         if step is Step.STOP:
-            summary.stopped = (f"the study has {finished} finished trials "
-                               f"(asked for {options.n_trials})")
-            return summary
-        if options.timeout_s is not None and time.monotonic() - start >= options.timeout_s:
-            summary.stopped = f"timeout of {options.timeout_s:g} s reached"
-            return summary
-        if step is Step.WAIT:
-            if not waiting:
-                _progress(out, f"{finished} finished, {running} running in other workers: "
+            self.summary.stopped = (f"the study has {finished} finished trials "
+                                    f"(asked for {self.options.n_trials})")
+        elif timeout is not None and time.monotonic() - self.start >= timeout:
+            self.summary.stopped, step = f"timeout of {timeout:g} s reached", Step.STOP
+        elif self.pool.all_retired():
+            step = Step.STOP
+        if step is Step.WAIT and not self.pool.busy():
+            if not self.waiting:
+                _progress(self.out, f"{finished} finished, {running} running in other workers: "
                           "waiting for them")
-            waiting = True
-            time.sleep(options.poll_s)
-            continue
-        waiting = False
-        frozen = run_one_trial(study, space, storage, options, out=out)
-        summary.trials.append(frozen.number)
-        finished, _ = count_trials(study)
-        summary.finished = finished
-        elapsed = _duration(time.monotonic() - start)
-        _progress(out, f"{_bar(finished, options.n_trials)} finished, {elapsed} | "
+            self.waiting = True
+        elif step is Step.START:
+            self.waiting = False
+        return step
+
+    def ended(self, slot: Slot) -> None:
+        """A slot's trial ended: report it; count the slot's failures (retire it at the limit)."""
+        if slot.error is not None:
+            raise slot.error  # the worker failed (storage); interrupts were raised in main
+        frozen = slot.result
+        assert frozen is not None
+        finished, _ = count_trials(self.study)
+        elapsed = _duration(time.monotonic() - self.start)
+        _progress(slot.out, f"{_bar(finished, self.options.n_trials)} finished, {elapsed} | "
                   f"{describe_trial(frozen)}")
-        if frozen.state == TrialState.FAIL:
-            failures_in_a_row += 1
-            if failures_in_a_row >= options.max_consecutive_failures:
-                last = clip(end_reason(frozen))
-                raise WorkerError(f"{failures_in_a_row} trials in a row failed; stopping this "
-                                  f"worker. Last (trial {frozen.number}): {last}")
-        else:
-            failures_in_a_row = 0
+        if frozen.state != TrialState.FAIL:
+            slot.failures_in_a_row = 0
+            return
+        slot.failures_in_a_row += 1
+        if slot.failures_in_a_row < self.options.max_consecutive_failures:
+            return
+        last = clip(end_reason(frozen))
+        slot.retired = (f"{slot.failures_in_a_row} trials in a row failed; stopping this "
+                        f"{'slot' if self.pool.prefixed else 'worker'}. Last (trial "
+                        f"{frozen.number}): {last}")
+        self.failed = WorkerError(slot.retired if not self.pool.prefixed else
+                                  f"every slot stopped; {slot.name}: {slot.retired}")
+        if self.pool.prefixed:
+            _progress(slot.out, slot.retired)
 
 
 def _duration(seconds: float) -> str:
@@ -171,15 +248,21 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def run_one_trial(
-    study: optuna.Study, space: SearchSpace, storage: RDBStorage, options: WorkerOptions,
-    *, out: TextIO | None = None,
-) -> optuna.trial.FrozenTrial:
-    """Ask one trial, run it in a child process, tell its state. Never leaves it RUNNING."""
+def ask_trial(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():
         # We ask and tell ourselves and keep the heartbeat in storage.heartbeat().
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        trial = study.ask()
+        return study.ask()
+
+
+def run_one_trial(
+    study: optuna.Study, space: SearchSpace, storage: StudyStorage, options: WorkerOptions,
+    *, out: TextIO | None = None, trial: optuna.Trial | None = None,
+) -> optuna.trial.FrozenTrial:
+    """Ask one trial (or take ``trial``, just asked), run it in a child process, tell its
+    state. Never leaves it RUNNING."""
+    if trial is None:
+        trial = ask_trial(study)
     trial_id = trial._trial_id  # Optuna's Trial(study, trial_id) is how the child takes it over
     try:
         with heartbeat(storage, trial_id, out=out):
@@ -200,13 +283,17 @@ def run_one_trial(
     return storage.get_trial(trial_id)
 
 
-def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: optuna.Trial,
+def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: optuna.Trial,
          options: WorkerOptions, out: TextIO | None) -> TrialResult:
     params = space.suggest(trial)
     overrides: dict[str, Any] = dict(params)
     if options.device is not None:
         overrides["runtime.device"] = options.device
+    if options.num_processes is not None:
+        overrides["runtime.num_processes"] = options.num_processes
     write_overrides(trial, overrides)
+    if options.devices:
+        write_devices(trial, options.devices)
     try:
         cfg = space.trainer_config(overrides)
     except ConfigError as err:
@@ -227,7 +314,7 @@ def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: op
             options.checkpoint_dir or options.runs_dir, study, trial.number)),
     )
     return run_trial_process(request, storage.url, echo=out, prefix=f"  [trial {trial.number}] ",
-                             env=options.env)
+                             env=options.env, stop=options.stop)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None:

@@ -14,7 +14,9 @@ values, which a sampler never draws:
 
 Every epoch touches ``started_E`` in the run directory, then sleeps ``FAKE_FIT_EPOCH_S`` seconds
 (default 0). With ``preempt_to``, a stop request (SIGTERM) is honoured at the next epoch start:
-its "resume checkpoint" is that epoch's number, which ``resume_from`` continues.
+its "resume checkpoint" is that epoch's number, which ``resume_from`` continues. The devices the
+process was given (its CPU affinity and the slot's variables) go to ``assignment.json`` in the
+run directory.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from octtrain.preempt import Preempted, stop_requested
 
 NUM_CLASSES = 4
 DIVERGE, CRASH, RAISE, HANG = 0.00123, 0.00234, 0.00345, 0.00456
+ASSIGNMENT_VARS = ("OCTSEARCH_SLOT", "OCTSEARCH_CPU_CORES", "OMP_NUM_THREADS",
+                   "CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS")
 
 
 @dataclass
@@ -80,6 +84,9 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
         preempt_to: str | Path | None = None) -> FakeFitResult:
     run_dir = Path(out_dir or "runs/fake")
     run_dir.mkdir(parents=True, exist_ok=True)
+    seen = {var: os.environ.get(var) for var in ASSIGNMENT_VARS}
+    (run_dir / "assignment.json").write_text(json.dumps(
+        {**seen, "affinity": sorted(os.sched_getaffinity(0))}))
     behaviour = cfg.train.lr_head
     collapsed = cfg.model.head.hidden == 0
     result = FakeFitResult(out_dir=run_dir)

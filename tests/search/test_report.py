@@ -30,7 +30,7 @@ def test_trials_table_shows_states_values_epochs_reasons_and_per_class_accuracy(
     lines = format_trials(study).splitlines()
     assert lines[0] == "study 'reviewed': 1 complete, 1 pruned, 1 fail"
     assert lines[1].split() == ["#", "state", "balanced_accuracy", "epoch", "epochs",
-                                "per-class", "acc", "hidden", "lr_head", "reason"]
+                                "per-class", "acc", "hidden", "lr_head", "ran", "on", "reason"]
     pruned, failed, complete = lines[3:]
     assert pruned.split()[:10] == ["0", "(collapses)", "PRUNED", "0.25", "0", "3",
                                    "1.00", "0.00", "0.00", "0.00"]
