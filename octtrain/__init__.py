@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig, config_from_dict, load_config
 from octtrain.errors import ConfigError, DataError, DivergedError, OcttrainError
+from octtrain.preempt import Preempted
 
 if TYPE_CHECKING:
     from octtrain.loop import FitResult, fit
@@ -22,6 +23,7 @@ __all__ = [
     "EpochCallback",
     "FitResult",
     "OcttrainError",
+    "Preempted",
     "TrainConfig",
     "config_from_dict",
     "fit",

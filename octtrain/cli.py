@@ -2,6 +2,8 @@
 
 The command line is the edge: options become a config (``--set``) or ``make_synthetic``
 arguments here, and errors the user can cause are printed as one line (``--debug``: traceback).
+Exit status: 0 done, 2 an error the user can cause, 1 any other failure (a traceback), 128 + N
+stopped by signal N (SIGTERM 143: a resume checkpoint was written; SIGINT 130).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from octtrain.errors import DataError, OcttrainError, RunExistsError, one_line
+from octtrain.preempt import Preempted
 
 if TYPE_CHECKING:
     from octtrain.phantom import LesionParams
@@ -47,9 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.lr_head=0.003 (repeatable)")
     train.add_argument("--out", help="run directory (default: runs/<timestamp>); one that "
-                       "already holds a run is refused unless --overwrite")
-    train.add_argument("--overwrite", action="store_true",
+                       "already holds a run is refused unless --overwrite or --resume")
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out (its files are deleted first)")
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its resume checkpoint (resume.pt, "
+                            "written when a run is stopped by SIGTERM)")
     train.add_argument("--device", choices=["auto", "xla", "cuda", "cpu"],
                        help="shortcut for --set runtime.device=...")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -92,15 +99,24 @@ def format_class_table(metrics: dict[str, Any], class_to_idx: dict[str, int]) ->
 
 def _train(args: argparse.Namespace) -> int:
     from octtrain.config import load_config, parse_overrides
-    from octtrain.loop import fit
+    from octtrain.loop import default_run_dir, fit
+    from octtrain.preempt import stop_on_signals
+    from octtrain.resume import RESUME_FILE
 
     overrides = parse_overrides(args.overrides)
     if args.device:
         overrides["runtime.device"] = args.device
     cfg = load_config(args.config, overrides)
-    if args.out is not None:
-        _clear_run_dir(Path(args.out), overwrite=args.overwrite)
-    result = fit(cfg, out_dir=args.out, progress=not args.quiet)
+    out = Path(args.out) if args.out is not None else default_run_dir()
+    resume = out / RESUME_FILE
+    if args.resume and not resume.is_file():
+        raise RunExistsError(f"--resume: {str(out)!r} holds no resume checkpoint ({RESUME_FILE}, "
+                             "written when a run is stopped by SIGTERM)")
+    if not args.resume:
+        _clear_run_dir(out, overwrite=args.overwrite)
+    with stop_on_signals():  # SIGTERM: a resume checkpoint at the next step, then exit 143
+        result = fit(cfg, out_dir=out, progress=not args.quiet,
+                     resume_from=resume if args.resume else None, preempt_to=resume)
     print(f"run directory: {result.out_dir}")
     if result.best_epoch < 0:
         print(f"no epoch gave a finite validation {result.metric}")
@@ -116,11 +132,13 @@ def _clear_run_dir(out: Path, *, overwrite: bool) -> None:
     """Refuse a directory that holds a run (RunExistsError); with ``overwrite``, delete its
     run files, so the new run's files never mix with the old one's."""
     from octtrain.loop import run_files_in
+    from octtrain.resume import RESUME_FILE
 
     found = run_files_in(out)
     if found and not overwrite:
+        resume = ", --resume to continue it" if RESUME_FILE in found else ""
         raise RunExistsError(f"--out {str(out)!r} already holds a run ({', '.join(found)}): "
-                             "pass --overwrite to replace it, or choose another --out")
+                             f"pass --overwrite to replace it{resume}, or choose another --out")
     for name in found:
         (out / name).unlink()
 
@@ -177,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return _train(args)
         return _make_synthetic(args)
+    except Preempted as err:  # a signal's exit status, 128 + N (SIGTERM: 143)
+        print(f"octtrain: {err}; continue with the same command and --resume", file=sys.stderr)
+        return 128 + err.signum
     except OcttrainError as err:
         if args.debug:
             raise

@@ -13,8 +13,10 @@ last short batch, and validation is padded to full batches with a validity mask
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+import signal
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,17 +150,41 @@ class PaddedDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
         return x, y, torch.tensor(float(i < self.n), dtype=torch.float32)
 
 
+class ResumableSampler(DistributedSampler[Any]):
+    """A rank's shuffle of the training split, able to start an epoch part-way (a resumed run):
+    ``set_epoch(e, skip)`` leaves out the first ``skip`` indices of epoch ``e``'s order, which
+    depends on the seed and the epoch only."""
+
+    skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM/SIGINT: a stop request is the main process's to honour
+    at a step boundary (:mod:`octtrain.preempt`), and a worker killed by a signal sent to the
+    whole process group would break the batch in flight. They end with their parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @dataclass
 class Loaders:
     """One rank's batches: its share of the training split and of the padded validation split."""
 
     train: DataLoader[Any]
-    train_sampler: DistributedSampler[Any]  # set_epoch(e) before epoch e: a new shuffle
+    train_sampler: ResumableSampler  # set_epoch(e) before epoch e: a new shuffle
     val: DataLoader[Any]
     micro_batches: int  # trained per epoch: optimizer steps × grad_accum_steps
 
-    def set_epoch(self, epoch: int) -> None:
-        self.train_sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, skip_micro_batches: int = 0) -> None:
+        """Epoch ``epoch``'s shuffle, without the first ``skip_micro_batches`` batches."""
+        self.train_sampler.set_epoch(epoch, skip_micro_batches * (self.train.batch_size or 1))
 
 
 def build_loaders(splits: Splits, data: DataSection, train: TrainSection, world: int,
@@ -169,12 +195,16 @@ def build_loaders(splits: Splits, data: DataSection, train: TrainSection, world:
     Leftover micro-batches of an epoch (fewer than one accumulation) are skipped: every
     optimizer step then averages exactly ``grad_accum_steps`` micro-batches.
     """
-    train_sampler: DistributedSampler[Any] = DistributedSampler(
-        splits.train, num_replicas=world, rank=rank, shuffle=True, seed=train.seed, drop_last=True)
+    train_sampler = ResumableSampler(splits.train, num_replicas=world, rank=rank, shuffle=True,
+                                     seed=train.seed, drop_last=True)
     workers: dict[str, Any] = {"num_workers": data.num_workers,
-                               "persistent_workers": data.num_workers > 0}
+                               "persistent_workers": data.num_workers > 0,
+                               "worker_init_fn": _ignore_stop_signals}
+    # The workers' base seed is drawn from a generator of the loader's own, not from the
+    # global one (augmentation, dropout): a resumed epoch then draws exactly what it would have.
     train_loader = DataLoader(splits.train, batch_size=train.batch_size, sampler=train_sampler,
-                              drop_last=True, **workers)
+                              drop_last=True, generator=torch.Generator().manual_seed(train.seed),
+                              **workers)
     val_set = PaddedDataset(splits.val, train.batch_size * world)
     val_loader = DataLoader(val_set, batch_size=train.batch_size, shuffle=False, **workers,
                             sampler=DistributedSampler(val_set, num_replicas=world, rank=rank,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,33 +52,72 @@ class Update:
         self.optimizer.zero_grad(set_to_none=True)
 
 
+@dataclass
+class TrainProgress:
+    """How far one rank got in a training epoch: the next micro-batch and its sums so far.
+
+    A training epoch stopped at an optimizer-step boundary continues from it
+    (:mod:`octtrain.resume`); the sums stay on the device while the epoch runs.
+    """
+
+    micro_batch: int = 0
+    loss_sum: torch.Tensor | None = None  # sum of per-sample losses; None: nothing yet
+    conf: torch.Tensor | None = None  # (C, C) confusion counts
+    io_s: float = 0.0
+    compute_s: float = 0.0
+
+
+class StopAtStep(Exception):
+    """A stop was requested: the epoch ended at an optimizer-step boundary (see ``progress``)."""
+
+    def __init__(self, progress: TrainProgress) -> None:
+        super().__init__(f"stopped before micro-batch {progress.micro_batch}")
+        self.progress = progress
+
+
+StopCheck = Callable[[str], bool]  # (where) → stop now? Called on every rank at step boundaries
+
+
 def train_epoch(epoch: int, model: OctClassifier, update: Update, loaders: Loaders,
-                runtime: Runtime, bar: ProgressBar) -> dict[str, Any]:
+                runtime: Runtime, bar: ProgressBar, progress: TrainProgress | None = None,
+                stop: StopCheck | None = None) -> dict[str, Any]:
     """Train on ``loaders.micro_batches`` batches; the epoch's ``train/...``, ``lr/...`` and
-    timing metrics. A NaN or infinite mean loss is a :class:`DivergedError`."""
+    timing metrics. A NaN or infinite mean loss is a :class:`DivergedError`.
+
+    ``progress`` continues a stopped epoch (the loaders skip the batches it trained).
+    ``stop`` is asked before each optimizer step and once after the last: when it says yes,
+    :class:`StopAtStep` is raised with the progress so far.
+    """
     model.train()
     c = model.num_classes
-    loss_sum = torch.zeros((), device=runtime.device)
-    conf = torch.zeros(c, c, device=runtime.device)
-    io_s = compute_s = 0.0
+    p = progress or TrainProgress()
+    loss_sum = torch.zeros((), device=runtime.device) if p.loss_sum is None else p.loss_sum.to(runtime.device)
+    conf = torch.zeros(c, c, device=runtime.device) if p.conf is None else p.conf.to(runtime.device)
+    io_s, compute_s = p.io_s, p.compute_s
     update.optimizer.zero_grad(set_to_none=True)
     batches = runtime.loader(loaders.train)
-    for i in range(loaders.micro_batches):
-        t0 = time.monotonic()
-        x, y = next(batches)
-        t1 = time.monotonic()
-        logits = model(x)  # (B, C)
-        loss = update.loss(logits, y)
-        (loss / update.grad_accum_steps).backward()
-        loss_sum += loss.detach() * y.shape[0]
-        conf += confusion_counts(y, logits.detach().argmax(-1), c)
-        if (i + 1) % update.grad_accum_steps == 0:
-            update.step(runtime)
-        runtime.sync()  # one graph per micro-batch; no host read of device values here
-        io_s += t1 - t0
-        compute_s += time.monotonic() - t1
-        bar.update()
-    batches.close()  # stops the loader's feeder threads when micro-batches are left over
+    try:
+        for i in range(p.micro_batch, loaders.micro_batches + 1):
+            if stop is not None and i % update.grad_accum_steps == 0 and stop(f"{epoch}.{i}"):
+                raise StopAtStep(TrainProgress(i, loss_sum, conf, io_s, compute_s))
+            if i == loaders.micro_batches:
+                break
+            t0 = time.monotonic()
+            x, y = next(batches)
+            t1 = time.monotonic()
+            logits = model(x)  # (B, C)
+            loss = update.loss(logits, y)
+            (loss / update.grad_accum_steps).backward()
+            loss_sum += loss.detach() * y.shape[0]
+            conf += confusion_counts(y, logits.detach().argmax(-1), c)
+            if (i + 1) % update.grad_accum_steps == 0:
+                update.step(runtime)
+            runtime.sync()  # one graph per micro-batch; no host read of device values here
+            io_s += t1 - t0
+            compute_s += time.monotonic() - t1
+            bar.update()
+    finally:
+        batches.close()  # stops the loader's feeder threads when micro-batches are left over
 
     # This is the epoch's one device→host read of training values.
     totals = runtime.all_reduce_sum(torch.cat([loss_sum.view(1), conf.view(-1)])).cpu().double()

@@ -11,9 +11,11 @@ several processes, every rank runs :func:`_train_rank` and rank 0 alone writes t
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import math
+import signal
 import sys
 import time
 import uuid
@@ -39,14 +41,16 @@ from octtrain.dataset import (
     replaced_volumes,
 )
 from octtrain.early_stop import EarlyStopping
-from octtrain.epoch import Update, train_epoch, validate
-from octtrain.errors import DataError
+from octtrain.epoch import StopAtStep, TrainProgress, Update, train_epoch, validate
+from octtrain.errors import ConfigError, DataError
 from octtrain.launch import launch
 from octtrain.loss import resolve_class_weights
 from octtrain.model import OctClassifier, build_model
 from octtrain.optim import build_optimizer, build_scheduler
+from octtrain.preempt import Preempted, agreed_stop, stop_on_signals, stop_requested
 from octtrain.progress import ProgressBar, early_stopping_line, epoch_line
 from octtrain.records import SPLITS, save_class_to_idx
+from octtrain.resume import RESUME_FILE, ResumePoint, rank_state, restore, save_resume
 from octtrain.runtime import Runtime, init_runtime
 from octtrain.tracking import Tracker
 
@@ -69,6 +73,8 @@ def fit(
     out_dir: str | Path | None = None,
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
+    resume_from: str | Path | None = None,
+    preempt_to: str | Path | None = None,
 ) -> FitResult:
     """Train with ``cfg``; write the run directory; return the best epoch and the history.
 
@@ -76,20 +82,43 @@ def fit(
     exception it raises propagates out of ``fit`` unchanged after the run directory is closed
     (a search stops a trial this way). Raises :class:`DivergedError` when the training loss is
     NaN/inf, :class:`ConfigError`/:class:`DataError` for bad settings or data.
+
+    ``preempt_to``: when a stop is requested (:mod:`octtrain.preempt`), stop at the next
+    optimizer-step boundary, write a resume checkpoint there and raise
+    :class:`~octtrain.preempt.Preempted`. ``resume_from``: continue the run of that resume
+    checkpoint (same config); ``on_epoch_end`` then sees only the epochs not done before, and
+    the checkpoint is deleted when this run returns.
     """
     knobs = EnvKnobs.from_env()
+    if resume_from is not None and not Path(resume_from).is_file():
+        raise ConfigError([("", f"no resume checkpoint {str(resume_from)!r}")])
     run_dir = _make_run_dir(out_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    resume = _Resume(_path(resume_from), _path(preempt_to))
     rank_fn = functools.partial(_train_rank, cfg=cfg, run_dir=run_dir, progress=progress,
-                                save_rank_weights=knobs.save_rank_weights)
+                                save_rank_weights=knobs.save_rank_weights, resume=resume)
     if cfg.runtime.num_processes == 1:
         runtime = init_runtime(cfg.runtime)
-        return rank_fn(runtime, EpochChannel(on_epoch_end))
-    result: FitResult = launch(rank_fn, cfg.runtime, on_epoch_end, knobs)
-    return result
+        result = rank_fn(runtime, EpochChannel(on_epoch_end))
+    else:
+        result = launch(rank_fn, cfg.runtime, on_epoch_end, knobs)
+    if resume.resume_from is not None:
+        resume.resume_from.unlink(missing_ok=True)  # the run it saved is complete now
+    return result  # type: ignore[no-any-return]
 
 
-RUN_FILES = ("config.yaml", "class_to_idx.json", "metrics.jsonl", "best.pt", "last.pt")  # fit writes
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+@dataclass(frozen=True)
+class _Resume:
+    resume_from: Path | None  # continue this run's resume checkpoint
+    preempt_to: Path | None  # on a stop request, write one here and raise Preempted
+
+
+RUN_FILES = ("config.yaml", "class_to_idx.json", "metrics.jsonl", "best.pt", "last.pt",
+             RESUME_FILE)  # fit writes (resume.pt: octtrain train's resume checkpoint)
 
 
 def run_files_in(out_dir: str | Path) -> list[str]:
@@ -97,10 +126,13 @@ def run_files_in(out_dir: str | Path) -> list[str]:
     return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
 
 
+def default_run_dir() -> Path:
+    """``runs/<timestamp>-<random>``: where a run goes without an ``out_dir``."""
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 def _make_run_dir(out_dir: str | Path | None) -> Path:
-    if out_dir is None:
-        out_dir = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    path = Path(out_dir)
+    path = Path(out_dir) if out_dir is not None else default_run_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -116,45 +148,58 @@ class _Run:
 
 
 def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, run_dir: Path,
-                progress: bool, save_rank_weights: bool) -> FitResult:
+                progress: bool, save_rank_weights: bool, resume: _Resume) -> FitResult:
     run = _set_up(runtime, cfg, run_dir)
     show = progress and runtime.is_master
     epochs, key = cfg.train.epochs, f"val/{cfg.train.early_stopping.metric}"
-    tracker = Tracker(run_dir, cfg.log, cfg.to_dict(), enabled=runtime.is_master,
-                      class_to_idx=run.splits.class_to_idx)
     checkpointer = Checkpointer(run_dir, cfg.to_dict(), run.splits.class_to_idx,
                                 cfg.train.early_stopping.metric)
     stopper = EarlyStopping(cfg.train.early_stopping)
-    history: list[dict[str, Any]] = []
+    at = _start(runtime, run, cfg, resume, stopper)
+    history, partial = at.history, at.progress
+    tracker = Tracker(run_dir, cfg.log, cfg.to_dict(), enabled=runtime.is_master,
+                      class_to_idx=run.splits.class_to_idx)
+    for done in history:  # a resumed run's metrics.jsonl holds every epoch too
+        tracker.log_epoch(done["epoch"], done)
+    check = functools.partial(agreed_stop, runtime) if resume.preempt_to is not None else None
     stop: _Stop | None = None
-    epoch = -1
+    epoch = at.epoch - 1
     try:
-        for epoch in range(epochs):
-            t_epoch, compiles_before = time.monotonic(), runtime.compile_count()
-            run.model.set_encoder_trainable(cfg.model.encoder_trainable(epoch))
-            run.loaders.set_epoch(epoch)
-            bar = ProgressBar(run.loaders.micro_batches, f"epoch {epoch + 1}/{epochs} train",
-                              enabled=show)
-            train_metrics = train_epoch(epoch, run.model, run.update, run.loaders, runtime, bar)
-            tracker.log_train(epoch, train_metrics)  # before validation, which may hang or die
-            bar = ProgressBar(len(run.loaders.val), f"epoch {epoch + 1}/{epochs} val", enabled=show)
-            metrics = {"epoch": epoch, **train_metrics,
-                       **validate(run.model, run.loaders.val, runtime, bar),
-                       **_compiles(runtime, compiles_before)}
-            is_best = stopper.update(epoch, float(metrics[key]))
-            metrics.update(_best(stopper), epoch_s=time.monotonic() - t_epoch)
-            history.append(metrics)
-            if runtime.is_master:
-                checkpointer.save(runtime, epoch, run.model, run.update.optimizer,
-                                  run.update.scheduler, metrics, is_best)
-                tracker.log_epoch(epoch, metrics)
-                if show:
-                    print(epoch_line(metrics, epochs, key, is_best), flush=True)
-            stop = _decide(runtime, channel, stopper, epoch, metrics)
-            if stop is _Stop.EARLY_STOPPING and show:
-                print(early_stopping_line(key, cfg.train.early_stopping.patience), flush=True)
-            if stop is not None:
-                break
+        with stop_on_signals() if check is not None else contextlib.nullcontext():
+            for epoch in range(at.epoch, epochs):
+                t_epoch, compiles_before = time.monotonic(), runtime.compile_count()
+                run.model.set_encoder_trainable(cfg.model.encoder_trainable(epoch))
+                run.loaders.set_epoch(epoch, partial.micro_batch)
+                bar = ProgressBar(run.loaders.micro_batches, f"epoch {epoch + 1}/{epochs} train",
+                                  enabled=show)
+                try:
+                    train_metrics = train_epoch(epoch, run.model, run.update, run.loaders,
+                                                runtime, bar, partial, check)
+                except StopAtStep as stopped:
+                    assert resume.preempt_to is not None  # check is None otherwise
+                    raise _preempt(runtime, run, cfg, resume.preempt_to, epoch, stopped.progress,
+                                   stopper, history, show) from None
+                partial = TrainProgress()
+                tracker.log_train(epoch, train_metrics)  # before validation, which may hang or die
+                bar = ProgressBar(len(run.loaders.val), f"epoch {epoch + 1}/{epochs} val",
+                                  enabled=show)
+                metrics = {"epoch": epoch, **train_metrics,
+                           **validate(run.model, run.loaders.val, runtime, bar),
+                           **_compiles(runtime, compiles_before)}
+                is_best = stopper.update(epoch, float(metrics[key]))
+                metrics.update(_best(stopper), epoch_s=time.monotonic() - t_epoch)
+                history.append(metrics)
+                if runtime.is_master:
+                    checkpointer.save(runtime, epoch, run.model, run.update.optimizer,
+                                      run.update.scheduler, metrics, is_best)
+                    tracker.log_epoch(epoch, metrics)
+                    if show:
+                        print(epoch_line(metrics, epochs, key, is_best), flush=True)
+                stop = _decide(runtime, channel, stopper, epoch, metrics)
+                if stop is _Stop.EARLY_STOPPING and show:
+                    print(early_stopping_line(key, cfg.train.early_stopping.patience), flush=True)
+                if stop is not None:
+                    break
     finally:
         tracker.close(stop.name.lower() if stop is not None else None)
     if save_rank_weights:
@@ -163,6 +208,32 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
                      cfg.train.early_stopping.metric, stop is not None, run.splits.class_to_idx,
                      history)
 
+
+def _start(runtime: Runtime, run: _Run, cfg: TrainConfig, resume: _Resume,
+           stopper: EarlyStopping) -> ResumePoint:
+    """Where the epochs start: epoch 0, or the resume checkpoint's position (loaded into the
+    model, optimizer, scheduler, early stopping and generators)."""
+    if resume.resume_from is None:
+        return ResumePoint(0, TrainProgress(), [])
+    return restore(resume.resume_from, runtime, model=run.model, update=run.update,
+                   stopper=stopper, config=cfg.to_dict())
+
+
+def _preempt(runtime: Runtime, run: _Run, cfg: TrainConfig, path: Path, epoch: int,
+             progress: TrainProgress, stopper: EarlyStopping, history: list[dict[str, Any]],
+             show: bool) -> Preempted:
+    """Write the resume checkpoint of a run stopped before micro-batch ``progress.micro_batch``
+    of ``epoch`` (every rank calls this: each sends its generators and partial sums)."""
+    ranks = runtime.all_gather_object(rank_state(runtime, progress), "octtrain.resume_state")
+    if runtime.is_master:
+        save_resume(path, runtime, epoch=epoch, ranks=ranks, model=run.model, update=run.update,
+                    stopper=stopper, history=history, config=cfg.to_dict())
+    runtime.barrier("octtrain.resume_saved")
+    preempted = Preempted(path, epoch, progress.micro_batch, len(history),
+                          stop_requested() or signal.SIGTERM)
+    if show:
+        print(f"octtrain: {preempted}", flush=True)
+    return preempted
 
 def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
     """Data, class weights, model, optimizer and schedule of this rank, in a fixed order of

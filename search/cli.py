@@ -1,8 +1,9 @@
 """``octsearch``: run a search, review it, export the best config, open the dashboard.
 
 Errors a user can cause print one line, ``octsearch: error: ...``, and exit 2 (1 when a
-worker stops because its trials keep failing, 130 when interrupted); ``--debug`` shows the
-traceback instead. Progress goes to stderr, tables to stdout.
+worker stops because its trials keep failing, 128 + N when stopped by signal N: SIGINT 130,
+SIGTERM 143); ``--debug`` shows the traceback instead. Progress goes to stderr, tables to
+stdout.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "study's creation id (default: runs)")
     run.add_argument("--artifacts-dir", type=Path, metavar="DIR", help="artifact store of "
                      "the trials' run files, for the dashboard (default: RUNS_DIR/artifacts)")
+    run.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
+                     help="resume checkpoints of preempted trials go to DIR/STUDY-ID/trial_NNNN/"
+                          "resume.pt; every worker must see it at the same path, e.g. a shared "
+                          "mount (default: --runs-dir)")
     run.add_argument("--max-failures", type=int, default=3, metavar="K",
                      help="stop this worker after K failed trials in a row (default: 3)")
     run.add_argument("--db-outage-s", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
@@ -158,15 +163,23 @@ def _study_name(args: argparse.Namespace) -> str | None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the running trial is stopped and marked FAIL."""
+    """SIGTERM, handled like Ctrl-C: the running trial is stopped (preempted: it is re-queued
+    to resume from its checkpoint, see search.resume)."""
+
+    def __init__(self, which: int | str) -> None:  # a number, or a name (copies by args)
+        sig = signal.Signals[which] if isinstance(which, str) else signal.Signals(which)
+        super().__init__(sig.name)
+        self.signum = int(sig)
 
 
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """Within the block SIGTERM raises :class:`Terminated` (a KeyboardInterrupt), as
-    ``octsearch run`` handles it: a scheduler's stop ends the trial like Ctrl-C."""
+    ``octsearch run`` handles it: a scheduler's stop ends the trial like Ctrl-C. Once: a second
+    SIGTERM must not cut short the stop of the trial process the first one started."""
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated(signal.Signals(signum).name)
+        signal.signal(signum, signal.SIG_IGN)
+        raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -216,6 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               + ", ".join(f"slot {s.slot} on {s.label}" for s in slots), file=sys.stderr)
     options = WorkerOptions(n_trials=args.trials, timeout_s=args.timeout, device=args.device,
                             num_processes=args.devices_per_trial, runs_dir=args.runs_dir,
+                            checkpoint_dir=args.checkpoint_dir,
                             max_consecutive_failures=args.max_failures,
                             fit_target=args.fit_target, slots=tuple(slots),
                             artifacts_dir=args.artifacts_dir)
@@ -327,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         what = f" by {err}" if isinstance(err, Terminated) else ""
         print(f"octsearch: interrupted{what}", file=sys.stderr)
-        return 130
+        return 128 + (err.signum if isinstance(err, Terminated) else signal.SIGINT)
     except BrokenPipeError:  # `octsearch trials | head`: the reader left; no traceback
         sys.stderr.close()
         return 0

@@ -33,7 +33,13 @@ process starts; the reporter writes one per epoch; the worker writes how the tri
 ``prune_reason``          PRUNED: why, one line
 ``fail_reason``           FAIL: why, one line
 ``output_tail``           FAIL of a process that died without a result: its last lines
+``preempted``             FAIL by preemption: ``{"reason", "epochs_done", "checkpoint"}``
+``resume_from``           a re-queued preempted trial: the resume checkpoint it continues
+``resumes_trial``         a re-queued preempted trial: the number of the trial it continues
 ========================  ==================================================================
+
+A re-queued preempted trial also carries the ``epoch_NNN`` attributes and the intermediate
+values of the epochs done before (:mod:`search.resume`), so every epoch is stored exactly once.
 """
 
 from __future__ import annotations
@@ -66,6 +72,9 @@ OUTPUT_TAIL_ATTR = "output_tail"
 
 TEST_METRICS_ATTR = "test/metrics"
 TEST_USES_ATTR = "test/uses"
+PREEMPTED_ATTR = "preempted"
+RESUME_FROM_ATTR = "resume_from"
+RESUMES_TRIAL_ATTR = "resumes_trial"
 
 KEPT_ON_RETRY = (ENQUEUED_ATTR,)  # what a re-queued stale trial keeps; the rest was its run's
 
@@ -152,7 +161,23 @@ def write_failure(trial: optuna.Trial, reason: str | None, output_tail: str | No
         trial.set_user_attr(OUTPUT_TAIL_ATTR, output_tail)
 
 
+def write_preempted(trial: optuna.Trial, info: Mapping[str, Any]) -> None:
+    trial.set_user_attr(PREEMPTED_ATTR, dict(info))
+
+
 # Trial: read ------------------------------------------------------------------------------------
+
+
+def resume_source(trial: BaseTrial) -> str | None:
+    """The resume checkpoint a re-queued preempted trial continues; None for a fresh trial."""
+    value = trial.user_attrs.get(RESUME_FROM_ATTR)
+    return str(value) if value else None
+
+
+def preempted_info(trial: BaseTrial) -> dict[str, Any] | None:
+    """How a preempted trial stopped (see the table above); None for any other trial."""
+    value = trial.user_attrs.get(PREEMPTED_ATTR)
+    return dict(value) if isinstance(value, dict) else None
 
 
 def epoch_metrics(trial: BaseTrial, epoch: int) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ import optuna
 
 from octtrain.config import config_from_dict
 from octtrain.errors import DivergedError, OcttrainError, describe_exit
+from octtrain.preempt import Preempted, stop_on_signals
 from search.epoch_queue import QUEUE_FILE
 from search.lifeline import lifeline
 from search.record import best_step
@@ -49,7 +50,9 @@ REQUEST_FILE = "request.json"
 RESULT_FILE = "result.json"
 LOG_FILE = "trial.log"
 TAIL_LINES = 20  # lines of a crashed child's output kept as the trial's fail reason
-KILL_GRACE_S = 10.0  # after SIGTERM, how long a child may take to exit before SIGKILL
+KILL_GRACE_S = 10.0  # after SIGKILL, how long to wait for the child and its output
+STOP_GRACE_S = 25.0  # after SIGTERM, how long a child may take to stop (finish its optimizer
+# step, write its resume checkpoint) before SIGKILL: within a spot VM's ~30 s notice
 STORAGE_ENV = "OCTSEARCH_TRIAL_STORAGE"
 
 
@@ -67,6 +70,8 @@ class TrialRequest:
     run_dir: str
     config: dict[str, Any]  # the resolved trainer config, TrainConfig.to_dict()
     fit_target: str = "octtrain:fit"  # "module:function" with octtrain.fit's signature
+    resume_from: str | None = None  # continue this resume checkpoint (a preempted trial's)
+    preempt_to: str | None = None  # on SIGTERM, write a resume checkpoint here and stop
 
     def write(self, path: Path) -> None:
         _write_json_atomic(path, dataclasses.asdict(self))
@@ -82,6 +87,7 @@ class Outcome(str, Enum):
     COMPLETE = "complete"  # with a value
     PRUNED = "pruned"  # by the pruner, or because training diverged
     FAILED = "failed"
+    PREEMPTED = "preempted"  # stopped by SIGTERM with a resume checkpoint: re-queued to resume
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,8 @@ class TrialResult:
     best_epoch: int | None = None
     reason: str | None = None
     output_tail: str | None = None  # last lines of a child that died without a result
+    checkpoint: str | None = None  # PREEMPTED: the resume checkpoint
+    epochs_done: int | None = None  # PREEMPTED: epochs validated and reported before the stop
 
     def write(self, path: Path) -> None:
         _write_json_atomic(path, {**dataclasses.asdict(self), "state": self.state.value})
@@ -195,8 +203,9 @@ def _pump(proc: subprocess.Popen[str], log: TextIO, tail: deque[str], echo: Text
 
 
 def _terminate(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM the child's process group (its data loaders, its XLA ranks), then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+    """SIGTERM the child's process group (it stops at its next optimizer step with a resume
+    checkpoint; its data loaders ignore SIGTERM, its ranks stop together), then SIGKILL."""
+    for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -233,11 +242,14 @@ def run_child(request_path: Path) -> TrialResult:
     study.pruner = space.pruner.build()  # Study.pruner is a plain attribute
     trial = optuna.trial.Trial(study, request.trial_id)
     try:
-        result = _fit(request, trial, space.objective.metric_key, space.objective.maximize)
+        with stop_on_signals():  # SIGTERM: stop at the next optimizer step, resumable
+            result = _fit(request, trial, space.objective.metric_key, space.objective.maximize)
     except BaseException as err:  # noqa: BLE001 - a record for the parent, then re-raise
         failed = TrialResult(Outcome.FAILED, reason=f"{type(err).__name__}: {err}")
         failed.write(run_dir / RESULT_FILE)
         raise
+    if request.resume_from is not None and result.state is not Outcome.PREEMPTED:
+        Path(request.resume_from).unlink(missing_ok=True)  # the trial it resumed has ended
     result.write(run_dir / RESULT_FILE)
     return result
 
@@ -246,12 +258,18 @@ def _fit(request: TrialRequest, trial: optuna.trial.Trial, metric_key: str,
          maximize: bool) -> TrialResult:
     fit = _import_target(request.fit_target)
     reporter = EpochReporter(trial, metric_key, Path(request.run_dir) / QUEUE_FILE)
+    resume = {k: v for k, v in (("resume_from", request.resume_from),
+                                ("preempt_to", request.preempt_to)) if v is not None}
     try:
         cfg = config_from_dict(request.config, source="trial config")
         try:
-            fitted = fit(cfg, out_dir=Path(request.run_dir), on_epoch_end=reporter, progress=True)
+            fitted = fit(cfg, out_dir=Path(request.run_dir), on_epoch_end=reporter, progress=True,
+                         **resume)
         finally:
             reporter.finish()  # epochs queued in an outage; what stays queued, the worker sends
+    except Preempted as err:
+        return TrialResult(Outcome.PREEMPTED, reason=str(err), checkpoint=err.checkpoint,
+                           epochs_done=err.epochs_done)
     except optuna.TrialPruned as err:
         return TrialResult(Outcome.PRUNED, reason=str(err))
     except DivergedError as err:

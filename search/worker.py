@@ -48,7 +48,9 @@ from search.devices import Assignment
 from search.errors import StorageError, WorkerError
 from search.pending import deliver_pending, tell_or_keep
 from search.record import (
+    RESUMES_TRIAL_ATTR,
     end_reason,
+    resume_source,
     runs_folder,
     write_best_epoch,
     write_devices,
@@ -58,6 +60,7 @@ from search.record import (
     write_run,
 )
 from search.report import describe_trial, format_value
+from search.resume import checkpoint_path, interrupted_result, requeue
 from search.retry import OUTAGE_ENV, DatabaseUnreachableError, RetryingStorage
 from search.slots import Slot, SlotPool
 from search.space import SearchSpace
@@ -80,6 +83,7 @@ class WorkerOptions:
     device: str | None = None  # runtime.device of every trial (None: the space's)
     num_processes: int | None = None  # runtime.num_processes of every trial (None: the space's)
     runs_dir: Path = Path("runs")  # trial run directories: RUNS_DIR/STUDY-ID/trial_NNNN
+    checkpoint_dir: Path | None = None  # resume checkpoints of preempted trials (None: runs_dir)
     max_consecutive_failures: int = 3
     poll_s: float = 5.0  # how often a waiting worker looks at the study again
     fit_target: str = "octtrain:fit"
@@ -281,7 +285,10 @@ def run_one_trial(
             reason = f"interrupted by {err}" if str(err) else "interrupted"
         else:
             reason = f"{type(err).__name__}: {err}"
-        _tell(study, trial, TrialResult(Outcome.FAILED, reason=f"worker: {reason}"))
+        # Stopped by the worker, the trial process may have ended on its own terms: preempted
+        # with a resume checkpoint (search.resume), or just finished.
+        ended = interrupted_result(study, trial_id) if isinstance(err, KeyboardInterrupt) else None
+        _tell(study, trial, ended or TrialResult(Outcome.FAILED, reason=f"worker: {reason}"))
         if not isinstance(err, Exception):
             raise
     else:
@@ -317,9 +324,15 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
     write_run(trial, unfreeze_at_epoch=unfreeze, run_dir=run_dir, host=socket.gethostname())
     shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
     _progress(out, f"trial {trial.number} started: {shown}")
+    resume_from = resume_source(trial)
+    if resume_from is not None:
+        _progress(out, f"trial {trial.number} resumes preempted trial "
+                  f"{trial.user_attrs.get(RESUMES_TRIAL_ATTR)} from {resume_from}")
     request = TrialRequest(
         study_name=study.study_name, trial_id=trial._trial_id, trial_number=trial.number,
         run_dir=str(run_dir), config=cfg.to_dict(), fit_target=options.fit_target,
+        resume_from=resume_from, preempt_to=str(checkpoint_path(
+            options.checkpoint_dir or options.runs_dir, study, trial.number)),
     )
     env = dict(options.env)
     if isinstance(storage, RetryingStorage):  # the trial process rides out the same outage
@@ -336,6 +349,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None
             assert result.value is not None and math.isfinite(result.value)
             write_best_epoch(trial, result.best_epoch)
             study.tell(trial, result.value)
+        elif result.state is Outcome.PREEMPTED:
+            requeue(study, trial, result)  # FAIL, and a WAITING trial that resumes it
         elif result.state is Outcome.PRUNED:
             write_prune_reason(trial, result.reason)
             study.tell(trial, state=TrialState.PRUNED)

@@ -290,3 +290,43 @@ def test_make_synthetic_bad_values_are_one_line(
     assert main(["make-synthetic", "--out", str(tmp_path / "d"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("octtrain: error: ") and message in err and err.count("\n") == 1
+
+
+def test_sigterm_writes_a_resume_checkpoint_exit_143_then_resume_finishes(
+        small_manifest: Path, tmp_path: Path) -> None:
+    """SIGTERM stops `octtrain train` at the next optimizer step with status 143 and resume.pt;
+    the same command with --resume finishes the run, every epoch in metrics.jsonl once."""
+    import signal
+    import time
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"data: {{manifest: {small_manifest}, frames: 16, height: 32, width: 32, cache_dir: {tmp_path / 'c'}}}\n"
+        "train: {epochs: 6, batch_size: 2}\nruntime: {device: cpu}\n")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "octtrain.cli", "train", "--config", str(cfg), "--out", str(run)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PJRT_DEVICE", None)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first epoch's line: it is training epoch 2 now
+        if line.startswith("epoch   1/6"):
+            break
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == 143, err
+    assert "octtrain: preempted by SIGTERM at epoch 1, micro-batch" in err
+    assert took < 10, took
+    assert (run / "resume.pt").exists()
+
+    refused = octtrain("train", "--config", str(cfg), "--out", str(run))
+    assert refused.returncode == 2
+    assert "pass --overwrite to replace it, --resume to continue it" in refused.stderr
+    resumed = octtrain("train", "--config", str(cfg), "--out", str(run), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [0, 1, 2, 3, 4, 5]
+    assert not (run / "resume.pt").exists()
+    again = octtrain("train", "--config", str(cfg), "--out", str(run), "--resume")
+    assert again.returncode == 2 and "holds no resume checkpoint (resume.pt" in again.stderr

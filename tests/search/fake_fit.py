@@ -9,13 +9,15 @@ values, which a sampler never draws:
 * ``DIVERGE``: raises :class:`octtrain.DivergedError` in epoch 1;
 * ``CRASH``: prints a line and dies with exit status 3 in epoch 1 (no result);
 * ``RAISE``: raises ``RuntimeError("boom")`` in epoch 1;
-* ``HANG``: writes its pid to ``pid`` in the run directory in epoch 1, then hangs.
+* ``HANG``: writes its pid to ``pid`` in the run directory in epoch 1, then hangs until a
+  stop is requested (SIGTERM), and dies without a result.
 
-Every epoch sleeps ``FAKE_FIT_EPOCH_S`` seconds (default 0). The devices the process was
-given (its CPU affinity and the slot's variables) go to ``assignment.json`` in the run directory.
-With ``FAKE_FIT_RUN_FILES=1`` it
-writes octtrain's run files too (``config.yaml``, ``class_to_idx.json`` naming :data:`CLASSES`,
-``metrics.jsonl``).
+Every epoch touches ``started_E`` in the run directory, then sleeps ``FAKE_FIT_EPOCH_S`` seconds
+(default 0). With ``preempt_to``, a stop request (SIGTERM) is honoured at the next epoch start:
+its "resume checkpoint" is that epoch's number, which ``resume_from`` continues. The devices the
+process was given (its CPU affinity and the slot's variables) go to ``assignment.json`` in the
+run directory. With ``FAKE_FIT_RUN_FILES=1`` it writes octtrain's run files too
+(``config.yaml``, ``class_to_idx.json`` naming :data:`CLASSES`, ``metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import yaml
 from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig
 from octtrain.errors import DivergedError
+from octtrain.preempt import Preempted, stop_requested
 from octtrain.records import save_class_to_idx
 from octtrain.tracking import Tracker
 
@@ -83,7 +86,8 @@ def epoch_metrics(epoch: int, collapsed: bool) -> dict[str, Any]:
 
 def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
         on_epoch_end: EpochCallback | None = None,
-        progress: bool = True) -> FakeFitResult:
+        progress: bool = True, resume_from: str | Path | None = None,
+        preempt_to: str | Path | None = None) -> FakeFitResult:
     run_dir = Path(out_dir or "runs/fake")
     run_dir.mkdir(parents=True, exist_ok=True)
     seen = {var: os.environ.get(var) for var in ASSIGNMENT_VARS}
@@ -92,7 +96,7 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
     result = FakeFitResult(out_dir=run_dir)
     tracker = _run_files(cfg, run_dir) if os.environ.get("FAKE_FIT_RUN_FILES") == "1" else None
     try:
-        _epochs(cfg, run_dir, on_epoch_end, progress, result, tracker)
+        _epochs(cfg, run_dir, on_epoch_end, progress, result, tracker, resume_from, preempt_to)
     finally:
         if tracker is not None:
             tracker.close()
@@ -100,10 +104,18 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
 
 
 def _epochs(cfg: TrainConfig, run_dir: Path, on_epoch_end: EpochCallback | None, progress: bool,
-            result: FakeFitResult, tracker: Tracker | None) -> None:
+            result: FakeFitResult, tracker: Tracker | None, resume_from: str | Path | None,
+            preempt_to: str | Path | None) -> None:
     behaviour = cfg.train.lr_head
     collapsed = cfg.model.head.hidden == 0
-    for epoch in range(cfg.train.epochs):
+    start = json.loads(Path(resume_from).read_text())["epoch"] if resume_from else 0
+    for epoch in range(start, cfg.train.epochs):
+        (run_dir / f"started_{epoch}").touch()
+        stop = stop_requested()
+        if preempt_to is not None and stop is not None:  # a resume "checkpoint": the epoch
+            Path(preempt_to).parent.mkdir(parents=True, exist_ok=True)
+            Path(preempt_to).write_text(json.dumps({"epoch": epoch}))
+            raise Preempted(preempt_to, epoch, 0, epoch, stop)
         time.sleep(float(os.environ.get("FAKE_FIT_EPOCH_S", "0")))
         if epoch == 1:
             if behaviour == DIVERGE:
@@ -115,7 +127,9 @@ def _epochs(cfg: TrainConfig, run_dir: Path, on_epoch_end: EpochCallback | None,
                 raise RuntimeError("boom")
             if behaviour == HANG:
                 (run_dir / "pid").write_text(str(os.getpid()))
-                time.sleep(3600)
+                while stop_requested() is None:  # hangs until SIGTERM (the trial process's
+                    time.sleep(0.05)  # handler only requests a stop)...
+                os._exit(1)  # ... then dies without a result, as a trainer that cannot stop
         metrics = epoch_metrics(epoch, collapsed)
         if progress:
             print(f"fake epoch {epoch} bal_acc {metrics['val/balanced_accuracy']:.2f}",
