@@ -53,7 +53,7 @@ from octtrain.config import (
 from octtrain.errors import ConfigError, Problems, clip
 from octtrain.paths import resolve_dotted, resolve_paths
 from octtrain.schema import read_yaml, unknown_keys
-from octtrain.sections import METRICS_MAX, METRICS_MIN
+from octtrain.sections import METRICS_MAX, METRICS_MIN, DataSection
 from search.errors import SearchSpaceError
 from search.params import Param, parse_param, probe
 from search.sampler_pruner import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler
@@ -277,22 +277,35 @@ def _parse_enqueue(raw: Any, params: list[Param], base: TrainConfig | None,
 # ---------------------------------------------------------------------------------------------
 
 
-def diff_spaces(stored: Any, current: Any, prefix: str = "") -> list[str]:
-    """Every difference between two canonical spaces, as ``key: stored X, this file Y``."""
+def diff_spaces(stored: Any, current: Any, prefix: str = "", defaults: Any = None) -> list[str]:
+    """Every difference between two canonical spaces, as ``key: stored X, this file Y``.
+
+    ``defaults`` (shaped like ``current``): a key missing from ``stored`` whose value here is
+    its default is no difference: a setting added to octsearch after the study was stored.
+    """
     if isinstance(stored, Mapping) and isinstance(current, Mapping):
         out: list[str] = []
+        known = defaults if isinstance(defaults, Mapping) else {}
         for key in list(stored) + [k for k in current if k not in stored]:
             path = f"{prefix}.{key}" if prefix else str(key)
             if key not in current:
                 out.append(f"{path}: only in the stored study ({_short(stored[key])})")
             elif key not in stored:
+                if key in known and known[key] == current[key]:
+                    continue
                 out.append(f"{path}: not in the stored study (this file: {_short(current[key])})")
             else:
-                out.extend(diff_spaces(stored[key], current[key], path))
+                out.extend(diff_spaces(stored[key], current[key], path, known.get(key)))
         return out
     if stored != current:
         return [f"{prefix}: stored {_short(stored)}, this file {_short(current)}"]
     return []
+
+
+def trainer_defaults() -> dict[str, Any]:
+    """The default trainer config as a canonical space holds it (``base``)."""
+    default = TrainConfig(data=DataSection(manifest="-")).to_dict()  # data needs a source
+    return json.loads(json.dumps(default))  # type: ignore[no-any-return]
 
 
 def _short(value: Any) -> str:

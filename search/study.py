@@ -17,7 +17,7 @@ import optuna
 
 from search.errors import SearchSpaceError, StorageError
 from search.record import ENQUEUED_ATTR, stored_space_dict, write_space
-from search.space import SearchSpace, diff_spaces, space_from_dict
+from search.space import SearchSpace, diff_spaces, space_from_dict, trainer_defaults
 from search.storage import StudyStorage, redact
 
 
@@ -71,7 +71,7 @@ def _check_same_space(study: optuna.Study, canonical: dict[str, Any], storage: S
     if stored is None:
         raise SearchSpaceError([("", f"{where} was not created by octsearch (it stores no "
                                  "search space): choose another --study name")])
-    differences = diff_spaces(stored, canonical)
+    differences = diff_spaces(stored, canonical, defaults={"base": trainer_defaults()})
     if differences:
         shown = "; ".join(differences[:8])
         more = f"; and {len(differences) - 8} more" if len(differences) > 8 else ""

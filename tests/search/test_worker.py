@@ -15,7 +15,7 @@ from search_testing import STUCK_REASON, fake_options, run_threads, signal_when_
 
 from search.cli import sigterm_interrupts
 from search.errors import SearchSpaceError, WorkerError
-from search.record import CREATION_ID_ATTR, epoch_attr, runs_folder
+from search.record import CREATION_ID_ATTR, SPACE_ATTR, epoch_attr, runs_folder, stored_space_dict
 from search.space import SearchSpace, space_from_dict
 from search.storage import open_storage
 from search.study import open_study
@@ -202,3 +202,18 @@ def test_interrupt_stops_the_trial_process_and_fails_the_trial(
 def test_worker_options_quote_the_bad_value(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         WorkerOptions(**kwargs)
+
+
+def test_a_study_stored_before_a_trainer_setting_existed_can_be_joined(
+        fake_space: dict[str, Any], sqlite_url: str) -> None:
+    """A study stored by an older octsearch lacks settings added since: at their default they
+    are no difference; set to anything else they are."""
+    study, _, _ = worker(fake_space, sqlite_url, "older")
+    stored = stored_space_dict(study)
+    assert stored is not None and stored["base"]["data"]["nonfinite"] == "error"
+    del stored["base"]["data"]["nonfinite"]  # as if stored before data.nonfinite existed
+    study.set_user_attr(SPACE_ATTR, stored)
+    worker(fake_space, sqlite_url, "older")  # joins
+    fake_space["base"]["data"]["nonfinite"] = "replace"
+    with pytest.raises(SearchSpaceError, match="base.data.nonfinite: not in the stored study"):
+        worker(fake_space, sqlite_url, "older")
