@@ -39,6 +39,7 @@ from octtrain.errors import ConfigError
 from octtrain.sections import RuntimeSection
 
 DeviceKind = Literal["xla", "cuda", "cpu"]
+Precision = Literal["fp32", "bf16"]
 
 
 def xla_available() -> bool:
@@ -87,6 +88,19 @@ class Runtime:
     world_size: int = 1
     local_rank: int = 0  # rank within this host (XLA: local ordinal)
     distributed: bool = False  # torch.distributed process group (gloo/nccl) is initialised
+    precision: Precision = "fp32"  # bf16: the forward pass runs under torch.autocast
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The forward pass's precision: ``torch.autocast`` to bfloat16 (``bf16``), or nothing.
+
+        Autocast casts per op, so parameters, their gradients and AdamW's state stay float32
+        (the master weights); the caller computes the loss from ``logits.float()``. On XLA the
+        casts are part of the traced graph, decided by the fixed precision, not by values: no
+        graph is added by bf16 (``tests/octtrain/test_xla.py``).
+        """
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @property
     def is_master(self) -> bool:
@@ -294,18 +308,37 @@ def _lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> Ite
             group["lr"] = lr
 
 
+def resolve_precision(setting: str, kind: DeviceKind) -> Precision:
+    """``auto``: ``bf16`` on XLA (TPUs compute in bf16 natively) and on a CUDA device that
+    supports it, ``fp32`` on CPU (CPU autocast is slower than fp32 on most hosts). An explicit
+    ``bf16`` is honoured on CPU too; on a CUDA device without bf16 it is a ConfigError."""
+    if setting == "fp32":
+        return "fp32"
+    cuda_bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
+    if setting == "bf16":
+        if kind == "cuda" and not cuda_bf16:
+            raise ConfigError([("runtime.precision", "is 'bf16' but this CUDA device has no "
+                                "bfloat16 support: use fp32")])
+        return "bf16"
+    assert setting == "auto", setting  # RuntimeSection allows nothing else
+    return "bf16" if kind == "xla" or cuda_bf16 else "fp32"
+
+
 def init_runtime(cfg: RuntimeSection, rank: int = 0, world_size: int = 1) -> Runtime:
     """The runtime of this process. XLA reads rank and world size from PJRT itself."""
     kind = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, kind)
     if kind == "xla":
-        return _init_xla(cfg)
+        runtime = _init_xla(cfg)
+        runtime.precision = precision
+        return runtime
     if kind == "cuda":
         device = torch.device("cuda", rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     return Runtime(kind, device, rank, world_size, local_rank=rank,
-                   distributed=dist.is_initialized())
+                   distributed=dist.is_initialized(), precision=precision)
 
 
 def _init_xla(cfg: RuntimeSection) -> Runtime:

@@ -263,11 +263,16 @@ class RuntimeSection:
     device: str = "auto"  # auto | xla | cuda | cpu
     num_processes: int = 1  # data-parallel processes in one run (TPU chips, or gloo on CPU)
     xla_cache_dir: str | None = None  # persistent XLA compile cache (same shapes: no recompile)
+    # auto: bf16 on XLA and on CUDA devices with bf16, fp32 on CPU. bf16 is torch.autocast:
+    # weights, gradients and optimizer state stay fp32; loss and metrics are computed in fp32.
+    precision: str = "auto"  # auto | fp32 | bf16
 
     def __post_init__(self) -> None:
         p: Problems = []
         check(p, self.device in ("auto", "xla", "cuda", "cpu"), "device",
                f"must be one of auto, xla, cuda, cpu, got {self.device!r}")
+        check(p, self.precision in ("auto", "fp32", "bf16"), "precision",
+               f"must be one of auto, fp32, bf16, got {self.precision!r}")
         check(p, self.num_processes >= 1, "num_processes",
                f"must be >= 1, got {self.num_processes!r}")
         raise_if(p, self)

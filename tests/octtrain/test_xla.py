@@ -57,18 +57,19 @@ def _write_config(cfg: TrainConfig, path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_no_new_graph_after_the_first_epoch_except_when_the_encoder_unfreezes(
-    small_config: Callable[..., TrainConfig], tmp_path: Path,
+    small_config: Callable[..., TrainConfig], tmp_path: Path, precision: str,
 ) -> None:
     """The real CLI on XLA for 6 epochs, encoder unfrozen at epoch 3. Epoch 0 compiles the
     step, validation and read-out graphs; epoch 3 compiles the unfrozen step (encoder backward,
     its new AdamW state). Every other epoch must reuse them all: static shapes (drop_last,
     padded validation), one graph cut per micro-batch with accumulation, and no value-dependent
-    graph (the LR changes every step through warmup and cosine decay)."""
+    graph (the LR changes every step through warmup and cosine decay). bf16 autocast adds none."""
     cfg = small_config(**{"train.epochs": 6, "model.unfreeze_at_epoch": 3, "train.batch_size": 4,
                           "train.grad_accum_steps": 2, "train.lr_encoder": 1e-4,
                           "train.label_smoothing": 0.1, "train.grad_clip": 1.0,
-                          "runtime.device": "xla"})
+                          "runtime.device": "xla", "runtime.precision": precision})
     config = _write_config(cfg, tmp_path / "train.yaml")
     _run_xla(["-m", "octtrain.cli", "train", "--config", str(config), "--out", "run", "--quiet"],
              tmp_path)
