@@ -41,6 +41,7 @@ from octtrain.epoch import Update, train_epoch, validate
 from octtrain.errors import DataError
 from octtrain.launch import launch
 from octtrain.loss import resolve_class_weights
+from octtrain.memory import check_fits, estimate_memory
 from octtrain.model import OctClassifier, build_model
 from octtrain.optim import build_optimizer, build_scheduler
 from octtrain.progress import ProgressBar, early_stopping_line, epoch_line
@@ -164,6 +165,7 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
 def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
     """Data, class weights, model, optimizer and schedule of this rank, in a fixed order of
     random draws: the weights are initialised alike on every rank, augmentation is not."""
+    check_fits(estimate_memory(cfg, runtime.precision), runtime.memory_available(), runtime.kind)
     runtime.seed(cfg.train.seed)
     splits = build_datasets(cfg.data)
     if len(splits.val) == 0:
@@ -186,7 +188,8 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
     weights = runtime.broadcast_object(weights, "octtrain.class_weights")
     loaders = build_loaders(splits, cfg.data, cfg.train, runtime.world_size, runtime.rank)
 
-    model = build_model(cfg.model, *cfg.data.shape, splits.num_classes).to(runtime.device)
+    model = build_model(cfg.model, *cfg.data.shape, splits.num_classes,
+                        runtime.checkpoint_function()).to(runtime.device)
     optimizer = build_optimizer(model, cfg.train)
     steps_per_epoch = loaders.micro_batches // cfg.train.grad_accum_steps
     update = Update(optimizer, build_scheduler(optimizer, cfg.train, steps_per_epoch),

@@ -21,53 +21,23 @@ device there (``torch_xla.launch``, joining a gloo/nccl group) is here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
-import importlib.util
+import functools
 import os
 import random
 import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from octtrain.errors import ConfigError
+from octtrain.devices import DeviceKind, Precision, resolve_device, resolve_precision, xla_available  # noqa: F401  (re-exported)
 from octtrain.sections import RuntimeSection
-
-DeviceKind = Literal["xla", "cuda", "cpu"]
-Precision = Literal["fp32", "bf16"]
-
-
-def xla_available() -> bool:
-    """torch_xla is installed and a PJRT device is configured (PJRT_DEVICE, or a TPU is present)."""
-    if importlib.util.find_spec("torch_xla") is None:
-        return False
-    tpu_present = Path("/dev/accel0").exists() or Path("/dev/vfio/0").exists()
-    return bool(os.environ.get("PJRT_DEVICE")) or tpu_present
-
-
-def resolve_device(setting: str) -> DeviceKind:
-    """``auto``: ``xla`` when torch_xla and a PJRT device are present, else ``cuda``, else
-    ``cpu``. An explicit device that cannot work here is a ConfigError."""
-    if setting == "auto":
-        if xla_available():
-            return "xla"
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "xla":
-        if importlib.util.find_spec("torch_xla") is None:
-            raise ConfigError([("runtime.device", "is 'xla' but torch_xla is not installed "
-                                "(pip install 'octsearch[xla]')")])
-        return "xla"
-    if setting == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError([("runtime.device", "is 'cuda' but no CUDA device is available")])
-        return "cuda"
-    assert setting == "cpu", setting  # RuntimeSection allows nothing else
-    return "cpu"
 
 
 class CollectiveError(RuntimeError):
@@ -92,12 +62,9 @@ class Runtime:
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The forward pass's precision: ``torch.autocast`` to bfloat16 (``bf16``), or nothing.
-
-        Autocast casts per op, so parameters, their gradients and AdamW's state stay float32
-        (the master weights); the caller computes the loss from ``logits.float()``. On XLA the
-        casts are part of the traced graph, decided by the fixed precision, not by values: no
-        graph is added by bf16 (``tests/octtrain/test_xla.py``).
-        """
+        Autocast casts per op: parameters, gradients and AdamW's state stay float32; the caller
+        computes the loss from ``logits.float()``. On XLA the casts are fixed parts of the graph
+        (no graph is added: ``tests/octtrain/test_xla.py``)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -259,6 +226,31 @@ class Runtime:
         data = met.metric_data("CompileTime")
         return int(data[0]) if data else 0
 
+    def memory_available(self) -> int | None:
+        """Bytes still free on the device: CUDA's free memory, XLA's limit minus use (None where
+        PJRT does not say, as on CPU-PJRT), the host's available RAM on CPU."""
+        if self.kind == "cuda":
+            return int(torch.cuda.mem_get_info(self.device)[0])
+        if self.kind == "xla":
+            import torch_xla.core.xla_model as xm
+
+            with contextlib.suppress(RuntimeError, KeyError, TypeError):
+                info = xm.get_memory_info(self.device)
+                return int(info["bytes_limit"]) - int(info["bytes_used"])
+            return None
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+    def checkpoint_function(self) -> Callable[..., Any]:
+        """Activation checkpointing: on XLA torch_xla's (an optimisation barrier keeps the compiler
+        from merging the recomputation into the forward), else torch's (non-reentrant)."""
+        if self.kind == "xla":
+            from torch_xla.utils.checkpoint import checkpoint as xla_checkpoint
+
+            return cast("Callable[..., Any]", xla_checkpoint)
+        from torch.utils.checkpoint import checkpoint
+
+        return functools.partial(checkpoint, use_reentrant=False)
+
     def to_cpu(self, obj: Any) -> Any:
         """A nested structure with every tensor copied to the CPU (for checkpoints)."""
         if isinstance(obj, torch.Tensor):
@@ -308,30 +300,12 @@ def _lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> Ite
             group["lr"] = lr
 
 
-def resolve_precision(setting: str, kind: DeviceKind) -> Precision:
-    """``auto``: ``bf16`` on XLA (TPUs compute in bf16 natively) and on a CUDA device that
-    supports it, ``fp32`` on CPU (CPU autocast is slower than fp32 on most hosts). An explicit
-    ``bf16`` is honoured on CPU too; on a CUDA device without bf16 it is a ConfigError."""
-    if setting == "fp32":
-        return "fp32"
-    cuda_bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
-    if setting == "bf16":
-        if kind == "cuda" and not cuda_bf16:
-            raise ConfigError([("runtime.precision", "is 'bf16' but this CUDA device has no "
-                                "bfloat16 support: use fp32")])
-        return "bf16"
-    assert setting == "auto", setting  # RuntimeSection allows nothing else
-    return "bf16" if kind == "xla" or cuda_bf16 else "fp32"
-
-
 def init_runtime(cfg: RuntimeSection, rank: int = 0, world_size: int = 1) -> Runtime:
     """The runtime of this process. XLA reads rank and world size from PJRT itself."""
     kind = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, kind)
     if kind == "xla":
-        runtime = _init_xla(cfg)
-        runtime.precision = precision
-        return runtime
+        return dataclasses.replace(_init_xla(cfg), precision=precision)
     if kind == "cuda":
         device = torch.device("cuda", rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)

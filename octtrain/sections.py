@@ -163,10 +163,13 @@ class HeadSection:
 class ModelSection:
     """The ``model:`` section: V-JEPA 2 encoder + pooling + classification head."""
 
-    encoder: str = "tiny"  # "tiny" (random-init preset), a hub id, or a save_pretrained dir
+    # a random-init preset ("tiny", "vitl-random", "vitg-random"), a hub id, or a
+    # save_pretrained directory
+    encoder: str = "tiny"
     pool_method: str = "mean"  # mean | attentive
     freeze_encoder: bool = True
     unfreeze_at_epoch: int = -1  # -1: never; k: encoder trains from epoch k (epochs count from 0)
+    gradient_checkpointing: bool = False  # recompute encoder activations in backward: less memory
     head: HeadSection = field(default_factory=HeadSection)
 
     def __post_init__(self) -> None:
@@ -175,7 +178,8 @@ class ModelSection:
                f"must be 'mean' or 'attentive', got {self.pool_method!r}")
         check(p, self.unfreeze_at_epoch >= -1, "unfreeze_at_epoch",
                f"must be -1 (never) or an epoch >= 0, got {self.unfreeze_at_epoch!r}")
-        check(p, bool(self.encoder), "encoder", "must name 'tiny', a hub id or a directory")
+        check(p, bool(self.encoder), "encoder",
+              "must name a preset (tiny, vitl-random, vitg-random), a hub id or a directory")
         raise_if(p, self)
 
     def encoder_trainable(self, epoch: int) -> bool:
