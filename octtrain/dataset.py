@@ -2,9 +2,11 @@
 :mod:`octtrain.records`), and one rank's loaders.
 
 ``VolumeDataset[i]`` is ``(volume, label)`` with ``volume`` a float32 ``(T, H, W)`` tensor in
-``[0, 1]`` (augmentation may leave that range slightly). Volumes come from a
-:class:`~octtrain.preprocess.VolumeCache`, so only the first epoch reads source files.
-``labels`` never touches a volume: class weights are computed from it at setup.
+``[0, 1]`` (augmentation may leave that range slightly), augmented per sample on the fly.
+Volumes come from a :class:`VolumeSource`: for a run, the host's
+:class:`~octtrain.consolidated.ConsolidatedStore` (one memory-mapped array built once for all
+trials), so no trial but the first reads a source file. ``labels`` never touches a volume:
+class weights are computed from it at setup.
 
 Batches keep one shape, as XLA wants (a new shape is a new graph): the train loader drops the
 last short batch, and validation is padded to full batches with a validity mask
@@ -14,25 +16,39 @@ last short batch, and validation is padded to full batches with a validity mask
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from octtrain.augment import Augment
+from octtrain.consolidated import open_store
 from octtrain.errors import ConfigError
-from octtrain.preprocess import VolumeCache
+from octtrain.preprocess import default_cache_dir
 from octtrain.records import Record, split_records
 from octtrain.sections import AugmentSection, DataSection, TrainSection
+
+
+class VolumeSource(Protocol):
+    """Where preprocessed volumes come from, by source path: a
+    :class:`~octtrain.consolidated.ConsolidatedStore` or a per-volume
+    :class:`~octtrain.preprocess.VolumeCache`."""
+
+    def load(self, path: str | os.PathLike[str]) -> np.ndarray: ...
+
+    def is_blank(self, path: str | os.PathLike[str]) -> bool: ...
 
 
 class VolumeDataset(Dataset[tuple[torch.Tensor, int]]):
     """Volumes of one split. ``augment=None`` (val/test) returns identical tensors every call."""
 
     def __init__(
-        self, records: Sequence[Record], cache: VolumeCache, augment: Augment | None = None
+        self, records: Sequence[Record], cache: VolumeSource, augment: Augment | None = None
     ) -> None:
         self.records: list[Record] = list(records)
         self.cache = cache
@@ -77,10 +93,13 @@ def build_datasets(
     The train split gets ``cfg.augment`` when ``augment_train``; val and test get none at all.
     ``class_to_idx`` (e.g. from :func:`octtrain.records.load_class_to_idx`) fixes the class
     numbering; by default it is derived from the sorted class names. All splits share one
-    :class:`VolumeCache` in ``cfg.cache_dir``.
+    consolidated store in ``cfg.cache_dir`` (built here when there is none yet).
     """
     records, mapping = split_records(cfg, class_to_idx)
-    cache = VolumeCache(cfg.cache_dir, cfg.shape, cfg.clip_percentiles, cfg.allow_single_bscan)
+    names = {i: name for name, i in mapping.items()}
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir is not None else default_cache_dir()
+    cache = open_store(cache_dir, [r for split in records.values() for r in split], names,
+                       cfg.shape, cfg.clip_percentiles, cfg.store, cfg.allow_single_bscan)
     train_augment = Augment(cfg.augment if augment_train else AugmentSection())
     return Splits(
         train=VolumeDataset(records["train"], cache, train_augment),
@@ -91,13 +110,13 @@ def build_datasets(
 
 
 def blank_volumes(splits: Splits, rank: int, world: int) -> list[str]:
-    """Preprocess (into the cache) share ``rank`` of ``world`` of the train and val volumes;
-    the paths of those that are constant (blank after the intensity clip).
+    """The paths of share ``rank`` of ``world`` of the train and val volumes that are constant
+    (blank after the intensity clip).
 
-    Run once before the first epoch, so that an unreadable or non-finite volume stops the
-    run before training starts, and every blank one is counted (a DataLoader worker could
-    not report it). A preprocessed volume is all zeros exactly when its clipped intensity
-    range is empty (see :func:`octtrain.preprocess.clip_and_scale`).
+    Run once before the first epoch, so that every blank one is counted (a DataLoader worker
+    could not report it); the consolidated store answers from its index. A preprocessed volume
+    is all zeros exactly when its clipped intensity range is empty (see
+    :func:`octtrain.preprocess.clip_and_scale`).
     """
     records = [*splits.train.records, *splits.val.records][rank::world]
     return [r.path for r in records if splits.train.cache.is_blank(r.path)]
@@ -144,8 +163,26 @@ class Loaders:
         self.train_sampler.set_epoch(epoch)
 
 
+def loader_settings(data: DataSection, device: str) -> dict[str, Any]:
+    """DataLoader keywords for ``device`` (``xla`` | ``cuda`` | ``cpu``) where ``data`` says auto.
+
+    On CPU the training step needs every core and a batch is a copy out of the memory-mapped
+    store: no workers. On an accelerator the host is otherwise idle: up to 4 workers (half the
+    cores) prepare batches (augmentation) while the device computes, pinned on CUDA so the copy
+    to the device is asynchronous (XLA's loader transfers in a background thread itself).
+    """
+    workers = data.num_workers
+    if workers == "auto":
+        workers = 0 if device == "cpu" else min(4, (os.cpu_count() or 2) // 2)
+    pin = data.pin_memory if data.pin_memory != "auto" else device == "cuda"
+    out: dict[str, Any] = {"num_workers": workers, "pin_memory": bool(pin)}
+    if workers:
+        out.update(persistent_workers=True, prefetch_factor=data.prefetch_factor)
+    return out
+
+
 def build_loaders(splits: Splits, data: DataSection, train: TrainSection, world: int,
-                  rank: int) -> Loaders:
+                  rank: int, device: str = "cpu") -> Loaders:
     """Loaders of rank ``rank`` of ``world``; a ConfigError when a process's training split is
     smaller than one batch, or an epoch shorter than one accumulated optimizer step.
 
@@ -154,8 +191,7 @@ def build_loaders(splits: Splits, data: DataSection, train: TrainSection, world:
     """
     train_sampler: DistributedSampler[Any] = DistributedSampler(
         splits.train, num_replicas=world, rank=rank, shuffle=True, seed=train.seed, drop_last=True)
-    workers: dict[str, Any] = {"num_workers": data.num_workers,
-                               "persistent_workers": data.num_workers > 0}
+    workers = loader_settings(data, device)
     train_loader = DataLoader(splits.train, batch_size=train.batch_size, sampler=train_sampler,
                               drop_last=True, **workers)
     val_set = PaddedDataset(splits.val, train.batch_size * world)

@@ -186,7 +186,8 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
                                      splits.num_classes)
                if runtime.is_master else None)
     weights = runtime.broadcast_object(weights, "octtrain.class_weights")
-    loaders = build_loaders(splits, cfg.data, cfg.train, runtime.world_size, runtime.rank)
+    loaders = build_loaders(splits, cfg.data, cfg.train, runtime.world_size, runtime.rank,
+                            runtime.kind)
 
     model = build_model(cfg.model, *cfg.data.shape, splits.num_classes,
                         runtime.checkpoint_function()).to(runtime.device)

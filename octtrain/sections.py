@@ -102,11 +102,15 @@ class DataSection:
     height: int = 64  # H of each B-scan after resizing (pixels)
     width: int = 64  # W of each B-scan after resizing (pixels)
     clip_percentiles: tuple[float, float] = (1.0, 99.0)  # intensity clip before scaling to [0, 1]
-    cache_dir: str | None = None  # preprocessed-volume cache; None: $XDG_CACHE_HOME/octtrain
+    cache_dir: str | None = None  # preprocessed data sets; None: $XDG_CACHE_HOME/octtrain
+    store: str = "float16"  # dtype of the consolidated array: float16 | uint8 | float32
     val_fraction: float = 0.15  # of patients, when the manifest has no split column
     test_fraction: float = 0.15
     split_seed: int = 0
-    num_workers: int = 0  # DataLoader worker processes
+    # DataLoader settings; auto: by device (octtrain.dataset.loader_settings)
+    num_workers: int | str = "auto"  # worker processes
+    pin_memory: bool | str = "auto"  # page-locked batches (CUDA)
+    prefetch_factor: int = 2  # batches each worker prepares ahead
     allow_single_bscan: bool = False  # a 2-D array is one B-scan; false: refused as a volume
     classes: list[str] | None = None  # pins the label set and its numbering (list order)
     augment: AugmentSection = field(default_factory=AugmentSection)
@@ -128,7 +132,15 @@ class DataSection:
         check(p, self.val_fraction + self.test_fraction < 1, "val_fraction",
                "val_fraction + test_fraction must leave patients for training, got "
                f"{self.val_fraction + self.test_fraction!r}")
-        check(p, self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers!r}")
+        check(p, self.num_workers == "auto" or (isinstance(self.num_workers, int)
+                                                 and self.num_workers >= 0),
+              "num_workers", f"must be 'auto' or >= 0, got {self.num_workers!r}")
+        check(p, self.pin_memory in ("auto", True, False), "pin_memory",
+              f"must be auto, true or false, got {self.pin_memory!r}")
+        check(p, self.prefetch_factor >= 1, "prefetch_factor",
+              f"must be >= 1, got {self.prefetch_factor!r}")
+        check(p, self.store in ("float16", "uint8", "float32"), "store",
+              f"must be float16, uint8 or float32, got {self.store!r}")
         if self.classes is not None:
             check(p, len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)
                   and all(self.classes), "classes",
