@@ -96,6 +96,7 @@ def train_epoch(epoch: int, model: OctClassifier, update: Update, loaders: Loade
         "encoder_trainable": model.encoder_trainable,
         "io/load_s": io_s,
         "train/compute_s": compute_s,
+        "io/stall_share": io_s / max(io_s + compute_s, 1e-9),  # of the loop's time: waiting for batches
     }
 
 

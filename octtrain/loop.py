@@ -11,6 +11,7 @@ several processes, every rank runs :func:`_train_rank` and rank 0 alone writes t
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import math
@@ -47,6 +48,7 @@ from octtrain.optim import build_optimizer, build_scheduler
 from octtrain.progress import ProgressBar, early_stopping_line, epoch_line
 from octtrain.records import SPLITS, save_class_to_idx
 from octtrain.runtime import Runtime, init_runtime
+from octtrain.startup import StartupClock
 from octtrain.tracking import Tracker
 
 
@@ -81,10 +83,13 @@ def fit(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     rank_fn = functools.partial(_train_rank, cfg=cfg, run_dir=run_dir, progress=progress,
                                 save_rank_weights=knobs.save_rank_weights)
+    runtime_cfg = cfg.runtime
+    if runtime_cfg.xla_cache_dir is None and knobs.xla_cache_dir:  # a search's per-host cache
+        runtime_cfg = dataclasses.replace(runtime_cfg, xla_cache_dir=knobs.xla_cache_dir)
     if cfg.runtime.num_processes == 1:
-        runtime = init_runtime(cfg.runtime)
+        runtime = init_runtime(runtime_cfg)
         return rank_fn(runtime, EpochChannel(on_epoch_end))
-    result: FitResult = launch(rank_fn, cfg.runtime, on_epoch_end, knobs)
+    result: FitResult = launch(rank_fn, runtime_cfg, on_epoch_end, knobs)
     return result
 
 
@@ -116,7 +121,9 @@ class _Run:
 
 def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, run_dir: Path,
                 progress: bool, save_rank_weights: bool) -> FitResult:
-    run = _set_up(runtime, cfg, run_dir)
+    clock = StartupClock()
+    run = _set_up(runtime, cfg, run_dir, clock)
+    clock.watch_first_step(run.update.optimizer)
     show = progress and runtime.is_master
     epochs, key = cfg.train.epochs, f"val/{cfg.train.early_stopping.metric}"
     tracker = Tracker(run_dir, cfg.log, cfg.to_dict(), enabled=runtime.is_master)
@@ -139,6 +146,8 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
             metrics = {"epoch": epoch, **train_metrics,
                        **validate(run.model, run.loaders.val, runtime, bar),
                        **_compiles(runtime, compiles_before)}
+            if epoch == 0:  # what the trial paid before its first optimizer step
+                metrics.update(clock.metrics(runtime.compile_seconds()))
             is_best = stopper.update(epoch, float(metrics[key]))
             metrics.update(_best(stopper), epoch_s=time.monotonic() - t_epoch)
             history.append(metrics)
@@ -162,7 +171,7 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
                      history)
 
 
-def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
+def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path, clock: StartupClock) -> _Run:
     """Data, class weights, model, optimizer and schedule of this rank, in a fixed order of
     random draws: the weights are initialised alike on every rank, augmentation is not."""
     check_fits(estimate_memory(cfg, runtime.precision), runtime.memory_available(), runtime.kind)
@@ -188,6 +197,7 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
     weights = runtime.broadcast_object(weights, "octtrain.class_weights")
     loaders = build_loaders(splits, cfg.data, cfg.train, runtime.world_size, runtime.rank,
                             runtime.kind)
+    clock.mark("data")
 
     model = build_model(cfg.model, *cfg.data.shape, splits.num_classes,
                         runtime.checkpoint_function()).to(runtime.device)
@@ -197,6 +207,7 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
                     weights.to(runtime.device) if weights is not None else None,
                     cfg.train.label_smoothing, cfg.train.grad_accum_steps, cfg.train.grad_clip)
     runtime.seed(cfg.train.seed, per_rank=True)  # augmentation differs per rank from here on
+    clock.mark("model")
     return _Run(splits, loaders, model, update)
 
 

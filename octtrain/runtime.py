@@ -226,6 +226,15 @@ class Runtime:
         data = met.metric_data("CompileTime")
         return int(data[0]) if data else 0
 
+    def compile_seconds(self) -> float | None:
+        """XLA compile time so far in this process, in seconds (None off XLA)."""
+        if self.kind != "xla":
+            return None
+        import torch_xla.debug.metrics as met
+
+        data = met.metric_data("CompileTime")  # (count, total ns, samples)
+        return float(data[1]) / 1e9 if data else 0.0
+
     def memory_available(self) -> int | None:
         """Bytes still free on the device: CUDA's free memory, XLA's limit minus use (None where
         PJRT does not say, as on CPU-PJRT), the host's available RAM on CPU."""

@@ -213,8 +213,10 @@ def _run(study: optuna.Study, space: SearchSpace, storage: RDBStorage, trial: op
         study_name=study.study_name, trial_id=trial._trial_id, trial_number=trial.number,
         run_dir=str(run_dir), config=cfg.to_dict(), fit_target=options.fit_target,
     )
+    # On XLA, trials of one shape compile once per host (a config's runtime.xla_cache_dir wins).
+    xla_cache = options.runs_dir.resolve() / "xla-cache" / socket.gethostname()
     return run_trial_process(request, storage.url, echo=out, prefix=f"  [trial {trial.number}] ",
-                             env=options.env)
+                             env={"OCTTRAIN_XLA_CACHE_DIR": str(xla_cache), **(options.env or {})})
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None:
