@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-augment", dest="augment", action="store_false")
     parser.add_argument("--states", nargs="+", default=["frozen", "trained"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--caches", nargs="+", default=["cold", "warm"],
+                        help="cold: the trial builds the data set; warm: it maps the cold one's")
     args = parser.parse_args(argv)
 
     from octtrain.synthetic import make_synthetic
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         for state in args.states:
             for precision in args.precisions:
                 cache = work / f"cache-{state}-{precision}"
-                for temperature in ("cold", "warm"):
+                for temperature in args.caches:
                     cfg = trial_config(args, manifest, cache, state, precision)
                     result = run_trial(cfg, work, f"{state}-{precision}-{temperature}")
                     print(row(state, precision, temperature, {**result, "batch": args.batch}),
