@@ -247,6 +247,9 @@ class Runtime:
                 info = xm.get_memory_info(self.device)
                 return int(info["bytes_limit"]) - int(info["bytes_used"])
             return None
+        with contextlib.suppress(OSError, ValueError, StopIteration):  # Linux: counts page cache
+            meminfo = Path("/proc/meminfo").read_text().splitlines()
+            return 1024 * int(next(ln for ln in meminfo if ln.startswith("MemAvailable:")).split()[1])
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
     def checkpoint_function(self) -> Callable[..., Any]:

@@ -208,3 +208,10 @@ def test_bf16_autocast_computes_in_bf16_and_leaves_the_parameters_fp32(runtime: 
     runtime.precision = "fp32"
     with runtime.autocast():
         assert layer(torch.ones(3, 4, device=runtime.device)).dtype == torch.float32
+
+
+def test_memory_available_is_the_device_s_free_memory(runtime: Runtime) -> None:
+    free = runtime.memory_available()
+    if runtime.kind == "xla":  # CPU-PJRT reports no allocator statistics
+        return
+    assert free is not None and 2**26 < free < 2**50
