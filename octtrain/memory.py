@@ -3,7 +3,8 @@ config that cannot fit is refused at start with the numbers instead of failing w
 out-of-memory error epochs later (when the encoder unfreezes).
 
 The estimate covers the encoder, which dominates (the pooling and head are a few million
-parameters at most): float32 weights (the master weights, also under bf16 autocast); when the
+parameters at most): float32 weights (the master weights, also under bf16 autocast, which adds
+a cached bfloat16 copy of each trained weight during the step); when the
 encoder is trained in any epoch, its float32 gradients and AdamW's two float32 moments; and the
 activations one micro-batch keeps for the backward pass. Per transformer layer that is about
 ``B·N·(17·D + 2·h·N)`` values (Korthikanti et al. 2022, "Reducing Activation Recomputation in
@@ -73,7 +74,10 @@ def estimate_memory(cfg: TrainConfig, precision: str) -> MemoryEstimate:
         activations = config.num_hidden_layers * batch * tokens * dim * value_bytes + per_layer
     else:
         activations = config.num_hidden_layers * per_layer
-    return MemoryEstimate(weights=4 * n_params, gradients=4 * n_params if trained else 0,
+    # bf16: autocast caches a bf16 copy of each trained weight for the step (+0.6 GiB measured
+    # on ViT-L); weights without gradients are cast per layer and not kept
+    weights = (4 + (2 if precision == "bf16" and trained else 0)) * n_params
+    return MemoryEstimate(weights=weights, gradients=4 * n_params if trained else 0,
                           optimizer=8 * n_params if trained else 0, activations=activations)
 
 

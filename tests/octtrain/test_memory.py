@@ -23,7 +23,8 @@ def test_the_estimate_follows_what_is_trained_kept_and_recomputed(small_config: 
                                                                 "model.gradient_checkpointing": True}),
                                  "bf16")
     fp32 = estimate_memory(small_config(**VITL_16x256, **{"model.unfreeze_at_epoch": 1}), "fp32")
-    assert frozen.weights == trained.weights == 4 * 303_885_312  # fp32 master weights
+    assert frozen.weights == fp32.weights == 4 * 303_885_312  # fp32 master weights
+    assert trained.weights == 6 * 303_885_312  # + autocast's cached bf16 copies
     assert frozen.gradients == frozen.optimizer == 0  # a frozen encoder has no AdamW state
     assert trained.optimizer == 2 * trained.gradients == 8 * 303_885_312
     assert frozen.activations < recomputed.activations < trained.activations
