@@ -1,4 +1,5 @@
-"""``octtrain``: train a classifier from a YAML config, or write a synthetic OCT dataset.
+"""``octtrain``: train a classifier from a YAML config, prepare its data set, or write a
+synthetic OCT dataset.
 
 The command line is the edge: options become a config (``--set``) or ``make_synthetic``
 arguments here, and errors the user can cause are printed as one line (``--debug``: traceback).
@@ -60,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=["auto", "xla", "cuda", "cpu"],
                        help="shortcut for --set runtime.device=...")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+    prepare = sub.add_parser("prepare", help="build the consolidated, memory-mapped data set of a "
+                             "config (once per host; trials then map it)")
+    prepare.add_argument("--config", required=True, help="trainer YAML (its data section)")
+    prepare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set data.store=uint8 (repeatable)")
 
     synth = sub.add_parser("make-synthetic", help="write a labelled synthetic OCT dataset + manifest")
     _add_synthetic_arguments(synth)
@@ -125,6 +132,25 @@ def _train(args: argparse.Namespace) -> int:
     print(f"best epoch {result.best_epoch + 1} of {result.epochs_run}: "
           f"val {result.metric} {result.best_value:.4f} (checkpoint {result.out_dir / 'best.pt'})")
     print(format_class_table(best, result.class_to_idx))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    import time
+
+    from octtrain.config import load_config, parse_overrides
+    from octtrain.dataset import build_datasets
+
+    cfg = load_config(args.config, parse_overrides(args.overrides))
+    start = time.monotonic()
+    splits = build_datasets(cfg.data)
+    store = splits.train.cache
+    directory = getattr(store, "directory", None)
+    size = sum(f.stat().st_size for f in directory.iterdir()) if directory else 0
+    volumes = len(splits.train) + len(splits.val) + len(splits.test)
+    print(f"{volumes} volumes of {cfg.data.frames} x {cfg.data.height} x {cfg.data.width} "
+          f"({cfg.data.store}, {size / 2**20:.1f} MiB) in {directory} "
+          f"({time.monotonic() - start:.1f} s)")
     return 0
 
 
@@ -194,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "prepare":
+            return _prepare(args)
         return _make_synthetic(args)
     except Preempted as err:  # a signal's exit status, 128 + N (SIGTERM: 143)
         print(f"octtrain: {err}; continue with the same command and --resume", file=sys.stderr)

@@ -2,9 +2,11 @@
 :mod:`octtrain.records`), and one rank's loaders.
 
 ``VolumeDataset[i]`` is ``(volume, label)`` with ``volume`` a float32 ``(T, H, W)`` tensor in
-``[0, 1]`` (augmentation may leave that range slightly). Volumes come from a
-:class:`~octtrain.preprocess.VolumeCache`, so only the first epoch reads source files.
-``labels`` never touches a volume: class weights are computed from it at setup.
+``[0, 1]`` (augmentation may leave that range slightly), augmented per sample on the fly.
+Volumes come from a :class:`VolumeSource`: for a run, the host's
+:class:`~octtrain.consolidated.ConsolidatedStore` (one memory-mapped array built once for all
+trials), so no trial but the first reads a source file. ``labels`` never touches a volume:
+class weights are computed from it at setup.
 
 Batches keep one shape, as XLA wants (a new shape is a new graph): the train loader drops the
 last short batch, and validation is padded to full batches with a validity mask
@@ -15,26 +17,42 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from octtrain.augment import Augment
+from octtrain.consolidated import open_store
 from octtrain.errors import ConfigError
-from octtrain.preprocess import VolumeCache
+from octtrain.preprocess import default_cache_dir
 from octtrain.records import Record, split_records
 from octtrain.sections import AugmentSection, DataSection, TrainSection
+
+
+class VolumeSource(Protocol):
+    """Where preprocessed volumes come from, by source path: a
+    :class:`~octtrain.consolidated.ConsolidatedStore` or a per-volume
+    :class:`~octtrain.preprocess.VolumeCache`."""
+
+    def load(self, path: str | os.PathLike[str]) -> np.ndarray: ...
+
+    def is_blank(self, path: str | os.PathLike[str]) -> bool: ...
+
+    def was_replaced(self, path: str | os.PathLike[str]) -> bool: ...
 
 
 class VolumeDataset(Dataset[tuple[torch.Tensor, int]]):
     """Volumes of one split. ``augment=None`` (val/test) returns identical tensors every call."""
 
     def __init__(
-        self, records: Sequence[Record], cache: VolumeCache, augment: Augment | None = None
+        self, records: Sequence[Record], cache: VolumeSource, augment: Augment | None = None
     ) -> None:
         self.records: list[Record] = list(records)
         self.cache = cache
@@ -79,13 +97,16 @@ def build_datasets(
     The train split gets ``cfg.augment`` when ``augment_train``; val and test get none at all.
     ``class_to_idx`` (e.g. from :func:`octtrain.records.load_class_to_idx`) fixes the class
     numbering; by default it is derived from the sorted class names. All splits share one
-    :class:`VolumeCache` in ``cfg.cache_dir``.
+    consolidated store in ``cfg.cache_dir`` (built here when there is none yet).
     """
     records, mapping = split_records(cfg, class_to_idx)
     if cfg.train_on_val:  # a final model (octsearch finalize): validation still runs, on trained data
         records["train"] = records["train"] + records["val"]
-    cache = VolumeCache(cfg.cache_dir, cfg.shape, cfg.clip_percentiles, cfg.allow_single_bscan,
-                        replace_nonfinite=cfg.nonfinite == "replace")
+    names = {i: name for name, i in mapping.items()}
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir is not None else default_cache_dir()
+    cache = open_store(cache_dir, [r for split in records.values() for r in split], names,
+                       cfg.shape, cfg.clip_percentiles, cfg.store, cfg.allow_single_bscan,
+                       replace_nonfinite=cfg.nonfinite == "replace")
     train_augment = Augment(cfg.augment if augment_train else AugmentSection())
     return Splits(
         train=VolumeDataset(records["train"], cache, train_augment),
@@ -96,13 +117,13 @@ def build_datasets(
 
 
 def blank_volumes(splits: Splits, rank: int, world: int) -> list[str]:
-    """Preprocess (into the cache) share ``rank`` of ``world`` of the train and val volumes;
-    the paths of those that are constant (blank after the intensity clip).
+    """The paths of share ``rank`` of ``world`` of the train and val volumes that are constant
+    (blank after the intensity clip).
 
-    Run once before the first epoch, so that an unreadable or non-finite volume stops the
-    run before training starts, and every blank one is counted (a DataLoader worker could
-    not report it). A preprocessed volume is all zeros exactly when its clipped intensity
-    range is empty (see :func:`octtrain.preprocess.clip_and_scale`).
+    Run once before the first epoch, so that every blank one is counted (a DataLoader worker
+    could not report it); the consolidated store answers from its index. A preprocessed volume
+    is all zeros exactly when its clipped intensity range is empty (see
+    :func:`octtrain.preprocess.clip_and_scale`).
     """
     records = [*splits.train.records, *splits.val.records][rank::world]
     return [r.path for r in records if splits.train.cache.is_blank(r.path)]
@@ -187,8 +208,31 @@ class Loaders:
         self.train_sampler.set_epoch(epoch, skip_micro_batches * (self.train.batch_size or 1))
 
 
+def loader_settings(data: DataSection, device: str, augmenting: bool = False) -> dict[str, Any]:
+    """DataLoader keywords for ``device`` (``xla`` | ``cuda`` | ``cpu``) where ``data`` says auto.
+
+    A batch is a copy out of the memory-mapped store (about 0.1 ms a volume); what costs is the
+    augmentation (a 16 x 64 x 64 rotation took 38 ms on a loaded 2-core host, against about
+    90 ms of a tiny-encoder step per volume). On CPU the step needs the cores: one worker, and
+    only for an augmented loader, so augmentation overlaps the step. On an accelerator the host
+    is otherwise idle: up to 4 workers (half the cores), pinned on CUDA so the copy to the
+    device is asynchronous (XLA's loader transfers in a background thread itself).
+    """
+    workers = data.num_workers
+    if workers == "auto":
+        if device == "cpu":
+            workers = 1 if augmenting and (os.cpu_count() or 1) > 1 else 0
+        else:
+            workers = min(4, (os.cpu_count() or 2) // 2)
+    pin = data.pin_memory if data.pin_memory != "auto" else device == "cuda"
+    out: dict[str, Any] = {"num_workers": workers, "pin_memory": bool(pin)}
+    if workers:
+        out.update(persistent_workers=True, prefetch_factor=data.prefetch_factor)
+    return out
+
+
 def build_loaders(splits: Splits, data: DataSection, train: TrainSection, world: int,
-                  rank: int) -> Loaders:
+                  rank: int, device: str = "cpu") -> Loaders:
     """Loaders of rank ``rank`` of ``world``; a ConfigError when a process's training split is
     smaller than one batch, or an epoch shorter than one accumulated optimizer step.
 
@@ -197,14 +241,14 @@ def build_loaders(splits: Splits, data: DataSection, train: TrainSection, world:
     """
     train_sampler = ResumableSampler(splits.train, num_replicas=world, rank=rank, shuffle=True,
                                      seed=train.seed, drop_last=True)
-    workers: dict[str, Any] = {"num_workers": data.num_workers,
-                               "persistent_workers": data.num_workers > 0,
-                               "worker_init_fn": _ignore_stop_signals}
+    augmenting = not splits.train.augment.is_identity
     # The workers' base seed is drawn from a generator of the loader's own, not from the
     # global one (augmentation, dropout): a resumed epoch then draws exactly what it would have.
     train_loader = DataLoader(splits.train, batch_size=train.batch_size, sampler=train_sampler,
                               drop_last=True, generator=torch.Generator().manual_seed(train.seed),
-                              **workers)
+                              worker_init_fn=_ignore_stop_signals,
+                              **loader_settings(data, device, augmenting))
+    workers = {**loader_settings(data, device), "worker_init_fn": _ignore_stop_signals}
     val_set = PaddedDataset(splits.val, train.batch_size * world)
     val_loader = DataLoader(val_set, batch_size=train.batch_size, shuffle=False, **workers,
                             sampler=DistributedSampler(val_set, num_replicas=world, rank=rank,

@@ -105,7 +105,8 @@ def train_epoch(epoch: int, model: OctClassifier, update: Update, loaders: Loade
             t0 = time.monotonic()
             x, y = next(batches)
             t1 = time.monotonic()
-            logits = model(x)  # (B, C)
+            with runtime.autocast():
+                logits = model(x).float()  # (B, C); loss and metrics in fp32 under bf16 too
             loss = update.loss(logits, y)
             (loss / update.grad_accum_steps).backward()
             loss_sum += loss.detach() * y.shape[0]
@@ -135,6 +136,7 @@ def train_epoch(epoch: int, model: OctClassifier, update: Update, loaders: Loade
         "encoder_trainable": model.encoder_trainable,
         "io/load_s": io_s,
         "train/compute_s": compute_s,
+        "io/stall_share": io_s / max(io_s + compute_s, 1e-9),  # of the loop's time: waiting for batches
     }
 
 
@@ -151,7 +153,8 @@ def validate(model: OctClassifier, loader: DataLoader[Any], runtime: Runtime,
     conf = torch.zeros(c, c, device=runtime.device)
     with torch.no_grad():
         for x, y, valid in runtime.loader(loader):
-            logits = model(x)
+            with runtime.autocast():
+                logits = model(x).float()
             per_sample = F.cross_entropy(logits.float(), y, reduction="none")
             loss_sum += (per_sample * valid).sum()
             conf += confusion_counts(y, logits.argmax(-1), c, valid)

@@ -16,6 +16,7 @@ CPU/CUDA ranks are spawned here and joined by ``torch.distributed``; XLA ranks c
 from __future__ import annotations
 
 import contextlib
+import datetime
 import pickle
 import secrets
 import socket
@@ -28,6 +29,7 @@ from multiprocessing.connection import Client, Connection, Listener, wait
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from octtrain.callback import EpochCallback, EpochChannel, EpochDecision
 from octtrain.config import EnvKnobs
@@ -36,7 +38,6 @@ from octtrain.runtime import (
     CollectiveError,
     DeviceKind,
     Runtime,
-    init_process_group,
     init_runtime,
     launch_xla,
     resolve_device,
@@ -321,3 +322,16 @@ def _unpack_error(blob: bytes) -> BaseException:
     err.args = args
     err.__dict__.update(state)
     return err
+
+
+def init_process_group(kind: DeviceKind, rank: int, world_size: int, port: int, timeout_s: float) -> None:
+    """Join the ``torch.distributed`` group of a CPU (gloo) or CUDA (nccl) run on this host.
+
+    XLA ranks need none: PJRT connects them. ``timeout_s`` bounds how long a collective waits
+    for a peer that will never come (it died).
+    """
+    if kind == "xla":
+        return
+    backend = "nccl" if kind == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))

@@ -12,6 +12,7 @@ several processes, every rank runs :func:`_train_rank` and rank 0 alone writes t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import functools
 import math
@@ -45,6 +46,7 @@ from octtrain.epoch import StopAtStep, TrainProgress, Update, train_epoch, valid
 from octtrain.errors import ConfigError, DataError
 from octtrain.launch import launch
 from octtrain.loss import resolve_class_weights
+from octtrain.memory import check_fits, estimate_memory
 from octtrain.model import OctClassifier, build_model
 from octtrain.optim import build_optimizer, build_scheduler
 from octtrain.preempt import Preempted, agreed_stop, stop_on_signals, stop_requested
@@ -52,6 +54,7 @@ from octtrain.progress import ProgressBar, early_stopping_line, epoch_line
 from octtrain.records import SPLITS, save_class_to_idx
 from octtrain.resume import RESUME_FILE, ResumePoint, rank_state, restore, save_resume
 from octtrain.runtime import Runtime, init_runtime
+from octtrain.startup import StartupClock
 from octtrain.tracking import Tracker
 
 
@@ -97,11 +100,14 @@ def fit(
     resume = _Resume(_path(resume_from), _path(preempt_to))
     rank_fn = functools.partial(_train_rank, cfg=cfg, run_dir=run_dir, progress=progress,
                                 save_rank_weights=knobs.save_rank_weights, resume=resume)
+    runtime_cfg = cfg.runtime
+    if runtime_cfg.xla_cache_dir is None and knobs.xla_cache_dir:  # a search's per-host cache
+        runtime_cfg = dataclasses.replace(runtime_cfg, xla_cache_dir=knobs.xla_cache_dir)
     if cfg.runtime.num_processes == 1:
-        runtime = init_runtime(cfg.runtime)
+        runtime = init_runtime(runtime_cfg)
         result = rank_fn(runtime, EpochChannel(on_epoch_end))
     else:
-        result = launch(rank_fn, cfg.runtime, on_epoch_end, knobs)
+        result = launch(rank_fn, runtime_cfg, on_epoch_end, knobs)
     if resume.resume_from is not None:
         resume.resume_from.unlink(missing_ok=True)  # the run it saved is complete now
     return result  # type: ignore[no-any-return]
@@ -149,7 +155,9 @@ class _Run:
 
 def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, run_dir: Path,
                 progress: bool, save_rank_weights: bool, resume: _Resume) -> FitResult:
-    run = _set_up(runtime, cfg, run_dir)
+    clock = StartupClock()
+    run = _set_up(runtime, cfg, run_dir, clock)
+    clock.watch_first_step(run.update.optimizer)
     show = progress and runtime.is_master
     epochs, key = cfg.train.epochs, f"val/{cfg.train.early_stopping.metric}"
     checkpointer = Checkpointer(run_dir, cfg.to_dict(), run.splits.class_to_idx,
@@ -186,6 +194,8 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
                 metrics = {"epoch": epoch, **train_metrics,
                            **validate(run.model, run.loaders.val, runtime, bar),
                            **_compiles(runtime, compiles_before)}
+                if epoch == at.epoch:  # what the run paid before its first optimizer step
+                    metrics.update(clock.metrics(runtime.compile_seconds()))
                 is_best = stopper.update(epoch, float(metrics[key]))
                 metrics.update(_best(stopper), epoch_s=time.monotonic() - t_epoch)
                 history.append(metrics)
@@ -235,9 +245,11 @@ def _preempt(runtime: Runtime, run: _Run, cfg: TrainConfig, path: Path, epoch: i
         print(f"octtrain: {preempted}", flush=True)
     return preempted
 
-def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
+
+def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path, clock: StartupClock) -> _Run:
     """Data, class weights, model, optimizer and schedule of this rank, in a fixed order of
     random draws: the weights are initialised alike on every rank, augmentation is not."""
+    check_fits(estimate_memory(cfg, runtime.precision), runtime.memory_available(), runtime.kind)
     runtime.seed(cfg.train.seed)
     splits = build_datasets(cfg.data)
     if len(splits.val) == 0:
@@ -264,15 +276,19 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
                                      splits.num_classes)
                if runtime.is_master else None)
     weights = runtime.broadcast_object(weights, "octtrain.class_weights")
-    loaders = build_loaders(splits, cfg.data, cfg.train, runtime.world_size, runtime.rank)
+    loaders = build_loaders(splits, cfg.data, cfg.train, runtime.world_size, runtime.rank,
+                            runtime.kind)
+    clock.mark("data")
 
-    model = build_model(cfg.model, *cfg.data.shape, splits.num_classes).to(runtime.device)
+    model = build_model(cfg.model, *cfg.data.shape, splits.num_classes,
+                        runtime.checkpoint_function()).to(runtime.device)
     optimizer = build_optimizer(model, cfg.train)
     steps_per_epoch = loaders.micro_batches // cfg.train.grad_accum_steps
     update = Update(optimizer, build_scheduler(optimizer, cfg.train, steps_per_epoch),
                     weights.to(runtime.device) if weights is not None else None,
                     cfg.train.label_smoothing, cfg.train.grad_accum_steps, cfg.train.grad_clip)
     runtime.seed(cfg.train.seed, per_rank=True)  # augmentation differs per rank from here on
+    clock.mark("model")
     return _Run(splits, loaders, model, update)
 
 

@@ -9,11 +9,13 @@ by the config), so ``forward`` is branch-free and traces to one static XLA graph
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 from transformers import VJEPA2Config, VJEPA2Model
 
 from octtrain.errors import ConfigError
@@ -34,6 +36,18 @@ TINY_ENCODER: dict[str, Any] = {
     "num_pooler_layers": 1,
 }
 
+# Random-init encoders of the released V-JEPA 2 sizes, for benchmarks and shape tests without a
+# hub. transformers' VJEPA2Config() defaults are facebook/vjepa2-vitl-fpc64-256 (ViT-L/16:
+# hidden 1024, 24 layers, 16 heads, MLP ratio 4, tubelet 2: about 303 M encoder parameters);
+# ViT-g/16 is facebook/vjepa2-vitg-fpc64-256's encoder (hidden 1408, 40 layers, 22 heads, MLP
+# 6144 = 48/11 of the width: about 1.0 B).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": TINY_ENCODER,
+    "vitl-random": {},
+    "vitg-random": {"hidden_size": 1408, "num_hidden_layers": 40, "num_attention_heads": 22,
+                    "mlp_ratio": 48 / 11},
+}
+
 # V-JEPA 2 was pre-trained on ImageNet-normalised RGB video.
 _RGB_MEAN = (0.485, 0.456, 0.406)
 _RGB_STD = (0.229, 0.224, 0.225)
@@ -41,16 +55,21 @@ _RGB_STD = (0.229, 0.224, 0.225)
 
 def encoder_config(name: str, frames: int, size: int) -> VJEPA2Config:
     """The encoder's config with ``crop_size`` set to the input size (RoPE's grid uses it)."""
-    if name == "tiny":
-        return VJEPA2Config(**TINY_ENCODER, crop_size=size, frames_per_clip=frames)
+    if name in PRESETS:
+        return VJEPA2Config(**PRESETS[name], crop_size=size, frames_per_clip=frames)
     try:
         return VJEPA2Config.from_pretrained(name, crop_size=size, frames_per_clip=frames)
     except OSError as err:
         raise ConfigError([("model.encoder", f"cannot load V-JEPA 2 config {name!r}: {err}")]) from None
 
 
-def load_encoder(name: str, frames: int, height: int, width: int) -> nn.Module:
-    """The V-JEPA 2 encoder (no predictor) for ``(B, T, 3, H, W)`` clips of this size."""
+def load_encoder(name: str, frames: int, height: int, width: int, *,
+                 checkpointing: Callable[..., Any] | None = None) -> nn.Module:
+    """The V-JEPA 2 encoder (no predictor) for ``(B, T, 3, H, W)`` clips of this size.
+
+    ``checkpointing``: recompute each encoder layer's activations in the backward pass
+    (transformers' activation checkpointing) with this checkpoint function (the device's:
+    see :meth:`octtrain.runtime.Runtime.checkpoint_function`); None: keep the activations."""
     if height != width:
         raise ConfigError(
             [("data.height", f"V-JEPA 2 needs square B-scans (height == width), got {height} x {width}")]
@@ -64,13 +83,18 @@ def load_encoder(name: str, frames: int, height: int, width: int) -> nn.Module:
         problems.append(("data.frames", f"must be a multiple of the tubelet size {config.tubelet_size}, got {frames}"))
     if problems:
         raise ConfigError(problems)
-    if name == "tiny":
+    if name in PRESETS:
         full = VJEPA2Model(config)
     else:
         try:
             full = VJEPA2Model.from_pretrained(name, config=config)
         except OSError as err:
             raise ConfigError([("model.encoder", f"cannot load V-JEPA 2 weights {name!r}: {err}")]) from None
+    if checkpointing is not None:
+        full.activation_checkpointing_enable()  # sets every layer's flag (non-reentrant default)
+        for module in full.modules():  # the device's checkpoint function replaces torch's
+            if hasattr(module, "_gradient_checkpointing_func"):
+                setattr(module, "_gradient_checkpointing_func", checkpointing)  # noqa: B010
     return full.encoder
 
 
@@ -163,6 +187,12 @@ class OctClassifier(nn.Module):
         return self.head(self.features(volumes))  # (B, C) logits
 
 
-def build_model(cfg: ModelSection, frames: int, height: int, width: int, num_classes: int) -> OctClassifier:
-    encoder = load_encoder(cfg.encoder, frames, height, width)
+def build_model(cfg: ModelSection, frames: int, height: int, width: int, num_classes: int,
+                checkpoint_function: Callable[..., Any] | None = None) -> OctClassifier:
+    """The classifier; with ``cfg.gradient_checkpointing``, its encoder recomputes activations
+    with ``checkpoint_function`` (default: ``torch.utils.checkpoint.checkpoint``)."""
+    checkpointing = None
+    if cfg.gradient_checkpointing:
+        checkpointing = checkpoint_function or functools.partial(checkpoint, use_reentrant=False)
+    encoder = load_encoder(cfg.encoder, frames, height, width, checkpointing=checkpointing)
     return OctClassifier(encoder, cfg, num_classes)

@@ -61,12 +61,20 @@ def epoch_line(m: dict[str, Any], epochs: int, key: str, is_best: bool) -> str:
         f"val loss {m['val/loss']:.4f} acc {m['val/accuracy']:.3f} "
         f"bal_acc {m['val/balanced_accuracy']:.3f} f1 {m['val/macro_f1']:.3f} "
         f"top-class {share:.0%} (class {m['val/majority_class']})  "
-        f"{m['epoch_s']:.1f}s (io {m['io/load_s']:.1f}s)"
+        f"{m['epoch_s']:.1f}s (io {m['io/load_s']:.1f}s, stall {m.get('io/stall_share', 0.0):.0%})"
         f"{'  encoder on' if m['encoder_trainable'] else ''}"
         f"{'  xla compiles ' + str(m['xla/compiles']) if 'xla/compiles' in m else ''}"
         f"{'  *best ' + key if is_best else ''}"
+        f"{chr(10) + startup_line(m) if 'startup/total_s' in m else ''}"
     )
 
 
 def early_stopping_line(key: str, patience: int) -> str:
     return f"early stopping: no {key} improvement for {patience} epochs"
+
+
+def startup_line(metrics: dict[str, Any]) -> str:
+    """``startup 4.1s: imports 2.0s, data 0.9s, model 0.7s, first_step 0.5s``."""
+    parts = [f"{key[len('startup/'):-2]} {value:.1f}s" for key, value in metrics.items()
+             if key.startswith("startup/") and key != "startup/total_s"]
+    return f"startup {metrics.get('startup/total_s', 0.0):.1f}s: {', '.join(parts)}"

@@ -21,7 +21,8 @@ device there (``torch_xla.launch``, joining a gloo/nccl group) is here.
 from __future__ import annotations
 
 import contextlib
-import datetime
+import dataclasses
+import functools
 import importlib.util
 import os
 import random
@@ -35,39 +36,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from octtrain.errors import ConfigError
+from octtrain.devices import DeviceKind, Precision, resolve_device, resolve_precision, xla_available  # noqa: F401  (re-exported)
 from octtrain.sections import RuntimeSection
 from octtrain.topology import TPU_BASE_PORT, parse_chips, tpu_rank_env
-
-DeviceKind = Literal["xla", "cuda", "cpu"]
-
-
-def xla_available() -> bool:
-    """torch_xla is installed and a PJRT device is configured (PJRT_DEVICE, or a TPU is present)."""
-    if importlib.util.find_spec("torch_xla") is None:
-        return False
-    tpu_present = Path("/dev/accel0").exists() or Path("/dev/vfio/0").exists()
-    return bool(os.environ.get("PJRT_DEVICE")) or tpu_present
-
-
-def resolve_device(setting: str) -> DeviceKind:
-    """``auto``: ``xla`` when torch_xla and a PJRT device are present, else ``cuda``, else
-    ``cpu``. An explicit device that cannot work here is a ConfigError."""
-    if setting == "auto":
-        if xla_available():
-            return "xla"
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "xla":
-        if importlib.util.find_spec("torch_xla") is None:
-            raise ConfigError([("runtime.device", "is 'xla' but torch_xla is not installed "
-                                "(pip install 'octsearch[xla]')")])
-        return "xla"
-    if setting == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError([("runtime.device", "is 'cuda' but no CUDA device is available")])
-        return "cuda"
-    assert setting == "cpu", setting  # RuntimeSection allows nothing else
-    return "cpu"
 
 
 class CollectiveError(RuntimeError):
@@ -88,6 +59,16 @@ class Runtime:
     world_size: int = 1
     local_rank: int = 0  # rank within this host (XLA: local ordinal)
     distributed: bool = False  # torch.distributed process group (gloo/nccl) is initialised
+    precision: Precision = "fp32"  # bf16: the forward pass runs under torch.autocast
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The forward pass's precision: ``torch.autocast`` to bfloat16 (``bf16``), or nothing.
+        Autocast casts per op: parameters, gradients and AdamW's state stay float32; the caller
+        computes the loss from ``logits.float()``. On XLA the casts are fixed parts of the graph
+        (no graph is added: ``tests/octtrain/test_xla.py``)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @property
     def is_master(self) -> bool:
@@ -246,6 +227,43 @@ class Runtime:
         data = met.metric_data("CompileTime")
         return int(data[0]) if data else 0
 
+    def compile_seconds(self) -> float | None:
+        """XLA compile time so far in this process, in seconds (None off XLA)."""
+        if self.kind != "xla":
+            return None
+        import torch_xla.debug.metrics as met
+
+        data = met.metric_data("CompileTime")  # (count, total ns, samples)
+        return float(data[1]) / 1e9 if data else 0.0
+
+    def memory_available(self) -> int | None:
+        """Bytes still free on the device: CUDA's free memory, XLA's limit minus use (None where
+        PJRT does not say, as on CPU-PJRT), the host's available RAM on CPU."""
+        if self.kind == "cuda":
+            return int(torch.cuda.mem_get_info(self.device)[0])
+        if self.kind == "xla":
+            import torch_xla.core.xla_model as xm
+
+            with contextlib.suppress(RuntimeError, KeyError, TypeError):
+                info = xm.get_memory_info(self.device)
+                return int(info["bytes_limit"]) - int(info["bytes_used"])
+            return None
+        with contextlib.suppress(OSError, ValueError, StopIteration):  # Linux: counts page cache
+            meminfo = Path("/proc/meminfo").read_text().splitlines()
+            return 1024 * int(next(ln for ln in meminfo if ln.startswith("MemAvailable:")).split()[1])
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+    def checkpoint_function(self) -> Callable[..., Any]:
+        """Activation checkpointing: on XLA torch_xla's (an optimisation barrier keeps the compiler
+        from merging the recomputation into the forward), else torch's (non-reentrant)."""
+        if self.kind == "xla":
+            from torch_xla.utils.checkpoint import checkpoint as xla_checkpoint
+
+            return cast("Callable[..., Any]", xla_checkpoint)
+        from torch.utils.checkpoint import checkpoint
+
+        return functools.partial(checkpoint, use_reentrant=False)
+
     def to_cpu(self, obj: Any) -> Any:
         """A nested structure with every tensor copied to the CPU (for checkpoints)."""
         if isinstance(obj, torch.Tensor):
@@ -298,15 +316,16 @@ def _lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> Ite
 def init_runtime(cfg: RuntimeSection, rank: int = 0, world_size: int = 1) -> Runtime:
     """The runtime of this process. XLA reads rank and world size from PJRT itself."""
     kind = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, kind)
     if kind == "xla":
-        return _init_xla(cfg)
+        return dataclasses.replace(_init_xla(cfg), precision=precision)
     if kind == "cuda":
         device = torch.device("cuda", rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     return Runtime(kind, device, rank, world_size, local_rank=rank,
-                   distributed=dist.is_initialized())
+                   distributed=dist.is_initialized(), precision=precision)
 
 
 def _init_xla(cfg: RuntimeSection) -> Runtime:
@@ -342,30 +361,10 @@ def _initialize_xla_cache(path: str) -> None:
     xr.initialize_cache(path, readonly=local_process != 0)
 
 
-# ---------------------------------------------------------------------------------------------
-# Process groups: what a launched rank needs before init_runtime
-# ---------------------------------------------------------------------------------------------
-
-
-def init_process_group(kind: DeviceKind, rank: int, world_size: int, port: int, timeout_s: float) -> None:
-    """Join the ``torch.distributed`` group of a CPU (gloo) or CUDA (nccl) run on this host.
-
-    XLA ranks need none: PJRT connects them. ``timeout_s`` bounds how long a collective waits
-    for a peer that will never come (it died).
-    """
-    if kind == "xla":
-        return
-    backend = "nccl" if kind == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
-
-
 def launch_xla(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    """Run ``fn(ordinal, *args)`` in one process per local XLA device (``torch_xla.launch``:
-    PJRT assigns the ordinals); returns when all have ended, raises if one raised. Given some
-    chips (``TPU_VISIBLE_CHIPS=2,3``: a slot of ``octsearch run --parallel``), one rank per chip
-    of those (:func:`octtrain.topology.tpu_rank_env`), not of chips 0.. and ports 8476...
-    """
+    """Run ``fn(ordinal, *args)`` in one process per local XLA device (``torch_xla.launch``);
+    returns when all have ended, raises if one raised. Given some chips (``TPU_VISIBLE_CHIPS=2,3``:
+    a ``--parallel`` slot), one rank per chip of those (:func:`octtrain.topology.tpu_rank_env`)."""
     import torch_xla
     chips = os.environ.get("TPU_VISIBLE_CHIPS", "")
     if "," not in chips:

@@ -102,11 +102,15 @@ class DataSection:
     height: int = 64  # H of each B-scan after resizing (pixels)
     width: int = 64  # W of each B-scan after resizing (pixels)
     clip_percentiles: tuple[float, float] = (1.0, 99.0)  # intensity clip before scaling to [0, 1]
-    cache_dir: str | None = None  # preprocessed-volume cache; None: $XDG_CACHE_HOME/octtrain
+    cache_dir: str | None = None  # preprocessed data sets; None: $XDG_CACHE_HOME/octtrain
+    store: str = "float16"  # dtype of the consolidated array: float16 | uint8 | float32
     val_fraction: float = 0.15  # of patients, when the manifest has no split column
     test_fraction: float = 0.15
     split_seed: int = 0
-    num_workers: int = 0  # DataLoader worker processes
+    # DataLoader settings; auto: by device (octtrain.dataset.loader_settings)
+    num_workers: int | str = "auto"  # worker processes
+    pin_memory: bool | str = "auto"  # page-locked batches (CUDA)
+    prefetch_factor: int = 2  # batches each worker prepares ahead
     allow_single_bscan: bool = False  # a 2-D array is one B-scan; false: refused as a volume
     nonfinite: str = "error"  # NaN/inf in a volume: error (naming the file) | replace (by 0)
     classes: list[str] | None = None  # pins the label set and its numbering (list order)
@@ -132,7 +136,15 @@ class DataSection:
         check(p, self.val_fraction + self.test_fraction < 1, "val_fraction",
                "val_fraction + test_fraction must leave patients for training, got "
                f"{self.val_fraction + self.test_fraction!r}")
-        check(p, self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers!r}")
+        check(p, self.num_workers == "auto" or (isinstance(self.num_workers, int)
+                                                 and self.num_workers >= 0),
+              "num_workers", f"must be 'auto' or >= 0, got {self.num_workers!r}")
+        check(p, self.pin_memory in ("auto", True, False), "pin_memory",
+              f"must be auto, true or false, got {self.pin_memory!r}")
+        check(p, self.prefetch_factor >= 1, "prefetch_factor",
+              f"must be >= 1, got {self.prefetch_factor!r}")
+        check(p, self.store in ("float16", "uint8", "float32"), "store",
+              f"must be float16, uint8 or float32, got {self.store!r}")
         if self.classes is not None:
             check(p, len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)
                   and all(self.classes), "classes",
@@ -167,10 +179,13 @@ class HeadSection:
 class ModelSection:
     """The ``model:`` section: V-JEPA 2 encoder + pooling + classification head."""
 
-    encoder: str = "tiny"  # "tiny" (random-init preset), a hub id, or a save_pretrained dir
+    # a random-init preset ("tiny", "vitl-random", "vitg-random"), a hub id, or a
+    # save_pretrained directory
+    encoder: str = "tiny"
     pool_method: str = "mean"  # mean | attentive
     freeze_encoder: bool = True
     unfreeze_at_epoch: int = -1  # -1: never; k: encoder trains from epoch k (epochs count from 0)
+    gradient_checkpointing: bool = False  # recompute encoder activations in backward: less memory
     head: HeadSection = field(default_factory=HeadSection)
 
     def __post_init__(self) -> None:
@@ -179,7 +194,8 @@ class ModelSection:
                f"must be 'mean' or 'attentive', got {self.pool_method!r}")
         check(p, self.unfreeze_at_epoch >= -1, "unfreeze_at_epoch",
                f"must be -1 (never) or an epoch >= 0, got {self.unfreeze_at_epoch!r}")
-        check(p, bool(self.encoder), "encoder", "must name 'tiny', a hub id or a directory")
+        check(p, bool(self.encoder), "encoder",
+              "must name a preset (tiny, vitl-random, vitg-random), a hub id or a directory")
         raise_if(p, self)
 
     def encoder_trainable(self, epoch: int) -> bool:
@@ -267,11 +283,16 @@ class RuntimeSection:
     device: str = "auto"  # auto | xla | cuda | cpu
     num_processes: int = 1  # data-parallel processes in one run (TPU chips, or gloo on CPU)
     xla_cache_dir: str | None = None  # persistent XLA compile cache (same shapes: no recompile)
+    # auto: bf16 on XLA and on CUDA devices with bf16, fp32 on CPU. bf16 is torch.autocast:
+    # weights, gradients and optimizer state stay fp32; loss and metrics are computed in fp32.
+    precision: str = "auto"  # auto | fp32 | bf16
 
     def __post_init__(self) -> None:
         p: Problems = []
         check(p, self.device in ("auto", "xla", "cuda", "cpu"), "device",
                f"must be one of auto, xla, cuda, cpu, got {self.device!r}")
+        check(p, self.precision in ("auto", "fp32", "bf16"), "precision",
+               f"must be one of auto, fp32, bf16, got {self.precision!r}")
         check(p, self.num_processes >= 1, "num_processes",
                f"must be >= 1, got {self.num_processes!r}")
         raise_if(p, self)

@@ -334,7 +334,9 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
         resume_from=resume_from, preempt_to=str(checkpoint_path(
             options.checkpoint_dir or options.runs_dir, study, trial.number)),
     )
-    env = dict(options.env)
+    # On XLA, trials of one shape compile once per host (a config's runtime.xla_cache_dir wins).
+    xla_cache = options.runs_dir.resolve() / "xla-cache" / socket.gethostname()
+    env = {"OCTTRAIN_XLA_CACHE_DIR": str(xla_cache), **options.env}
     if isinstance(storage, RetryingStorage):  # the trial process rides out the same outage
         env[OUTAGE_ENV] = str(storage.outage.limit_s)
     return run_trial_process(request, storage.url, echo=out, prefix=f"  [trial {trial.number}] ",

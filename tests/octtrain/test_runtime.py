@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from octtrain.errors import ConfigError
-from octtrain.runtime import Runtime, init_runtime, resolve_device
+from octtrain.runtime import Runtime, init_runtime, resolve_device, resolve_precision
 from octtrain.sections import RuntimeSection
 
 TEST_DEVICE = os.environ.get("OCTTRAIN_TEST_DEVICE", "cpu")
@@ -184,3 +184,34 @@ def test_to_cpu_copies_nested_tensors(runtime: Runtime) -> None:
     state = {"a": torch.ones(2, device=device), "b": [torch.zeros(1, device=device), 3]}
     out = runtime.to_cpu(state)
     assert out["a"].device.type == "cpu" and out["b"][0].device.type == "cpu" and out["b"][1] == 3
+
+
+# ---- precision ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("setting", "kind", "expected"), [
+    ("auto", "cpu", "fp32"), ("auto", "xla", "bf16"), ("bf16", "cpu", "bf16"),
+    ("fp32", "xla", "fp32"), ("fp32", "cpu", "fp32"),
+])
+def test_precision_auto_is_bf16_on_xla_and_fp32_on_cpu(setting: str, kind: str, expected: str) -> None:
+    assert resolve_precision(setting, kind) == expected  # type: ignore[arg-type]
+
+
+def test_bf16_autocast_computes_in_bf16_and_leaves_the_parameters_fp32(runtime: Runtime) -> None:
+    runtime.precision = "bf16"
+    layer = torch.nn.Linear(4, 2).to(runtime.device)
+    with runtime.autocast():
+        out = layer(torch.ones(3, 4, device=runtime.device))
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16
+    assert layer.weight.dtype == layer.weight.grad.dtype == torch.float32  # type: ignore[union-attr]
+    runtime.precision = "fp32"
+    with runtime.autocast():
+        assert layer(torch.ones(3, 4, device=runtime.device)).dtype == torch.float32
+
+
+def test_memory_available_is_the_device_s_free_memory(runtime: Runtime) -> None:
+    free = runtime.memory_available()
+    if runtime.kind == "xla":  # CPU-PJRT reports no allocator statistics
+        return
+    assert free is not None and 2**26 < free < 2**50

@@ -40,11 +40,12 @@ def _torch_xla_present() -> None:
         pytest.skip("torch_xla is not installed (pip install 'octsearch[xla]')")
 
 
-def _run_xla(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run_xla(args: list[str], cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """Run ``python <args>`` on CPU-PJRT with a single XLA device; fail with its output."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("CPU_NUM_DEVICES", "OCTTRAIN_TEST_DEVICE", "XLA_PERSISTENT_CACHE_PATH")}
-    env.update(PJRT_DEVICE="CPU", PYTHONUNBUFFERED="1")
+           if k not in ("CPU_NUM_DEVICES", "OCTTRAIN_TEST_DEVICE", "XLA_PERSISTENT_CACHE_PATH",
+                        "OCTTRAIN_XLA_CACHE_DIR")}
+    env.update(PJRT_DEVICE="CPU", PYTHONUNBUFFERED="1", **extra_env)
     proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=280)
     output = f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -57,18 +58,19 @@ def _write_config(cfg: TrainConfig, path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_no_new_graph_after_the_first_epoch_except_when_the_encoder_unfreezes(
-    small_config: Callable[..., TrainConfig], tmp_path: Path,
+    small_config: Callable[..., TrainConfig], tmp_path: Path, precision: str,
 ) -> None:
     """The real CLI on XLA for 6 epochs, encoder unfrozen at epoch 3. Epoch 0 compiles the
     step, validation and read-out graphs; epoch 3 compiles the unfrozen step (encoder backward,
     its new AdamW state). Every other epoch must reuse them all: static shapes (drop_last,
     padded validation), one graph cut per micro-batch with accumulation, and no value-dependent
-    graph (the LR changes every step through warmup and cosine decay)."""
+    graph (the LR changes every step through warmup and cosine decay). bf16 autocast adds none."""
     cfg = small_config(**{"train.epochs": 6, "model.unfreeze_at_epoch": 3, "train.batch_size": 4,
                           "train.grad_accum_steps": 2, "train.lr_encoder": 1e-4,
                           "train.label_smoothing": 0.1, "train.grad_clip": 1.0,
-                          "runtime.device": "xla"})
+                          "runtime.device": "xla", "runtime.precision": precision})
     config = _write_config(cfg, tmp_path / "train.yaml")
     _run_xla(["-m", "octtrain.cli", "train", "--config", str(config), "--out", "run", "--quiet"],
              tmp_path)
@@ -78,6 +80,7 @@ def test_no_new_graph_after_the_first_epoch_except_when_the_encoder_unfreezes(
     trainable = [e["encoder_trainable"] for e in epochs]
     assert trainable == [False, False, False, True, True, True]
     assert compiles[0] > 0 and compiles[3] > 0, compiles
+    assert epochs[0]["startup/compile_s"] > 0  # epoch 0's graphs, in the startup cost
     assert [c for i, c in enumerate(compiles) if i not in (0, 3)] == [0, 0, 0, 0], compiles
     assert all(sum(map(sum, e["val/confusion"])) == 8 for e in epochs)  # padding masked out
 
@@ -183,12 +186,16 @@ def test_a_second_run_with_the_same_xla_cache_dir_finds_every_graph_in_it(
     cfg = small_config(**{"train.epochs": 2, "runtime.device": "xla",
                           "runtime.xla_cache_dir": str(cache)})
     config = _write_config(cfg, tmp_path / "train.yaml")
+    # The second run names the cache as octsearch does for its trials: in the environment.
+    plain = _write_config(small_config(**{"train.epochs": 2, "runtime.device": "xla"}),
+                          tmp_path / "plain.yaml")
     script = tmp_path / "cached_fit.py"
     script.write_text(CACHE_SCRIPT)
 
     runs = []
-    for name in ("first", "second"):
-        proc = _run_xla([str(script), str(config), name], tmp_path)
+    for name, path, env in (("first", config, {}),
+                            ("second", plain, {"OCTTRAIN_XLA_CACHE_DIR": str(cache)})):
+        proc = _run_xla([str(script), str(path), name], tmp_path, **env)
         runs.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
     first, second = runs
 

@@ -1,0 +1,159 @@
+"""octtrain.consolidated: one memory-mapped data set per host, built once, never used half-written
+or stale; and ``octtrain prepare``, which builds it ahead of the trials."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from octtrain.cli import main
+from octtrain.consolidated import ConsolidatedStore
+from octtrain.dataset import Splits, build_datasets
+from octtrain.sections import DataSection
+
+
+def _cfg(tmp_path: Path, manifest: Path) -> DataSection:
+    return DataSection(manifest=str(manifest), frames=4, height=16, width=16,
+                       cache_dir=str(tmp_path / "cache"))
+
+
+def _digest(splits: Splits) -> str:
+    """A hash of every volume of every split as the datasets serve them."""
+    h = hashlib.sha256()
+    for ds in (splits.train, splits.val, splits.test):
+        for record in ds.records:
+            h.update(ds.cache.load(record.path).tobytes())
+    return h.hexdigest()
+
+
+def _store_dir(tmp_path: Path) -> Path:
+    (found,) = [d for d in (tmp_path / "cache" / "consolidated").iterdir() if d.is_dir()]
+    return found
+
+
+BUILD_SCRIPT = """
+import json, os, sys, time
+from pathlib import Path
+from octtrain import readers
+from octtrain.dataset import build_datasets
+from octtrain.sections import DataSection
+sys.path.insert(0, sys.argv[3])
+from test_consolidated import _digest
+
+reads = []
+real = readers.read_volume
+def slow(path, **options):  # a build of 32 x 20 ms: the other process arrives during it
+    reads.append(path)
+    time.sleep(0.02)
+    return real(path, **options)
+readers.read_volume = slow
+barrier = Path(sys.argv[4])
+(barrier / str(os.getpid())).touch()
+while len(list(barrier.iterdir())) < 2:  # both processes start building together
+    time.sleep(0.01)
+cfg = DataSection(manifest=sys.argv[1], frames=4, height=16, width=16, cache_dir=sys.argv[2])
+print(json.dumps({"digest": _digest(build_datasets(cfg)), "count": len(reads)}))
+"""
+
+
+def test_two_concurrent_processes_build_the_store_once_and_read_the_same_data(
+        tiny_manifest: Path, tmp_path: Path) -> None:
+    script = tmp_path / "build.py"
+    script.write_text(textwrap.dedent(BUILD_SCRIPT))
+    args = [sys.executable, str(script), str(tiny_manifest), str(tmp_path / "cache"),
+            str(Path(__file__).parent), str(tmp_path / "barrier")]
+    (tmp_path / "barrier").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr[-3000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert sorted(o["count"] for o in outs) == [0, 32]  # one built, the other waited and mapped
+    assert outs[0]["digest"] == outs[1]["digest"]
+    assert _digest(build_datasets(_cfg(tmp_path, tiny_manifest))) == outs[0]["digest"]
+    assert [p.name for p in (tmp_path / "cache" / "consolidated").iterdir()
+            if p.is_dir()] == [_store_dir(tmp_path).name]  # no temporary directory left
+
+
+def test_a_corrupted_or_truncated_store_is_rebuilt(tiny_manifest: Path, tmp_path: Path,
+                                                   count_reads: Any) -> None:
+    cfg = _cfg(tmp_path, tiny_manifest)
+    expected = _digest(build_datasets(cfg))
+    assert count_reads.calls == 32
+    volumes = _store_dir(tmp_path) / "volumes.npy"
+    data = bytearray(volumes.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte of one volume
+    volumes.write_bytes(bytes(data))
+    assert _digest(build_datasets(cfg)) == expected
+    assert count_reads.calls == 64
+    volumes.write_bytes(volumes.read_bytes()[:-1000])  # truncated
+    assert _digest(build_datasets(cfg)) == expected
+    assert count_reads.calls == 96
+    assert _digest(build_datasets(cfg)) == expected  # valid now: mapped, not rebuilt
+    assert count_reads.calls == 96
+
+
+def test_a_store_missing_its_index_is_rebuilt(tiny_manifest: Path, tmp_path: Path,
+                                              count_reads: Any) -> None:
+    """A directory without its index (as a crash in a manual copy would leave) is not a store."""
+    cfg = _cfg(tmp_path, tiny_manifest)
+    expected = _digest(build_datasets(cfg))
+    (_store_dir(tmp_path) / "index.json").unlink()
+    assert _digest(build_datasets(cfg)) == expected and count_reads.calls == 64
+
+
+def test_a_changed_source_file_gives_a_new_store(tiny_manifest: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, tiny_manifest)
+    splits = build_datasets(cfg)
+    first = _store_dir(tmp_path)
+    path = Path(splits.train.records[0].path)
+    array = np.load(path)
+    np.save(path, np.ascontiguousarray(array[::-1]))  # new content, new size/mtime stamp
+    try:
+        again = build_datasets(cfg)
+        stores = sorted(d for d in (tmp_path / "cache" / "consolidated").iterdir() if d.is_dir())
+        assert len(stores) == 2 and first in stores
+        assert not np.array_equal(again.train.cache.load(str(path)), splits.train.cache.load(str(path)))
+    finally:
+        np.save(path, array)  # the manifest is shared by the session
+
+
+def test_the_store_pickles_without_its_array_for_dataloader_workers(tiny_manifest: Path,
+                                                                    tmp_path: Path) -> None:
+    splits = build_datasets(_cfg(tmp_path, tiny_manifest))
+    store = splits.train.cache
+    assert isinstance(store, ConsolidatedStore)
+    store.load(splits.train.records[0].path)  # maps the array in this process
+    assert len(pickle.dumps(store)) < 10_000  # the array is not in the pickle
+    loader = torch.utils.data.DataLoader(splits.val, batch_size=3, num_workers=2)
+    batches = [x for x, _ in loader]
+    assert torch.equal(torch.cat(batches), torch.stack([splits.val[i][0] for i in range(len(splits.val))]))
+
+
+def test_prepare_builds_the_store_that_training_then_maps(tiny_manifest: Path, tmp_path: Path,
+                                                          capsys: Any, count_reads: Any) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps({"data": {"manifest": str(tiny_manifest), "frames": 4,
+                                           "height": 16, "width": 16,
+                                           "cache_dir": str(tmp_path / "cache")}}))
+    assert main(["prepare", "--config", str(config), "--set", "data.store=uint8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("32 volumes of 4 x 16 x 16 (uint8, ") and str(_store_dir(tmp_path)) in out
+    assert np.load(_store_dir(tmp_path) / "volumes.npy", mmap_mode="r").dtype == np.uint8
+    assert count_reads.calls == 32
+    build_datasets(DataSection(**{**_cfg(tmp_path, tiny_manifest).__dict__, "store": "uint8"}))
+    assert count_reads.calls == 32  # mapped, not rebuilt
