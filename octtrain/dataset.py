@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import signal
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,12 +185,15 @@ class ResumableSampler(DistributedSampler[Any]):
         return itertools.islice(super().__iter__(), self.skip, None)
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM/SIGINT: a stop request is the main process's to honour
-    at a step boundary (:mod:`octtrain.preempt`), and a worker killed by a signal sent to the
-    whole process group would break the batch in flight. They end with their parent."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _own_process_group(worker_id: int) -> None:
+    """Each DataLoader worker leaves the trial's process group for one of its own: a stop
+    request sent to the whole group (a search's SIGTERM, Ctrl-C in a terminal) reaches only
+    the main process, which honours it at a step boundary (:mod:`octtrain.preempt`) instead of
+    losing the batch in flight. The signals themselves keep their default action, so the main
+    process can still shut a worker down (multiprocessing terminates leftover workers at exit;
+    a worker that ignored SIGTERM hung that exit), and a worker whose parent died ends within
+    seconds (torch's watchdog)."""
+    os.setpgid(0, 0)
 
 
 @dataclass
@@ -246,9 +248,9 @@ def build_loaders(splits: Splits, data: DataSection, train: TrainSection, world:
     # global one (augmentation, dropout): a resumed epoch then draws exactly what it would have.
     train_loader = DataLoader(splits.train, batch_size=train.batch_size, sampler=train_sampler,
                               drop_last=True, generator=torch.Generator().manual_seed(train.seed),
-                              worker_init_fn=_ignore_stop_signals,
+                              worker_init_fn=_own_process_group,
                               **loader_settings(data, device, augmenting))
-    workers = {**loader_settings(data, device), "worker_init_fn": _ignore_stop_signals}
+    workers = {**loader_settings(data, device), "worker_init_fn": _own_process_group}
     val_set = PaddedDataset(splits.val, train.batch_size * world)
     val_loader = DataLoader(val_set, batch_size=train.batch_size, shuffle=False, **workers,
                             sampler=DistributedSampler(val_set, num_replicas=world, rank=rank,

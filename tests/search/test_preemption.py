@@ -62,7 +62,7 @@ base:
   train: {{epochs: {EPOCHS}, batch_size: 2, grad_accum_steps: 2, warmup_epochs: 1,
           early_stopping: {{enabled: false}}}}
   data: {{manifest: {manifest}, frames: 4, height: 32, width: 32, cache_dir: {tmp_path / 'cache'},
-         val_fraction: 0.2, test_fraction: 0.0, augment: {{flip: true}}}}
+         val_fraction: 0.2, test_fraction: 0.0, augment: {{flip: true}}, num_workers: 0}}
   runtime: {{device: cpu}}
 objective: {{metric: balanced_accuracy, direction: maximize}}
 params:
