@@ -144,6 +144,11 @@ def test_report_renders_every_plot_in_a_browser(
     page.evaluate("const d = document.createElement('div'); document.body.append(d);"
                   "Plotly.newPlot(d, []); 1")
     assert json.loads(page.evaluate(PLOTS_JS)) == {"n": plots["n"] + 1, "empty": 1}
+    # ... and a console error is seen.
+    page.evaluate("console.error('probe'); 1")
+    page.evaluate("1")
+    assert page.errors == ["probe"]
+    page.errors.clear()
 
 
 def test_dashboard_trial_note_and_study_figures_render_in_a_browser(
