@@ -266,6 +266,7 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path) -> _Run:
     weights = runtime.broadcast_object(weights, "octtrain.class_weights")
     loaders = build_loaders(splits, cfg.data, cfg.train, runtime.world_size, runtime.rank)
 
+    torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed only (checkpoint.py)
     model = build_model(cfg.model, *cfg.data.shape, splits.num_classes).to(runtime.device)
     optimizer = build_optimizer(model, cfg.train)
     steps_per_epoch = loaders.micro_batches // cfg.train.grad_accum_steps
