@@ -12,9 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
-from octtrain.checkpoint import load_checkpoint
+from octtrain.checkpoint import load_checkpoint, load_model_state
 from octtrain.config import config_from_dict
 from octtrain.dataset import PaddedDataset, build_datasets
 from octtrain.epoch import validate
@@ -38,8 +39,9 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, device: 
         raise DataError(f"the {split} split of {cfg.data.manifest or cfg.data.root} is empty: "
                         f"set data.{split}_fraction > 0 (or {split} rows in the manifest)")
     runtime = init_runtime(RuntimeSection(device=device or cfg.runtime.device))
+    torch.manual_seed(cfg.train.seed)  # a head-only checkpoint's encoder is rebuilt as trained
     model = build_model(cfg.model, *cfg.data.shape, splits.num_classes)
-    model.load_state_dict(state["model"])
+    load_model_state(model, state)
     model.to(runtime.device)
     batch = cfg.train.batch_size
     loader = DataLoader(PaddedDataset(dataset, batch), batch_size=batch, shuffle=False)

@@ -280,6 +280,7 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path, clock: StartupClo
                             runtime.kind)
     clock.mark("data")
 
+    torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed only (checkpoint.py)
     model = build_model(cfg.model, *cfg.data.shape, splits.num_classes,
                         runtime.checkpoint_function()).to(runtime.device)
     optimizer = build_optimizer(model, cfg.train)

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "study's creation id (default: runs)")
     run.add_argument("--artifacts-dir", type=Path, metavar="DIR", help="artifact store of "
                      "the trials' run files, for the dashboard (default: RUNS_DIR/artifacts)")
+    run.add_argument("--keep-best", type=int, default=3, metavar="K",
+                     help="keep best.pt of the study's top K complete trials only (default: 3)")
+    run.add_argument("--keep-last", action="store_true",
+                     help="keep each ended trial's last.pt (default: deleted when it ends)")
     run.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
                      help="resume checkpoints of preempted trials go to DIR/STUDY-ID/trial_NNNN/"
                           "resume.pt; every worker must see it at the same path, e.g. a shared "
@@ -193,12 +197,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.preflight import check_storage, preflight
     from search.record import runs_folder
     from search.report import format_leaderboard
+    from search.retention import kept_bytes
     from search.space import load_space
     from search.study import open_study
     from search.worker import WorkerOptions, count_trials, run_worker
 
     if args.trials < 1:
         raise OctsearchError(f"--trials must be at least 1, got {args.trials}")
+    if args.keep_best < 0:
+        raise OctsearchError(f"--keep-best must be at least 0, got {args.keep_best}")
     if args.max_failures < 1:
         raise OctsearchError(f"--max-failures must be at least 1, got {args.max_failures}")
     if args.timeout is not None and not args.timeout > 0:
@@ -232,11 +239,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                             checkpoint_dir=args.checkpoint_dir,
                             max_consecutive_failures=args.max_failures,
                             fit_target=args.fit_target, slots=tuple(slots),
-                            artifacts_dir=args.artifacts_dir)
+                            artifacts_dir=args.artifacts_dir, keep_best=args.keep_best,
+                            keep_last=args.keep_last)
     with sigterm_interrupts():
         summary = run_worker(study, space, storage, options, out=sys.stderr)
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "
-          "trials", file=sys.stderr)
+          f"trials; checkpoints kept: {kept_bytes(study) / 1e6:.1f} MB", file=sys.stderr)
     print(format_leaderboard(study))
     return 0
 

@@ -61,6 +61,7 @@ from search.record import (
 )
 from search.report import describe_trial, format_value
 from search.resume import checkpoint_path, interrupted_result, requeue
+from search.retention import DEFAULT_KEEP_BEST, prune_checkpoints
 from search.retry import OUTAGE_ENV, DatabaseUnreachableError, RetryingStorage
 from search.slots import Slot, SlotPool
 from search.space import SearchSpace
@@ -92,6 +93,8 @@ class WorkerOptions:
     stop: StopRequest | None = None  # set per slot (search.slots): stops its trial process
     devices: str = ""  # set per slot: its devices, recorded with each trial (record.py)
     artifacts_dir: Path | None = None  # the trials' artifact store (None: RUNS_DIR/artifacts)
+    keep_best: int = DEFAULT_KEEP_BEST  # best.pt kept for the study's top k trials (retention.py)
+    keep_last: bool = False  # keep each ended trial's last.pt
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -296,6 +299,10 @@ def run_one_trial(
         # kept in run_dir if the database stays unreachable
         tell_or_keep(study, storage, trial, result, run_dir, space.objective.metric_key, _tell)
     evidence.after_tell(study, trial, out)  # the dashboard note and figures; never fails the trial
+    try:  # disk: checkpoints of ended trials outside the top k; never fails the trial
+        prune_checkpoints(study, keep_best=options.keep_best, keep_last=options.keep_last, out=out)
+    except Exception as err:  # noqa: BLE001
+        _progress(out, f"checkpoint retention failed: {type(err).__name__}: {err}")
     return storage.get_trial(trial_id)
 
 

@@ -17,7 +17,8 @@ Every epoch touches ``started_E`` in the run directory, then sleeps ``FAKE_FIT_E
 its "resume checkpoint" is that epoch's number, which ``resume_from`` continues. The devices the
 process was given (its CPU affinity and the slot's variables) go to ``assignment.json`` in the
 run directory. With ``FAKE_FIT_RUN_FILES=1`` it writes octtrain's run files too
-(``config.yaml``, ``class_to_idx.json`` naming :data:`CLASSES`, ``metrics.jsonl``).
+(``config.yaml``, ``class_to_idx.json`` naming :data:`CLASSES`, ``metrics.jsonl``). With
+``FAKE_FIT_CHECKPOINTS=1`` it writes a dummy ``best.pt`` and ``last.pt`` (1000 bytes each).
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def fit(cfg: TrainConfig, *, out_dir: str | Path | None = None,
         {**seen, "affinity": sorted(os.sched_getaffinity(0))}))
     result = FakeFitResult(out_dir=run_dir)
     tracker = _run_files(cfg, run_dir) if os.environ.get("FAKE_FIT_RUN_FILES") == "1" else None
+    if os.environ.get("FAKE_FIT_CHECKPOINTS") == "1":
+        for name in ("best.pt", "last.pt"):
+            (run_dir / name).write_bytes(b"\0" * 1000)
     try:
         _epochs(cfg, run_dir, on_epoch_end, progress, result, tracker, resume_from, preempt_to)
     finally:

@@ -74,6 +74,7 @@ def test_check_lists_a_valid_space(tmp_path: Path, capsys: pytest.CaptureFixture
         (["--trials", "0"], "--trials must be at least 1, got 0"),
         (["--trials", "1", "--storage", "redis://localhost"], "unsupported storage 'redis'"),
         (["--trials", "1", "--max-failures", "0"], "--max-failures must be at least 1, got 0"),
+        (["--trials", "1", "--keep-best", "-1"], "--keep-best must be at least 0, got -1"),
         (["--trials", "1", "--timeout", "-5"], "--timeout must be a positive number of seconds, "
                                                "got -5"),
     ],
