@@ -63,19 +63,7 @@ def reviewed_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     Shared read-only by the review, CLI and dashboard tests.
     """
     root = tmp_path_factory.mktemp("reviewed")
-    url = f"sqlite:///{root / 'study.db'}"
-    raw = copy.deepcopy(FAKE_SPACE)
-    raw["enqueue"] = [
-        {"name": "collapses", "params": {"model.head.hidden": 0, "train.lr_head": 1e-3}},
-        {"name": "raises", "params": {"model.head.hidden": 64, "train.lr_head": RAISE}},
-        {"name": "learns", "params": {"model.head.hidden": 64, "train.lr_head": 1e-3}},
-    ]
-    space = space_from_dict(raw)
-    storage = open_storage(url)
-    study, _ = open_study(space, storage, "reviewed")
-    run_worker(study, space, storage, fake_options(root, 2))
-    assert [t.state.name for t in study.get_trials()] == ["PRUNED", "FAIL", "COMPLETE"]
-    return url, "reviewed"
+    return _three_trial_study(root, "reviewed", {}), "reviewed"
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +72,13 @@ def evidence_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, 
     trainer's run files (config.yaml, class_to_idx.json, metrics.jsonl): the worker's notes,
     figures and artifacts of a finished study. Shared read-only."""
     root = tmp_path_factory.mktemp("evidence")
+    url = _three_trial_study(root, "evidence", {"FAKE_FIT_RUN_FILES": "1"})
+    return url, "evidence", root / "runs"
+
+
+def _three_trial_study(root: Path, name: str, env: dict[str, str]) -> str:
+    """The URL of a SQLite study in ``root`` whose fake trials collapse (pruned at epoch 2),
+    raise, and learn (0.9 at epoch 4); ``env``: extra environment of the trial processes."""
     url = f"sqlite:///{root / 'study.db'}"
     raw = copy.deepcopy(FAKE_SPACE)
     raw["enqueue"] = [
@@ -93,9 +88,9 @@ def evidence_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, 
     ]
     space = space_from_dict(raw)
     storage = open_storage(url)
-    study, _ = open_study(space, storage, "evidence")
+    study, _ = open_study(space, storage, name)
     options = fake_options(root, 2)
-    options = dataclasses.replace(options, env={**options.env, "FAKE_FIT_RUN_FILES": "1"})
+    options = dataclasses.replace(options, env={**options.env, **env})
     run_worker(study, space, storage, options)
     assert [t.state.name for t in study.get_trials()] == ["PRUNED", "FAIL", "COMPLETE"]
-    return url, "evidence", root / "runs"
+    return url
