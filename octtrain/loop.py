@@ -42,7 +42,7 @@ from octtrain.dataset import (
     replaced_volumes,
 )
 from octtrain.early_stop import EarlyStopping
-from octtrain.epoch import StopAtStep, TrainProgress, Update, train_epoch, validate
+from octtrain.epoch import StopAtStep, StopCheck, TrainProgress, Update, train_epoch, validate
 from octtrain.errors import ConfigError, DataError
 from octtrain.launch import launch
 from octtrain.loss import resolve_class_weights
@@ -176,17 +176,8 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
         with stop_on_signals() if check is not None else contextlib.nullcontext():
             for epoch in range(at.epoch, epochs):
                 t_epoch, compiles_before = time.monotonic(), runtime.compile_count()
-                run.model.set_encoder_trainable(cfg.model.encoder_trainable(epoch))
-                run.loaders.set_epoch(epoch, partial.micro_batch)
-                bar = ProgressBar(run.loaders.micro_batches, f"epoch {epoch + 1}/{epochs} train",
-                                  enabled=show)
-                try:
-                    train_metrics = train_epoch(epoch, run.model, run.update, run.loaders,
-                                                runtime, bar, partial, check)
-                except StopAtStep as stopped:
-                    assert resume.preempt_to is not None  # check is None otherwise
-                    raise _preempt(runtime, run, cfg, resume.preempt_to, epoch, stopped.progress,
-                                   stopper, history, show) from None
+                train_metrics = _train(runtime, run, cfg, epoch, partial, check, resume.preempt_to,
+                                       stopper, history, show)
                 partial = TrainProgress()
                 tracker.log_train(epoch, train_metrics)  # before validation, which may hang or die
                 bar = ProgressBar(len(run.loaders.val), f"epoch {epoch + 1}/{epochs} val",
@@ -217,6 +208,23 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
     return FitResult(run_dir, epoch + 1, stopper.best_epoch, _best(stopper)["best/value"],
                      cfg.train.early_stopping.metric, stop is not None, run.splits.class_to_idx,
                      history)
+
+
+def _train(runtime: Runtime, run: _Run, cfg: TrainConfig, epoch: int, partial: TrainProgress,
+           check: StopCheck | None, preempt_to: Path | None, stopper: EarlyStopping,
+           history: list[dict[str, Any]], show: bool) -> dict[str, Any]:
+    """The training part of ``epoch``, from ``partial`` on; a stop request (``check``) ends in
+    the resume checkpoint at ``preempt_to`` and :class:`~octtrain.preempt.Preempted`."""
+    run.model.set_encoder_trainable(cfg.model.encoder_trainable(epoch))
+    run.loaders.set_epoch(epoch, partial.micro_batch)
+    bar = ProgressBar(run.loaders.micro_batches, f"epoch {epoch + 1}/{cfg.train.epochs} train",
+                      enabled=show)
+    try:
+        return train_epoch(epoch, run.model, run.update, run.loaders, runtime, bar, partial, check)
+    except StopAtStep as stopped:
+        assert preempt_to is not None  # check is None otherwise
+        raise _preempt(runtime, run, cfg, preempt_to, epoch, stopped.progress, stopper, history,
+                       show) from None
 
 
 def _start(runtime: Runtime, run: _Run, cfg: TrainConfig, resume: _Resume,

@@ -72,44 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyperparameter search for octtrain with collapse-aware pruning.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="create or join a study and run trials until N finished")
-    run.add_argument("--space", required=True, type=Path, help="search space YAML file")
-    run.add_argument("--trials", required=True, type=int, metavar="N",
-                     help="finished (complete + pruned) trials wanted in the study, all workers "
-                          "together")
-    run.add_argument("--timeout", type=float, metavar="SECONDS",
-                     help="start no new trial after this many seconds")
-    run.add_argument("--seed", type=int, help="sampler seed (give each worker its own)")
-    run.add_argument("--device", choices=DEVICES, help="runtime.device of every trial")
-    run.add_argument("--parallel", default="1", metavar="N|auto",
-                     help="trials at once in this worker, each on its own devices (TPU chips, "
-                          "GPUs, or a share of the CPU cores); auto: one per chip/GPU "
-                          "(default: 1)")
-    run.add_argument("--devices-per-trial", type=int, metavar="K",
-                     help="devices of each trial: runtime.num_processes of every trial "
-                          "(default: the space's)")
-    run.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
-                     help="trial run directories go to DIR/STUDY-ID/trial_NNNN, ID the "
-                          "study's creation id (default: runs)")
-    run.add_argument("--artifacts-dir", type=Path, metavar="DIR", help="artifact store of "
-                     "the trials' run files, for the dashboard (default: RUNS_DIR/artifacts)")
-    run.add_argument("--keep-best", type=int, default=3, metavar="K",
-                     help="keep best.pt of the study's top K complete trials only (default: 3)")
-    run.add_argument("--keep-last", action="store_true",
-                     help="keep each ended trial's last.pt (default: deleted when it ends)")
-    run.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
-                     help="resume checkpoints of preempted trials go to DIR/STUDY-ID/trial_NNNN/"
-                          "resume.pt; every worker must see it at the same path, e.g. a shared "
-                          "mount (default: --runs-dir)")
-    run.add_argument("--max-failures", type=int, default=3, metavar="K",
-                     help="stop this worker after K failed trials in a row (default: 3)")
-    run.add_argument("--db-outage-s", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
-                     help="ride out a database unreachable for up to this long, retrying; "
-                          f"trial processes too (default: {DEFAULT_OUTAGE_S:g})")
-    run.add_argument("--fit-target", default="octtrain:fit", metavar="MODULE:FUNCTION",
-                     help=argparse.SUPPRESS)  # a stand-in trainer with octtrain.fit's contract (tests)
-    _common(run)
-    run.set_defaults(func=cmd_run)
+    _add_run(sub)
 
     check = sub.add_parser("check", help="validate a search space file, list it, and check "
                                          "its data and device on this host")
@@ -152,6 +115,48 @@ def build_parser() -> argparse.ArgumentParser:
     _common(proxy, study=False)
     proxy.set_defaults(func=cmd_serve_storage)
     return parser
+
+
+def _add_run(sub: Any) -> None:
+    """``octsearch run``: its options."""
+    run = sub.add_parser("run", help="create or join a study and run trials until N finished")
+    run.add_argument("--space", required=True, type=Path, help="search space YAML file")
+    run.add_argument("--trials", required=True, type=int, metavar="N",
+                     help="finished (complete + pruned) trials wanted in the study, all workers "
+                          "together")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="start no new trial after this many seconds")
+    run.add_argument("--seed", type=int, help="sampler seed (give each worker its own)")
+    run.add_argument("--device", choices=DEVICES, help="runtime.device of every trial")
+    run.add_argument("--parallel", default="1", metavar="N|auto",
+                     help="trials at once in this worker, each on its own devices (TPU chips, "
+                          "GPUs, or a share of the CPU cores); auto: one per chip/GPU "
+                          "(default: 1)")
+    run.add_argument("--devices-per-trial", type=int, metavar="K",
+                     help="devices of each trial: runtime.num_processes of every trial "
+                          "(default: the space's)")
+    run.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                     help="trial run directories go to DIR/STUDY-ID/trial_NNNN, ID the "
+                          "study's creation id (default: runs)")
+    run.add_argument("--artifacts-dir", type=Path, metavar="DIR", help="artifact store of "
+                     "the trials' run files, for the dashboard (default: RUNS_DIR/artifacts)")
+    run.add_argument("--keep-best", type=int, default=3, metavar="K",
+                     help="keep best.pt of the study's top K complete trials only (default: 3)")
+    run.add_argument("--keep-last", action="store_true",
+                     help="keep each ended trial's last.pt (default: deleted when it ends)")
+    run.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
+                     help="resume checkpoints of preempted trials go to DIR/STUDY-ID/trial_NNNN/"
+                          "resume.pt; every worker must see it at the same path, e.g. a shared "
+                          "mount (default: --runs-dir)")
+    run.add_argument("--max-failures", type=int, default=3, metavar="K",
+                     help="stop this worker after K failed trials in a row (default: 3)")
+    run.add_argument("--db-outage-s", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
+                     help="ride out a database unreachable for up to this long, retrying; "
+                          f"trial processes too (default: {DEFAULT_OUTAGE_S:g})")
+    run.add_argument("--fit-target", default="octtrain:fit", metavar="MODULE:FUNCTION",
+                     help=argparse.SUPPRESS)  # a stand-in trainer with octtrain.fit's contract (tests)
+    _common(run)
+    run.set_defaults(func=cmd_run)
 
 
 def _storage_url(args: argparse.Namespace) -> str:

@@ -13,6 +13,7 @@ import torch
 from octtrain import ConfigError, DivergedError, TrainConfig, fit
 from octtrain.checkpoint import load_checkpoint
 from octtrain.config import config_from_dict
+from octtrain.model import build_model
 from octtrain.tracking import read_metrics
 
 Make = Callable[..., TrainConfig]
@@ -136,7 +137,8 @@ def test_bf16_on_cpu_trains_close_to_fp32_with_fp32_weights(small_config: Make, 
 def test_an_encoder_from_a_save_pretrained_directory_trains_from_its_saved_weights(
         small_config: Make, tmp_path: Path) -> None:
     """``model.encoder: <dir>`` loads with ``from_pretrained``: the saved weights arrive
-    unchanged (the first epoch is frozen, so its checkpoint still holds them) and training runs."""
+    unchanged, and training from them runs (the frozen epoch's checkpoint leaves the encoder
+    out: it is the saved one; the trained epoch's holds it, changed)."""
     from transformers import VJEPA2Config, VJEPA2Model
 
     from octtrain.model import TINY_ENCODER
@@ -150,7 +152,9 @@ def test_an_encoder_from_a_save_pretrained_directory_trains_from_its_saved_weigh
     result = fit(cfg, out_dir=tmp_path / "run", progress=False,
                  on_epoch_end=lambda e, m: snapshots.append(_encoder_state(tmp_path / "run" / "last.pt")))
     expected = {f"encoder.{k}": v for k, v in saved.encoder.state_dict().items()}
-    assert snapshots[0].keys() == expected.keys()
-    assert all(torch.equal(snapshots[0][k], v) for k, v in expected.items())
+    built = build_model(cfg.model, *cfg.data.shape, 4).state_dict()
+    assert all(torch.equal(built[k], v) for k, v in expected.items())  # loaded as saved
+    assert snapshots[0] == {}  # frozen: head-only checkpoint
+    assert snapshots[1].keys() == expected.keys()
     assert not all(torch.equal(snapshots[1][k], v) for k, v in expected.items())  # epoch 1 trains
     assert result.epochs_run == 2
