@@ -146,11 +146,22 @@ def _sweep_stale_trials(storage: _HeartbeatRelay, out: TextIO) -> None:
         out.flush()
 
 
+def _refuse_a_busy_port(host: str, port: int) -> None:
+    """One line when another process listens on ``host:port`` (a plain bind, no reuse)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OctsearchError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
 def _make_server(storage: _HeartbeatRelay, host: str, port: int) -> Any:
     """Optuna's proxy service on ``host:port`` (what ``run_grpc_proxy_server`` builds), but
     refusing a port another process serves: gRPC's default SO_REUSEPORT would let a second
     proxy share it and split the workers between two caches."""
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # our one-line errors say it; not C logs
+    _refuse_a_busy_port(host, port)  # before gRPC, whose C core may log the failure itself
     import grpc
     from optuna.storages._grpc.auto_generated import api_pb2_grpc
     from optuna.storages._grpc.servicer import OptunaStorageProxyService

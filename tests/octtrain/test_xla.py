@@ -258,7 +258,7 @@ def test_preempted_and_resumed_on_xla(small_config: Callable[..., TrainConfig],
     weight difference 0.013 after one resumed epoch with flip and dropout 0.3)."""
     cfg = small_config(**{"train.epochs": 2, "train.grad_accum_steps": 2, "model.head.hidden": 16,
                           "model.head.dropout": 0.0, "data.augment.flip": False,
-                          "runtime.device": "xla"})
+                          "data.num_workers": 0, "runtime.device": "xla"})
     config = _write_config(cfg, tmp_path / "train.yaml")
     (tmp_path / "resume_check.py").write_text(RESUME_SCRIPT)
     proc = _run_xla(["resume_check.py", str(config)], tmp_path)
