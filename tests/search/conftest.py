@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 from fake_fit import RAISE
-from search_testing import FAKE_SPACE, fake_options, reachable_server
+from search_testing import FAKE_SPACE, drop_study, fake_options, reachable_server
 
 from search.space import space_from_dict
 from search.storage import open_storage
@@ -44,10 +43,7 @@ def study_name(storage_url: str) -> Iterator[str]:
     """A unique study name, and the study deleted from ``storage_url`` afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
-    storage = open_storage(storage_url, heartbeat=False)
-    if name in optuna.study.get_all_study_names(storage):
-        optuna.delete_study(study_name=name, storage=storage)
-    storage.engine.dispose()
+    drop_study(storage_url, name)
 
 
 @pytest.fixture

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
 import sqlalchemy
 import yaml
 
+from search.storage import open_storage
 from search.worker import WorkerOptions
 
 HERE = Path(__file__).resolve().parent
@@ -144,3 +146,11 @@ def fake_env(**extra: str) -> dict[str, str]:
     """The environment of an ``octsearch`` process whose trial processes import ``fake_fit``."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
             **extra}
+
+
+def drop_study(url: str, name: str) -> None:
+    """Delete the study ``name`` from ``url`` if a test created it (a test's clean-up)."""
+    storage = open_storage(url, heartbeat=False)
+    if name in optuna.study.get_all_study_names(storage):
+        optuna.delete_study(study_name=name, storage=storage)
+    storage.engine.dispose()

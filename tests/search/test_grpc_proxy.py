@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from search_testing import fake_env, octsearch_command, reachable_server, write_cli_space
+from search_testing import drop_study, fake_env, octsearch_command, reachable_server, write_cli_space
 
 from search.grpc_proxy import HEARTBEAT_ATTR, _HeartbeatRelay, _sweep_stale_trials
 from search.storage import open_storage
@@ -39,10 +39,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
     url = f"sqlite:///{tmp_path / 'study.db'}" if request.param == "sqlite" else reachable_server("postgres")
     name = f"grpc-{uuid.uuid4().hex[:10]}"
     yield url, name
-    storage = open_storage(url, heartbeat=False)
-    if name in optuna.study.get_all_study_names(storage):
-        optuna.delete_study(study_name=name, storage=storage)
-    storage.engine.dispose()
+    drop_study(url, name)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from search_testing import reachable_server
+from search_testing import drop_study, reachable_server
 
 from octtrain.synthetic import make_synthetic
 from search.storage import open_storage
@@ -46,10 +46,7 @@ def study_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
            else reachable_server(request.param))
     name = f"preempt-{uuid.uuid4().hex[:8]}"
     yield url, name
-    storage = open_storage(url, heartbeat=False)
-    if name in optuna.study.get_all_study_names(storage):
-        optuna.delete_study(study_name=name, storage=storage)
-    storage.engine.dispose()
+    drop_study(url, name)
 
 
 def _space(tmp_path: Path, manifest: Path) -> Path:
