@@ -29,9 +29,9 @@ import yaml
 
 from octtrain.dataset import blank_volumes, build_datasets
 from octtrain.synthetic import make_synthetic
+from search.counting import FINISHED
 from search.record import epoch_metrics
 from search.space import load_space
-from search.worker import FINISHED
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,7 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from search.counting import count_trials
     from search.devices import auto_parallel, host_devices, parse_parallel, plan_slots
     from search.preflight import check_storage, preflight
     from search.record import runs_folder
@@ -205,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.retention import kept_bytes
     from search.space import load_space
     from search.study import open_study
-    from search.worker import WorkerOptions, count_trials, run_worker
+    from search.worker import WorkerOptions, run_worker
 
     if args.trials < 1:
         raise OctsearchError(f"--trials must be at least 1, got {args.trials}")

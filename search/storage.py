@@ -214,6 +214,32 @@ def _lost_open_race(cause: BaseException) -> bool:
 
 
 @contextmanager
+def asking(storage: Any) -> Iterator[None]:
+    """Around ``study.ask()``: on a SQLite file, one ask at a time on the host.
+
+    ``ask`` takes a WAITING trial (enqueued, resumed, put back) by reading its state and then
+    setting it RUNNING; server databases lock the row in between (SELECT ... FOR UPDATE), but
+    SQLite reads outside the write transaction, so two processes asking at the same instant
+    could both take the same trial. An exclusive ``flock`` on ``FILE.ask-lock`` serializes
+    them (SQLite serves one host, so a local file lock reaches every worker). ``storage``:
+    an Optuna storage, as ``study._storage`` holds it (possibly cached)."""
+    backend = getattr(storage, "_backend", storage)
+    url = str(getattr(backend, "url", ""))
+    database = sqlalchemy.engine.make_url(url).database if url.startswith("sqlite") else None
+    if not database:
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.ask-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
 def heartbeat(storage: StudyStorage, trial_id: int, *, out: TextIO | None = None) -> Iterator[None]:
     """Record the trial's heartbeat every heartbeat interval while the block runs.
 

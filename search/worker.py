@@ -1,18 +1,9 @@
 """The study loop of one worker: ask, run the trial in its own process, tell; until N finished.
 
-``--trials N`` counts *finished* (COMPLETE + PRUNED) trials of the whole study, across all
-workers and runs. Before each trial a worker fails stale trials (heartbeat), then counts
-finished and RUNNING trials (:func:`next_step`):
-
-- ``finished >= N``: stop;
-- ``finished + running >= N``: the remaining trials are running elsewhere: wait, polling,
-  and take over if one of them fails or goes stale;
-- otherwise start a trial.
-
-So the study ends with N finished trials, and only workers asking at the same instant can
-start more (at most one extra trial per such worker). FAIL trials do not count: a failed
-trial is replaced, but a worker stops after ``max_consecutive_failures`` failures in a row,
-since then the problem is the setup, not the trial.
+How many trials a worker starts, and when it waits or stops, is the counting rule of
+:mod:`search.counting`: the study ends with exactly N finished trials. FAIL trials do not
+count: a failed trial is replaced, but a worker stops after ``max_consecutive_failures``
+failures in a row, since then the problem is the setup, not the trial.
 
 A worker with several slots (``--parallel N``, :mod:`search.slots`, :mod:`search.devices`)
 applies the same rule to start a trial in each free slot: its main thread counts and asks, one
@@ -28,12 +19,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import random
 import socket
 import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,6 +35,7 @@ from optuna.trial import TrialState
 from octtrain.errors import ConfigError, clip
 from search import evidence
 from search.artifacts import default_artifacts_dir
+from search.counting import Step, count_trials, keep_or_put_back, next_step
 from search.devices import Assignment
 from search.errors import StorageError, WorkerError
 from search.pending import deliver_pending, tell_or_keep
@@ -65,7 +57,7 @@ from search.retention import DEFAULT_KEEP_BEST, prune_checkpoints
 from search.retry import OUTAGE_ENV, DatabaseUnreachableError, RetryingStorage
 from search.slots import Slot, SlotPool
 from search.space import SearchSpace
-from search.storage import StudyStorage, heartbeat
+from search.storage import StudyStorage, asking, heartbeat
 from search.trial_process import (
     Outcome,
     StopRequest,
@@ -73,8 +65,6 @@ from search.trial_process import (
     TrialResult,
     run_trial_process,
 )
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -113,30 +103,6 @@ class WorkerSummary:
     stopped: str = ""  # why the worker stopped
 
 
-def count_trials(study: optuna.Study) -> tuple[int, int]:
-    """(finished, running) trials of the study, all workers together."""
-    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    return len(trials) - running, running
-
-
-class Step(Enum):
-    """What a worker does next (:func:`next_step`)."""
-
-    START = "start"  # a trial
-    WAIT = "wait"  # for the trials running elsewhere
-    STOP = "stop"  # the study has its finished trials
-
-
-def next_step(finished: int, running: int, n_trials: int) -> Step:
-    """The counting rule of the module docstring."""
-    if finished >= n_trials:
-        return Step.STOP
-    if finished + running >= n_trials:
-        return Step.WAIT
-    return Step.START
-
-
 def _progress(out: TextIO | None, text: str) -> None:
     if out is not None:
         out.write(f"octsearch: {text}\n")
@@ -173,9 +139,11 @@ def run_worker(
                 if pool.all_retired():
                     raise loop.failed
                 return summary
-            slot = pool.free() if step is Step.START else None
+            slot = pool.free() if step is Step.START and loop.may_ask() else None
             if slot is not None:
                 trial = ask_trial(study)
+                if not loop.keep(trial):
+                    continue
                 summary.trials.append(trial.number)
                 try:
                     pool.start(slot, options, functools.partial(
@@ -185,7 +153,8 @@ def run_worker(
                         _tell(study, trial, TrialResult(Outcome.FAILED,
                                                         reason="worker: stopped at its start"))
                 continue
-            pool.wait(options.poll_s)
+            held = loop.hold_until - time.monotonic()
+            pool.wait(min(options.poll_s, held) if step is Step.START and held > 0 else options.poll_s)
     except BaseException as err:
         pool.stop_all(err)  # every running trial stopped and failed, as a one-slot worker's
         raise
@@ -206,6 +175,7 @@ class _Loop:
         self.out, self.start = out, start
         self.waiting = False
         self.failed = WorkerError("no slot")  # raised once every slot has retired
+        self.hold_until = 0.0  # after putting a trial back: no ask before this (monotonic)
 
     def next(self) -> Step:
         """:func:`next_step` for this worker; STOP also when time is up or every slot retired."""
@@ -231,6 +201,23 @@ class _Loop:
         elif step is Step.START:
             self.waiting = False
         return step
+
+    def may_ask(self) -> bool:
+        """False while the worker holds back after putting a trial back (it waits instead)."""
+        return time.monotonic() >= self.hold_until
+
+    def keep(self, trial: optuna.Trial) -> bool:
+        """The counting rule after ``ask`` (:func:`search.counting.keep_or_put_back`); a trial
+        put back holds this worker back for a random part of its poll interval."""
+        over = keep_or_put_back(self.study, trial, self.options.n_trials)
+        if over is None:
+            return True
+        finished, running = over
+        _progress(self.out, f"trial {trial.number} put back in the queue: {finished} finished and "
+                  f"{running} running with it, over {self.options.n_trials} (another worker "
+                  "asked at the same time)")
+        self.hold_until = time.monotonic() + random.uniform(0.2, 1.0) * self.options.poll_s
+        return False
 
     def ended(self, slot: Slot) -> None:
         """A slot's trial ended: report it; count the slot's failures (retire it at the limit)."""
@@ -264,7 +251,7 @@ def _duration(seconds: float) -> str:
 
 
 def ask_trial(study: optuna.Study) -> optuna.Trial:
-    with warnings.catch_warnings():
+    with asking(study._storage), warnings.catch_warnings():
         # We ask and tell ourselves and keep the heartbeat in storage.heartbeat().
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         return study.ask()
