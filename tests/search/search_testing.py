@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +157,36 @@ def drop_study(url: str, name: str) -> None:
     if name in optuna.study.get_all_study_names(storage):
         optuna.delete_study(study_name=name, storage=storage)
     storage.engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+PROXY_START_TIMEOUT_S = 60.0
+
+
+@contextmanager
+def storage_proxy(database_url: str, folder: Path) -> Iterator[str]:
+    """`octsearch serve-storage` in front of ``database_url`` on a free port (log in
+    ``folder/proxy.log``); its grpc:// URL. Stopped with SIGTERM afterwards: exit 143 and its
+    last line say it stopped cleanly."""
+    port = free_port()
+    log = folder / "proxy.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(octsearch_command("serve-storage", "--storage", database_url, "--port", str(port)),
+                                cwd=folder, env=fake_env(), stdout=out, stderr=subprocess.STDOUT)
+    url = f"grpc://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + PROXY_START_TIMEOUT_S
+        while f"use --storage {url}" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=30)
+    assert returncode == 128 + signal.SIGTERM, log.read_text()
+    assert log.read_text().splitlines()[-1] == "octsearch: storage proxy stopped"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from search_testing import PASSWORD, STUCK_REASON, secret_url
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from search_testing import PASSWORD, STUCK_REASON, free_port, secret_url
 
 
 def get(port: int, path: str) -> Any:

@@ -7,8 +7,6 @@ a fresh SQLite file or the PostgreSQL test server, and stops it (SIGTERM, exit 1
 from __future__ import annotations
 
 import io
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,19 +16,19 @@ from pathlib import Path
 
 import optuna
 import pytest
-from search_testing import drop_study, fake_env, octsearch_command, reachable_server, write_cli_space
+from search_testing import (
+    drop_study,
+    fake_env,
+    free_port,
+    octsearch_command,
+    reachable_server,
+    storage_proxy,
+    write_cli_space,
+)
 
 from search.counting import FINISHED
 from search.grpc_proxy import HEARTBEAT_ATTR, _HeartbeatRelay, _sweep_stale_trials
 from search.storage import open_storage
-
-START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -45,23 +43,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
 @pytest.fixture
 def proxy(database: tuple[str, str], tmp_path: Path) -> Iterator[str]:
     """`octsearch serve-storage` in front of the database; its grpc:// URL."""
-    port = free_port()
-    log = tmp_path / "proxy.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(octsearch_command("serve-storage", "--storage", database[0], "--port", str(port)),
-                                cwd=tmp_path, env=fake_env(), stdout=out, stderr=subprocess.STDOUT)
-    url = f"grpc://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while f"use --storage {url}" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+    with storage_proxy(database[0], tmp_path) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        returncode = proc.wait(timeout=30)
-    assert returncode == 128 + signal.SIGTERM, log.read_text()
-    assert log.read_text().splitlines()[-1] == "octsearch: storage proxy stopped"
 
 
 def test_four_workers_through_one_proxy_finish_the_study(

@@ -10,6 +10,7 @@ CPU).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from search_testing import drop_study, reachable_server
+from search_testing import drop_study, reachable_server, storage_proxy
 
 from octtrain.synthetic import make_synthetic
 from search.storage import open_storage
@@ -39,24 +40,27 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           class_shares=(0.25, 0.25, 0.25, 0.25), seed=5)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("proxy", marks=pytest.mark.postgres)])
 def study_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(storage URL, unique study name); the study is deleted afterwards."""
+    """(storage URL, unique study name); the study is deleted afterwards. ``proxy``: workers
+    go through `octsearch serve-storage` in front of the PostgreSQL test server."""
     url = (f"sqlite:///{tmp_path / 'study.db'}" if request.param == "sqlite"
-           else reachable_server(request.param))
+           else reachable_server("postgres"))
     name = f"preempt-{uuid.uuid4().hex[:8]}"
-    yield url, name
+    with contextlib.ExitStack() as stack:
+        yield (stack.enter_context(storage_proxy(url, tmp_path)) if request.param == "proxy" else url), name
     drop_study(url, name)
 
 
-def _space(tmp_path: Path, manifest: Path) -> Path:
+def _space(tmp_path: Path, manifest: Path, epochs: int = EPOCHS) -> Path:
     """One configuration (a single choice), so every trial is the same run: the uninterrupted
     trial is the reference for the resumed one."""
     space = tmp_path / "space.yaml"
     space.write_text(f"""
 base:
   model: {{encoder: tiny, head: {{hidden: 16, dropout: 0.2}}}}
-  train: {{epochs: {EPOCHS}, batch_size: 2, grad_accum_steps: 2, warmup_epochs: 1,
+  train: {{epochs: {epochs}, batch_size: 2, grad_accum_steps: 2, warmup_epochs: 1,
           early_stopping: {{enabled: false}}}}
   data: {{manifest: {manifest}, frames: 4, height: 32, width: 32, cache_dir: {tmp_path / 'cache'},
          val_fraction: 0.2, test_fraction: 0.0, augment: {{flip: true}}, num_workers: 0}}
@@ -126,3 +130,41 @@ def test_sigterm_preempts_and_the_next_worker_resumes(study_url: tuple[str, str]
     assert resumed.intermediate_values == fresh.intermediate_values
     assert resumed.value == fresh.value
     assert not checkpoint.exists()  # removed once the resumed trial completed
+
+
+@pytest.mark.slow
+def test_sigterm_preempts_every_slot_and_the_next_worker_resumes_them(manifest: Path, tmp_path: Path) -> None:
+    """``--parallel 2``: both running trials stop with a resume checkpoint and are re-queued;
+    a worker started again resumes both, and each ends with every epoch once. Epochs take
+    about 0.2 s: with 60 of them, the slot whose trial process starts first (imports take
+    seconds) is still training when the other reaches its second epoch."""
+    epochs = 60
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cmd = [str(BIN / "octsearch"), "run", "--space", str(_space(tmp_path, manifest, epochs)),
+           "--trials", str(N_TRIALS), "--storage", url, "--study", "slots", "--seed", "0",
+           "--runs-dir", str(tmp_path / "runs"), "--parallel", "2"]
+    worker = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    assert worker.stderr is not None
+    lines: list[str] = []
+    for line in worker.stderr:  # both trials train their second epoch
+        lines.append(line)
+        if all(any(f"[trial {n}] epoch   1/{epochs}" in seen for seen in lines) for n in range(2)):
+            break
+    worker.send_signal(signal.SIGTERM)
+    _, rest = worker.communicate(timeout=120)
+    output = "".join(lines) + rest
+    assert worker.returncode == 143, output[-3000:]
+    study = optuna.load_study(study_name="slots", storage=open_storage(url, heartbeat=False))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2, output[-3000:]
+    assert sorted(t.user_attrs["resumes_trial"] for t in trials[2:]) == [0, 1]
+    assert all(t.user_attrs["preempted"]["epochs_done"] >= 1 for t in trials[:2])
+
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = study.get_trials()[2:]
+    assert [t.state for t in resumed] == [TrialState.COMPLETE] * 2, again.stderr[-3000:]
+    assert all(list(t.intermediate_values) == list(range(epochs)) for t in resumed)  # each epoch once
+    # Same parameters and seed, stopped at different steps: both resumed runs end the same.
+    assert resumed[0].intermediate_values == resumed[1].intermediate_values
