@@ -3,6 +3,7 @@ end a study over N finished trials, and a trial put back is the next one asked."
 
 from __future__ import annotations
 
+import io
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from search.counting import FINISHED, keep_or_put_back
 from search.space import space_from_dict
 from search.storage import open_storage
 from search.study import open_study
-from search.worker import ask_trial, run_worker
+from search.worker import WorkerSummary, ask_trial, run_worker
 
 
 def load(url: str, name: str) -> optuna.Study:
@@ -95,26 +96,33 @@ def test_eight_workers_asking_at_once_never_keep_more_trials_than_the_room_left(
     assert {t.state for t in trials} <= {*FINISHED, TrialState.WAITING}
 
 
-def test_a_worker_that_put_its_trial_back_runs_it_when_the_other_fails(
-    fake_space: dict[str, Any], sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """Another worker asks at the same instant (just before this one) for the study's last
-    place; this worker puts its trial back and waits. The other trial fails: this worker takes
-    its own trial from the queue again and runs it."""
+def race_for_the_last_place(fake_space: dict[str, Any], url: str, tmp_path: Path,
+                           monkeypatch: pytest.MonkeyPatch, other_ends: dict[str, Any],
+                           out: io.StringIO | None = None) -> tuple[optuna.Study, WorkerSummary]:
+    """A one-trial study whose worker loses the race for its only place: another worker's
+    trial is asked just before its own, and ends 1 s later (``other_ends``: ``study.tell``'s
+    keywords). The worker's summary when it stops."""
     space = space_from_dict(fake_space)
-    storage = open_storage(sqlite_url)
+    storage = open_storage(url)
     study, _ = open_study(space, storage, "race", seed=0)
     others: list[optuna.Trial] = []
 
     def racing_ask(study: optuna.Study) -> optuna.Trial:
         if not others:
             others.append(ask_trial(study))
-            threading.Timer(1.0, study.tell, (others[0],), {"state": TrialState.FAIL}).start()
+            threading.Timer(1.0, study.tell, (others[0],), other_ends).start()
         return ask_trial(study)
 
     monkeypatch.setattr("search.worker.ask_trial", racing_ask)
-    summary = run_worker(study, space, storage, fake_options(tmp_path, 1), out=None)
+    return study, run_worker(study, space, storage, fake_options(tmp_path, 1), out=out)
+
+
+def test_a_worker_that_put_its_trial_back_runs_it_when_the_other_fails(
+    fake_space: dict[str, Any], sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The other trial fails: this worker takes its own trial from the queue again and runs it."""
+    study, summary = race_for_the_last_place(fake_space, sqlite_url, tmp_path, monkeypatch,
+                                             {"state": TrialState.FAIL})
     trials = study.get_trials()
     assert len(trials) == 2 and trials[0].state == TrialState.FAIL
     assert trials[1].state in FINISHED and summary.trials == [1] and summary.finished == 1
@@ -124,22 +132,10 @@ def test_a_worker_that_put_its_trial_back_runs_it_when_the_other_fails(
 def test_a_put_back_is_one_line_of_progress(
     fake_space: dict[str, Any], sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import io
-
-    space = space_from_dict(fake_space)
-    storage = open_storage(sqlite_url)
-    study, _ = open_study(space, storage, "said", seed=0)
-    others: list[optuna.Trial] = []
-
-    def racing_ask(study: optuna.Study) -> optuna.Trial:
-        if not others:
-            others.append(ask_trial(study))
-            threading.Timer(0.5, study.tell, (others[0], 0.5)).start()  # it completes
-        return ask_trial(study)
-
-    monkeypatch.setattr("search.worker.ask_trial", racing_ask)
+    """The other trial completes: the study is done, and the put-back trial stays WAITING."""
     out = io.StringIO()
-    summary = run_worker(study, space, storage, fake_options(tmp_path, 1), out=out)
+    study, summary = race_for_the_last_place(fake_space, sqlite_url, tmp_path, monkeypatch,
+                                             {"values": 0.5}, out)
     lines = [line for line in out.getvalue().splitlines() if "put back" in line]
     assert lines == ["octsearch: trial 1 put back in the queue: 0 finished and 2 running with it, "
                      "over 1 (another worker asked at the same time)"]
