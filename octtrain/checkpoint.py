@@ -4,7 +4,9 @@ A checkpoint holds what is needed to understand and resume it without the run di
 model, optimizer and scheduler state, the epoch, the best metric so far, the resolved config and
 ``class_to_idx``. Only tensors and plain Python values are stored, so the safe loader reads it.
 A run keeps two (:class:`Checkpointer`): ``last.pt`` after every epoch, ``best.pt`` after the
-best one.
+best one; ``best.pt`` leaves the optimizer's state out (it is read for evaluation and export,
+and a search keeps it for its top trials; a stopped run resumes from ``resume.pt``,
+:mod:`octtrain.resume`).
 Only what changes is stored: the head always, the encoder only once it has been trained. A frozen
 encoder holds its initial weights, which :func:`octtrain.model.build_model` rebuilds from the
 config (the ``tiny`` one under ``torch.manual_seed(train.seed)``, as training builds it), so
@@ -67,8 +69,12 @@ def load_model_state(model: torch.nn.Module, state: Mapping[str, Any]) -> None:
                            f"unexpected {result.unexpected_keys}")
 
 
+BEST_LEAVES_OUT = ("optimizer",)  # best.pt is read for its weights; resume.pt resumes a run
+
+
 class Checkpointer:
-    """Writes a run's ``last.pt`` after every epoch and ``best.pt`` after the best one."""
+    """Writes a run's ``last.pt`` after every epoch and ``best.pt`` after the best one, without
+    the optimizer's state (:data:`BEST_LEAVES_OUT`)."""
 
     def __init__(self, run_dir: Path, config: dict[str, Any], class_to_idx: Mapping[str, int],
                  metric: str) -> None:
@@ -98,5 +104,6 @@ class Checkpointer:
             "class_to_idx": dict(self.class_to_idx),
         }
         save_checkpoint(self.run_dir / "last.pt", state)
-        if is_best:
-            save_checkpoint(self.run_dir / "best.pt", state)
+        if is_best:  # for evaluation and export: AdamW's state (twice the trained weights) stays out
+            save_checkpoint(self.run_dir / "best.pt", {k: v for k, v in state.items()
+                                                       if k not in BEST_LEAVES_OUT})

@@ -24,6 +24,7 @@ def test_checkpoint_holds_the_encoder_only_when_trained_and_reloads_to_the_same_
     assert state["encoder_saved"] is (not frozen)
     assert bool(encoder_keys) is (not frozen)
     assert any(not k.startswith("encoder.") for k in state["model"])  # the head is always there
+    assert "optimizer" not in state and "optimizer" in load_checkpoint(result.out_dir / "last.pt")
     # Rebuilt (and for a frozen run, its encoder re-initialised from the seed), the model
     # predicts the validation split exactly as the run did at that epoch.
     val = evaluate_checkpoint(result.out_dir / "best.pt", "val")
