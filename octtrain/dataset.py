@@ -37,8 +37,7 @@ from octtrain.sections import AugmentSection, DataSection, TrainSection
 
 class VolumeSource(Protocol):
     """Where preprocessed volumes come from, by source path: a
-    :class:`~octtrain.consolidated.ConsolidatedStore` or a per-volume
-    :class:`~octtrain.preprocess.VolumeCache`."""
+    :class:`~octtrain.consolidated.ConsolidatedStore` (or anything that answers the same)."""
 
     def load(self, path: str | os.PathLike[str]) -> np.ndarray: ...
 

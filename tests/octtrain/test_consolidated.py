@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from octtrain.cli import main
-from octtrain.consolidated import ConsolidatedStore
+from octtrain.consolidated import ConsolidatedStore, open_store, store_key
 from octtrain.dataset import Splits, build_datasets
+from octtrain.errors import DataError
+from octtrain.preprocess import preprocess
+from octtrain.records import Record
 from octtrain.sections import DataSection
 
 
@@ -157,3 +162,84 @@ def test_prepare_builds_the_store_that_training_then_maps(tiny_manifest: Path, t
     assert count_reads.calls == 32
     build_datasets(DataSection(**{**_cfg(tmp_path, tiny_manifest).__dict__, "store": "uint8"}))
     assert count_reads.calls == 32  # mapped, not rebuilt
+
+
+# The store's key and its errors, volume by volume (what octtrain.preprocess's per-volume cache
+# was tested for before the consolidated store replaced it).
+
+SHAPE, CLIP = (4, 16, 16), (1.0, 99.0)
+
+
+def _volume(path: Path, seed: int = 0) -> Path:
+    np.save(path, np.random.default_rng(seed).random((6, 20, 24)).astype(np.float32))
+    return path
+
+
+def _open(tmp_path: Path, *sources: Path, replace_nonfinite: bool = False) -> ConsolidatedStore:
+    records = [Record(str(s), 0, f"p{i}") for i, s in enumerate(sources)]
+    return open_store(tmp_path / "cache", records, {0: "a"}, SHAPE, CLIP, "float32",
+                      replace_nonfinite=replace_nonfinite)
+
+
+def test_the_store_key_changes_with_every_input(tmp_path: Path) -> None:
+    src = _volume(tmp_path / "a.npy")
+    key = lambda *paths, **kw: store_key([str(p) for p in paths], kw.get("shape", SHAPE),  # noqa: E731
+                                         kw.get("clip", CLIP), kw.get("dtype", "float32"),
+                                         kw.get("nonfinite", False))
+    base = key(src)
+    assert key(src) == base  # stable
+    others = [key(src, shape=(4, 16, 8)), key(src, clip=(0.5, 99)), key(src, dtype="float16"),
+              key(src, nonfinite=True), key(_volume(tmp_path / "b.npy"))]  # same content, other path
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # mtime
+    others.append(key(src))
+    with src.open("ab") as f:  # size
+        f.write(b"\0")
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    others.append(key(src))
+    assert len({base, *others}) == len(others) + 1
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((4, 4), i, np.uint8)).save(scans / f"{i}.png")
+    before = key(scans)
+    Image.fromarray(np.full((5, 5), 9, np.uint8)).save(scans / "1.png")  # one B-scan edited
+    assert key(scans) != before
+
+
+def test_a_missing_or_unreadable_volume_is_a_data_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="gone.npy: volume not found or not readable"):
+        _open(tmp_path, tmp_path / "gone.npy")
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"junk")
+    with pytest.raises(DataError, match="bad.npy"):
+        _open(tmp_path, bad)
+
+
+def test_a_cache_dir_that_cannot_be_created_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "cache").write_text("a file, not a folder")
+    with pytest.raises(DataError, match="cannot create the data set cache.*data.cache_dir"):
+        _open(tmp_path, _volume(tmp_path / "v.npy"))
+
+
+def test_nonfinite_values_are_refused_or_replaced_in_a_store_of_their_own(tmp_path: Path) -> None:
+    src = tmp_path / "v.npy"
+    volume = np.arange(4 * 16 * 16, dtype=np.float32).reshape(SHAPE)
+    volume[0, 0, :2] = [np.nan, np.inf]
+    np.save(src, volume)
+    with pytest.raises(DataError, match=r"v.npy: volume holds 2 NaN or infinite value\(s\)"):
+        _open(tmp_path, src)  # data.nonfinite: error
+    store = _open(tmp_path, src, replace_nonfinite=True)
+    out = store.load(str(src))
+    assert np.isfinite(out).all() and out[0, 0, 0] == 0.0 and store.was_replaced(str(src))
+    with pytest.raises(DataError):  # the replaced store is never served to a refusing run
+        _open(tmp_path, src)
+
+
+def test_a_constant_volume_is_blank_and_others_are_not(tmp_path: Path) -> None:
+    constant = tmp_path / "c.npy"
+    np.save(constant, np.full(SHAPE, 7.0, np.float32))
+    filled = _volume(tmp_path / "v.npy")
+    store = _open(tmp_path, constant, filled)
+    assert [store.is_blank(str(constant)), store.is_blank(str(filled))] == [True, False]
+    np.testing.assert_array_equal(store.load(str(filled)), preprocess(np.load(filled), SHAPE, CLIP))

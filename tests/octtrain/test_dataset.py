@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from octtrain import readers
 from octtrain.augment import Augment
+from octtrain.consolidated import open_store
 from octtrain.dataset import (
     PaddedDataset,
     VolumeDataset,
@@ -23,7 +24,7 @@ from octtrain.dataset import (
 )
 from octtrain.errors import ConfigError, DataError
 from octtrain.phantom import CLASS_NAMES
-from octtrain.preprocess import VolumeCache, preprocess
+from octtrain.preprocess import preprocess
 from octtrain.records import Record
 from octtrain.sections import AugmentSection, DataSection, TrainSection
 
@@ -143,9 +144,9 @@ def test_restored_class_to_idx(tmp_path: Path, tiny_manifest: Path) -> None:
 def test_dataloader_workers_draw_different_augmentations(tmp_path: Path) -> None:
     src = tmp_path / "v.npy"
     np.save(src, np.random.default_rng(0).random((4, 16, 16)).astype(np.float32))
-    cache = VolumeCache(tmp_path / "cache", SHAPE, (0.0, 100.0))
-    plain = torch.from_numpy(cache.load(str(src)))
     record = Record(str(src), 0, "p")
+    cache = open_store(tmp_path / "cache", [record], {0: "a"}, SHAPE, (0.0, 100.0), "float32")
+    plain = torch.from_numpy(np.array(cache.load(str(src))))
     ds = VolumeDataset([record] * 4, cache, Augment(AugmentSection(intensity_jitter=0.5)))
     torch.manual_seed(0)
     loader = DataLoader(ds, batch_size=1, num_workers=2)
