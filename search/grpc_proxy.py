@@ -3,7 +3,10 @@ to it (``octsearch serve-storage``, and ``--storage grpc://HOST:PORT`` everywher
 
 Hundreds of workers, each with a trial process reporting epochs, would otherwise each hold
 their own pool of database connections; behind the proxy the database sees one client whose
-pool is :data:`PROXY_THREADS` connections, and the proxy caches finished trials.
+pool is :data:`PROXY_THREADS` connections, and the proxy caches finished trials. Reads of a
+study's unfinished trials that arrive together share one database read
+(:meth:`_HeartbeatRelay._read_trials_from_remote_storage`): every trial process reads them for
+its pruner each epoch, and Optuna's cache does each such read alone, under its lock.
 
 Heartbeats: Optuna's :class:`~optuna.storages.GrpcStorageProxy` has none (its protocol has no
 heartbeat call), so a worker lost behind a bare proxy would leave its trial RUNNING for ever.
@@ -117,6 +120,42 @@ class _HeartbeatRelay(_CachedStorage):
     def __init__(self, backend: RDBStorage) -> None:
         super().__init__(backend)
         self._state_lock = threading.Lock()
+        self._reads = threading.Condition()
+        self._reads_started: dict[int, int] = {}  # per study: reads of the database started,
+        self._reads_done: dict[int, int] = {}  # and the number of the last one finished
+        self._reading: set[int] = set()  # studies being read now
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        """Bring the study's cached trials up to date: one database read for every caller that
+        arrives while a read is running, instead of one each, queued on the cache's lock.
+
+        A caller needs a read that *starts* after it arrived (so it sees every write that came
+        before its call, its own included): the one running may be too old, so the callers
+        that arrive meanwhile wait for it to end and then share the next. A read that fails
+        raises in its own caller; the waiting ones start another.
+        """
+        with self._reads:
+            needed = self._reads_started.get(study_id, 0) + 1
+            while self._reads_done.get(study_id, 0) < needed:
+                if study_id not in self._reading:
+                    self._reading.add(study_id)
+                    self._reads_started[study_id] = number = self._reads_started.get(study_id, 0) + 1
+                    break
+                self._reads.wait()
+            else:
+                return  # a read that started after this call finished meanwhile
+        try:
+            super()._read_trials_from_remote_storage(study_id)
+            done = True
+        except BaseException:
+            done = False
+            raise
+        finally:
+            with self._reads:
+                self._reading.discard(study_id)
+                if done:
+                    self._reads_done[study_id] = number
+                self._reads.notify_all()
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:

@@ -140,3 +140,43 @@ def test_workers_asking_at_once_never_share_an_enqueued_trial(proxy: str, databa
     for t in threads:
         t.join(timeout=60)
     assert sorted(asked) == list(range(16))
+
+
+def test_reads_that_arrive_together_share_one_database_read_that_sees_their_writes(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's cache reads the study's unfinished trials from the database for every caller;
+    callers that arrive while a read runs share the next one, which starts after they arrived."""
+    backend = open_storage(sqlite_url, heartbeat=False)
+    assert isinstance(backend, optuna.storages.RDBStorage)
+    relay = _HeartbeatRelay(backend)
+    study = optuna.create_study(storage=relay, study_name="coalesced")
+    reads: list[float] = []
+    slow = threading.Event()
+    real = backend._get_trials
+
+    def counted(*args: object, **kwargs: object) -> list[optuna.trial.FrozenTrial]:
+        reads.append(time.monotonic())
+        if slow.is_set():
+            slow.clear()
+            time.sleep(0.5)  # the first read is slow: the others arrive while it runs
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backend, "_get_trials", counted)
+    slow.set()
+    first = threading.Thread(target=relay.get_all_trials, args=(study._study_id,))
+    first.start()
+    time.sleep(0.1)
+    trial_id = backend.create_new_trial(study._study_id)  # written after the first read began
+    seen: list[bool] = []
+
+    def read() -> None:
+        seen.append(trial_id in {t._trial_id for t in relay.get_all_trials(study._study_id)})
+
+    threads = [threading.Thread(target=read) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in [first, *threads]:
+        t.join(timeout=30)
+    assert seen == [True] * 6  # each saw the trial written before its call
+    assert len(reads) == 2  # the slow one, and one shared by the six
