@@ -124,7 +124,7 @@ def test_sigterm_preempts_and_the_next_worker_resumes(study_url: tuple[str, str]
     states = [t.state for t in trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE], states
     resumed, fresh = trials[1], trials[2]
-    assert list(resumed.intermediate_values) == list(range(EPOCHS))  # each epoch, once
+    assert sorted(resumed.intermediate_values) == list(range(EPOCHS))  # each epoch, once (keys)
     assert all(f"epoch_{e:03d}" in resumed.user_attrs for e in range(EPOCHS))
     # Same parameters and seed: the resumed run equals the uninterrupted one, bit for bit.
     assert resumed.intermediate_values == fresh.intermediate_values
@@ -165,6 +165,6 @@ def test_sigterm_preempts_every_slot_and_the_next_worker_resumes_them(manifest: 
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = study.get_trials()[2:]
     assert [t.state for t in resumed] == [TrialState.COMPLETE] * 2, again.stderr[-3000:]
-    assert all(list(t.intermediate_values) == list(range(epochs)) for t in resumed)  # each epoch once
+    assert all(sorted(t.intermediate_values) == list(range(epochs)) for t in resumed)  # each epoch once
     # Same parameters and seed, stopped at different steps: both resumed runs end the same.
     assert resumed[0].intermediate_values == resumed[1].intermediate_values
