@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 from octtrain import fit
-from octtrain.config import config_from_dict
-from octtrain.synthetic import make_synthetic
+from octtrain.config.train_config import config_from_dict
+from octtrain.synthetic.writer import make_synthetic
 
 
 def main() -> None:

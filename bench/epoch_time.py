@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from octtrain.config import config_from_dict
-from octtrain.loop import fit
-from octtrain.synthetic import make_synthetic
+from octtrain.config.train_config import config_from_dict
+from octtrain.synthetic.writer import make_synthetic
+from octtrain.train.loop import fit
 
 
 def main() -> None:

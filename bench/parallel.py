@@ -27,8 +27,8 @@ from pathlib import Path
 import optuna
 import yaml
 
-from octtrain.dataset import blank_volumes, build_datasets
-from octtrain.synthetic import make_synthetic
+from octtrain.data.dataset import blank_volumes, build_datasets
+from octtrain.synthetic.writer import make_synthetic
 from search.counting import FINISHED
 from search.record import epoch_metrics
 from search.space import load_space

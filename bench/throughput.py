@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="cold: the trial builds the data set; warm: it maps the cold one's")
     args = parser.parse_args(argv)
 
-    from octtrain.synthetic import make_synthetic
+    from octtrain.synthetic.writer import make_synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -44,10 +44,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], int, float]:
     """Train once; return the epoch metrics, the micro-batches per epoch and the wall time."""
-    from octtrain.config import config_from_dict
-    from octtrain.dataset import build_datasets
-    from octtrain.loop import fit
-    from octtrain.synthetic import make_synthetic
+    from octtrain.config.train_config import config_from_dict
+    from octtrain.data.dataset import build_datasets
+    from octtrain.synthetic.writer import make_synthetic
+    from octtrain.train.loop import fit
 
     manifest = make_synthetic(work / "data", n_volumes=args.volumes, frames=args.frames,
                               height=args.size, width=args.size,

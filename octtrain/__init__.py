@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig, config_from_dict, load_config
 from octtrain.errors import ConfigError, DataError, DivergedError, OcttrainError
-from octtrain.preempt import Preempted
+from octtrain.runtime import Preempted
 
 if TYPE_CHECKING:
-    from octtrain.loop import FitResult, fit
+    from octtrain.train import FitResult, fit
 
 __all__ = [
     "ConfigError",
@@ -33,7 +33,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("fit", "FitResult"):
-        from octtrain import loop
+        from octtrain.train import loop
 
         return getattr(loop, name)
     raise AttributeError(f"module 'octtrain' has no attribute {name!r}")

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from octtrain.errors import DataError, OcttrainError, RunExistsError, one_line
-from octtrain.preempt import Preempted
+from octtrain.runtime import Preempted
 
 if TYPE_CHECKING:
-    from octtrain.phantom import LesionParams
+    from octtrain.synthetic import LesionParams
 
 # make-synthetic options: (flag, make_synthetic argument, type, help). An option left out keeps
 # make_synthetic's own default, so each default has one source.
@@ -106,9 +106,8 @@ def format_class_table(metrics: dict[str, Any], class_to_idx: dict[str, int]) ->
 
 def _train(args: argparse.Namespace) -> int:
     from octtrain.config import load_config, parse_overrides
-    from octtrain.loop import default_run_dir, fit
-    from octtrain.preempt import stop_on_signals
-    from octtrain.resume import RESUME_FILE
+    from octtrain.runtime import stop_on_signals
+    from octtrain.train import RESUME_FILE, default_run_dir, fit
 
     overrides = parse_overrides(args.overrides)
     if args.device:
@@ -139,7 +138,7 @@ def _prepare(args: argparse.Namespace) -> int:
     import time
 
     from octtrain.config import load_config, parse_overrides
-    from octtrain.dataset import build_datasets
+    from octtrain.data import build_datasets
 
     cfg = load_config(args.config, parse_overrides(args.overrides))
     start = time.monotonic()
@@ -157,8 +156,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _clear_run_dir(out: Path, *, overwrite: bool) -> None:
     """Refuse a directory that holds a run (RunExistsError); with ``overwrite``, delete its
     run files, so the new run's files never mix with the old one's."""
-    from octtrain.loop import run_files_in
-    from octtrain.resume import RESUME_FILE
+    from octtrain.train import RESUME_FILE, run_files_in
 
     found = run_files_in(out)
     if found and not overwrite:
@@ -193,7 +191,7 @@ def _parse_shares(text: str) -> tuple[float, ...]:
 
 def _parse_lesions(items: Sequence[str]) -> LesionParams:
     """``["drusen_height=4", "drusen_count=1,2"]`` → LesionParams with those fields replaced."""
-    from octtrain.phantom import LesionParams
+    from octtrain.synthetic import LesionParams
 
     fields = {f.name: f for f in dataclasses.fields(LesionParams)}
     changes: dict[str, Any] = {}

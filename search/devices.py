@@ -5,11 +5,11 @@ per trial (``--devices-per-trial``, the trials' ``runtime.num_processes``) gets 
 ``i*K .. i*K+K-1`` of those this worker may use, and its trial processes see only those:
 
 - TPU: the PJRT topology variables of one process on its own chips
-  (:func:`octtrain.topology.tpu_process_env`): ``TPU_VISIBLE_CHIPS``,
+  (:func:`octtrain.runtime.topology.tpu_process_env`): ``TPU_VISIBLE_CHIPS``,
   ``TPU_CHIPS_PER_PROCESS_BOUNDS``, ``TPU_PROCESS_BOUNDS=1,1,1``, its own ``TPU_PROCESS_PORT``
   (8476 + its first chip, torch_xla's port of that chip) and mesh controller port
   (8576 + slot). A trial with ``num_processes: K`` starts one rank per chip of its slot
-  (:func:`octtrain.runtime.launch_xla`).
+  (:func:`octtrain.runtime.backend.launch_xla`).
 - CUDA: ``CUDA_VISIBLE_DEVICES``.
 - CPU (and XLA on the CPU): a contiguous share of the cores this worker may use,
   ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` set to its size (torch's intra-op threads) and
@@ -31,7 +31,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from octtrain.topology import TPU_BASE_PORT, TPU_MESH_BASE_PORT, parse_chips, tpu_process_env
+from octtrain.runtime import TPU_BASE_PORT, TPU_MESH_BASE_PORT, parse_chips, tpu_process_env
 from search.errors import OctsearchError
 
 CPU_CORES_ENV = "OCTSEARCH_CPU_CORES"  # the cores a trial process pins itself to

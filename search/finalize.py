@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import optuna
 
 from octtrain.config import TrainConfig
-from octtrain.records import split_records
+from octtrain.data import split_records
 from octtrain.tracking import json_safe
 from search.errors import OctsearchError
 from search.notes import per_class_lines
@@ -96,7 +96,7 @@ def _run_dir(study: optuna.Study, runs_dir: Path) -> Path:
 def finalize(study: optuna.Study, options: FinalizeOptions, *, out: TextIO = sys.stdout) -> dict[str, Any]:
     """Retrain the best trial, evaluate it on the test split, print, write and store the result."""
     from octtrain import fit
-    from octtrain.evaluate import evaluate_checkpoint
+    from octtrain.train import evaluate_checkpoint
 
     trial = best_trial(study)
     cfg = final_config(study, trial, options)

@@ -20,9 +20,8 @@ from typing import Any
 import optuna
 import yaml
 
-from octtrain.config import TrainConfig
+from octtrain.config import TrainConfig, unknown_keys, yaml_number
 from octtrain.errors import ConfigError, Problems, format_problems
-from octtrain.schema import unknown_keys, yaml_number
 
 PARAM_TYPES = ("float", "int", "categorical")
 PARAM_KEYS = {

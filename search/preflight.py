@@ -18,11 +18,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from octtrain.config import TrainConfig
+from octtrain.config import DataSection, TrainConfig
+from octtrain.data import Entry, index_folder, read_manifest, read_volume
 from octtrain.errors import DataError
-from octtrain.readers import read_volume
-from octtrain.records import Entry, index_folder, read_manifest
-from octtrain.sections import DataSection
 from search.errors import PreflightError, StorageError
 
 SAMPLE_VOLUMES = 3  # volumes read before the first trial: the first, one in the middle, the last

@@ -19,8 +19,8 @@ import yaml
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from octtrain.data import load_class_to_idx
 from octtrain.errors import DataError, clip
-from octtrain.records import load_class_to_idx
 from search.errors import OctsearchError
 from search.record import (
     best_step,

@@ -2,7 +2,7 @@
 
 When a worker gets SIGTERM (a spot VM's notice) or Ctrl-C, it sends SIGTERM to its trial
 process, which stops at its next optimizer step and writes a resume checkpoint
-(:mod:`octtrain.preempt`) to :func:`checkpoint_path`. The worker then (:func:`requeue`):
+(:mod:`octtrain.runtime.preempt`) to :func:`checkpoint_path`. The worker then (:func:`requeue`):
 
 1. records on the trial how it stopped (``preempted``) and tells it FAIL, so it does not count
    towards ``--trials``;
@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from octtrain.resume import RESUME_FILE
+from octtrain.train import RESUME_FILE
 from search.record import (
     KEPT_ON_RETRY,
     RESUME_FROM_ATTR,

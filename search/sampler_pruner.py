@@ -18,8 +18,8 @@ from typing import Any
 
 import optuna
 
+from octtrain.config import unknown_keys, yaml_number
 from octtrain.errors import Problems
-from octtrain.schema import unknown_keys, yaml_number
 from search.pruner import CollapsePruner
 
 # Options a space file may pass to each sampler and inner pruner, with their kinds.

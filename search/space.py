@@ -21,7 +21,7 @@ A space file (every key but ``base`` and ``params`` may be left out)::
 Relative paths are relative to the folder of the file they are written in: ``base`` and the
 path-valued trainer keys of the space (``data.manifest``, ``data.root``, ``data.cache_dir``,
 ``runtime.xla_cache_dir``, a local ``model.encoder``) to the space file's, those of a base
-config file to that file's (:mod:`octtrain.paths`). The space holds them absolute, and so does
+config file to that file's (:mod:`octtrain.config.paths`). The space holds them absolute, and so does
 the copy stored with the study, so every worker resolves them the same way wherever it starts.
 A parameter with ``when`` is sampled only when the condition on an earlier parameter holds;
 otherwise the trial keeps the base value. :func:`load_space` collects every problem of a file
@@ -44,16 +44,20 @@ from typing import Any
 import optuna
 
 from octtrain.config import (
+    METRICS_MAX,
+    METRICS_MIN,
+    DataSection,
     TrainConfig,
     apply_overrides,
     config_from_dict,
     load_config,
+    read_yaml,
+    resolve_dotted,
+    resolve_paths,
+    unknown_keys,
     unknown_setting,
 )
 from octtrain.errors import ConfigError, Problems, clip
-from octtrain.paths import resolve_dotted, resolve_paths
-from octtrain.schema import read_yaml, unknown_keys
-from octtrain.sections import METRICS_MAX, METRICS_MIN, DataSection
 from search.errors import SearchSpaceError
 from search.params import Param, parse_param, probe
 from search.sampler_pruner import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler

@@ -37,7 +37,7 @@ import optuna
 
 from octtrain.config import config_from_dict
 from octtrain.errors import DivergedError, OcttrainError, describe_exit
-from octtrain.preempt import Preempted, stop_on_signals
+from octtrain.runtime import Preempted, stop_on_signals
 from search.epoch_queue import QUEUE_FILE
 from search.lifeline import lifeline
 from search.record import best_step

@@ -11,7 +11,7 @@ import pytest
 import record_curves
 import yaml
 
-from octtrain.synthetic import make_synthetic
+from octtrain.synthetic.writer import make_synthetic
 
 TINY = {"n_volumes": 32, "frames": 4, "height": 32, "width": 32, "volumes_per_patient": 1, "seed": 3}
 

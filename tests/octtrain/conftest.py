@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from octtrain import readers
-from octtrain.config import TrainConfig, config_from_dict
-from octtrain.synthetic import make_synthetic
+from octtrain.config.train_config import TrainConfig, config_from_dict
+from octtrain.data import readers
+from octtrain.synthetic.writer import make_synthetic
 
 # 32 volumes of 4 × 32 × 32, one volume per patient: 23 / 3 / 3 / 3 volumes per class with
 # the default 70/10/10/10 shares, so every class has >= 3 patients and reaches val.
@@ -39,7 +39,7 @@ class ReadCounter:
 
 @pytest.fixture
 def count_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[ReadCounter]:
-    """Count calls of ``octtrain.readers.read_volume`` (the cache calls it via the module)."""
+    """Count calls of ``octtrain.data.readers.read_volume`` (the cache calls it via the module)."""
     counter = ReadCounter()
     real = readers.read_volume
 

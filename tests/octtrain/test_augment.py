@@ -1,4 +1,4 @@
-"""octtrain.augment: OCT-safe transforms and the per-split Augment."""
+"""octtrain.data.augment: OCT-safe transforms and the per-split Augment."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from octtrain.augment import Augment, hflip, rotate, scale_intensity
-from octtrain.sections import AugmentSection
+from octtrain.config.sections import AugmentSection
+from octtrain.data.augment import Augment, hflip, rotate, scale_intensity
 
 
 def _frames_of_constants(t: int = 6, h: int = 9, w: int = 11) -> torch.Tensor:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from octtrain import fit
-from octtrain.checkpoint import load_checkpoint
-from octtrain.config import TrainConfig
-from octtrain.evaluate import evaluate_checkpoint
+from octtrain.config.train_config import TrainConfig
+from octtrain.train.checkpoint import load_checkpoint
+from octtrain.train.evaluate import evaluate_checkpoint
 
 
 @pytest.mark.parametrize("frozen", [True, False])

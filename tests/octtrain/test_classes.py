@@ -1,4 +1,4 @@
-"""octtrain.classes: pinning the label set, and the class table printed at start."""
+"""octtrain.data.classes: pinning the label set, and the class table printed at start."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from octtrain.classes import class_table, pinned_class_to_idx
+from octtrain.data.classes import class_table, pinned_class_to_idx
 from octtrain.errors import DataError
 
 

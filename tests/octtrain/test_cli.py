@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from octtrain.cli import main
-from octtrain.synthetic import make_synthetic
-from octtrain.tracking import read_metrics
+from octtrain.synthetic.writer import make_synthetic
+from octtrain.tracking.tracker import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from octtrain.config import (
+from octtrain.config.train_config import (
     EnvKnobs,
     TrainConfig,
     apply_overrides,

@@ -1,4 +1,4 @@
-"""octtrain.consolidated: one memory-mapped data set per host, built once, never used half-written
+"""octtrain.data.consolidated: one memory-mapped data set per host, built once, never used half-written
 or stale; and ``octtrain prepare``, which builds it ahead of the trials."""
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 
 from octtrain.cli import main
-from octtrain.consolidated import ConsolidatedStore, open_store, store_key
-from octtrain.dataset import Splits, build_datasets
+from octtrain.config.sections import DataSection
+from octtrain.data.consolidated import ConsolidatedStore, open_store, store_key
+from octtrain.data.dataset import Splits, build_datasets
+from octtrain.data.preprocess import preprocess
+from octtrain.data.records import Record
 from octtrain.errors import DataError
-from octtrain.preprocess import preprocess
-from octtrain.records import Record
-from octtrain.sections import DataSection
 
 
 def _cfg(tmp_path: Path, manifest: Path) -> DataSection:
@@ -49,9 +49,9 @@ def _store_dir(tmp_path: Path) -> Path:
 BUILD_SCRIPT = """
 import json, os, sys, time
 from pathlib import Path
-from octtrain import readers
-from octtrain.dataset import build_datasets
-from octtrain.sections import DataSection
+from octtrain.data import readers
+from octtrain.data.dataset import build_datasets
+from octtrain.config.sections import DataSection
 sys.path.insert(0, sys.argv[3])
 from test_consolidated import _digest
 
@@ -164,7 +164,7 @@ def test_prepare_builds_the_store_that_training_then_maps(tiny_manifest: Path, t
     assert count_reads.calls == 32  # mapped, not rebuilt
 
 
-# The store's key and its errors, volume by volume (what octtrain.preprocess's per-volume cache
+# The store's key and its errors, volume by volume (what octtrain.data.preprocess's per-volume cache
 # was tested for before the consolidated store replaced it).
 
 SHAPE, CLIP = (4, 16, 16), (1.0, 99.0)

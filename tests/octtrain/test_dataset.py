@@ -1,4 +1,4 @@
-"""octtrain.dataset: build_datasets, VolumeDataset and PaddedDataset on a real (tiny) phantom
+"""octtrain.data.dataset: build_datasets, VolumeDataset and PaddedDataset on a real (tiny) phantom
 data set."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from octtrain import readers
-from octtrain.augment import Augment
-from octtrain.consolidated import open_store
-from octtrain.dataset import (
+from octtrain.config.sections import AugmentSection, DataSection, TrainSection
+from octtrain.data import readers
+from octtrain.data.augment import Augment
+from octtrain.data.consolidated import open_store
+from octtrain.data.dataset import (
     PaddedDataset,
     VolumeDataset,
     blank_volumes,
@@ -22,11 +23,10 @@ from octtrain.dataset import (
     build_datasets,
     build_loaders,
 )
+from octtrain.data.preprocess import preprocess
+from octtrain.data.records import Record
 from octtrain.errors import ConfigError, DataError
-from octtrain.phantom import CLASS_NAMES
-from octtrain.preprocess import preprocess
-from octtrain.records import Record
-from octtrain.sections import AugmentSection, DataSection, TrainSection
+from octtrain.synthetic.phantom import CLASS_NAMES
 
 SHAPE = (4, 16, 16)  # the phantoms are 4 × 32 × 32: B-scans get resized
 

@@ -1,7 +1,7 @@
 """``fit`` on two data-parallel ranks: real gloo processes on the CPU.
 
 The same code runs on TPU through ``torch_xla.launch`` (only the collectives' backend differs,
-see ``octtrain/runtime.py``); on CPU-PJRT ``torch_xla.launch`` runs all devices as threads of
+see ``octtrain/runtime/backend.py``); on CPU-PJRT ``torch_xla.launch`` runs all devices as threads of
 one process, where multi-device collectives were seen to hang, so the multi-process logic is
 tested here, with gloo. The launcher itself is tested in ``test_launch.py``.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-from octtrain.config import TrainConfig
-from octtrain.tracking import read_metrics
+from octtrain.config.train_config import TrainConfig
+from octtrain.tracking.tracker import read_metrics
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -31,7 +31,7 @@ def test_two_ranks_train_exactly_like_one_process_with_twice_the_batch(
     same permutation to the ranks in turn, so the union of the ranks' k-th batches is the
     single process's k-th batch. Class weights, label smoothing, accumulation, clipping and an
     unfrozen encoder are all on; no dropout and no augmentation, so nothing else differs."""
-    from octtrain.loop import fit
+    from octtrain.train.loop import fit
 
     monkeypatch.setenv("OCTTRAIN_DEBUG_SAVE_RANKS", "1")  # every rank writes rank{r}_weights.pt
     common = {"train.epochs": 2, "train.grad_accum_steps": 2, "model.unfreeze_at_epoch": 1,
@@ -69,7 +69,7 @@ def test_a_prune_on_rank_0_ends_both_ranks_within_seconds(
     small_config: Callable[..., TrainConfig], tmp_path: Path, capfd: pytest.CaptureFixture[str],
     live_ranks: Callable[[], list[int]],
 ) -> None:
-    from octtrain.loop import fit
+    from octtrain.train.loop import fit
 
     calls: list[int] = []
     pruned_at: list[float] = []

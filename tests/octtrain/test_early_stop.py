@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from octtrain.early_stop import EarlyStopping, is_improvement
-from octtrain.sections import EarlyStoppingSection
+from octtrain.config.sections import EarlyStoppingSection
+from octtrain.train.early_stop import EarlyStopping, is_improvement
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""octtrain.epoch: one training epoch and one validation pass, on a stand-in classifier (CPU).
+"""octtrain.train.epoch: one training epoch and one validation pass, on a stand-in classifier (CPU).
 
 The stand-in has what both functions read of an ``OctClassifier``: ``num_classes``,
 ``encoder_trainable`` and ``forward``. The whole trainer is tested through ``fit`` in
@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from octtrain.dataset import Loaders, PaddedDataset
-from octtrain.epoch import Update, train_epoch, validate
+from octtrain.config.sections import RuntimeSection
+from octtrain.data.dataset import Loaders, PaddedDataset
 from octtrain.errors import DivergedError
-from octtrain.progress import ProgressBar
-from octtrain.runtime import Runtime, init_runtime
-from octtrain.sections import RuntimeSection
+from octtrain.runtime.backend import Runtime, init_runtime
+from octtrain.train.epoch import Update, train_epoch, validate
+from octtrain.train.progress import ProgressBar
 
 
 class Linear(torch.nn.Module):
@@ -64,7 +64,7 @@ def test_validate_counts_every_real_sample_once_and_no_padding(runtime: Runtime)
 
 
 def _update(model: Linear, accum: int) -> Update:
-    # Named groups as octtrain.optim makes them: the metrics report each group's LR.
+    # Named groups as octtrain.train.optim makes them: the metrics report each group's LR.
     optimizer = torch.optim.SGD([{"params": [model.fc.weight], "name": "head"},
                                  {"params": [model.fc.bias], "name": "encoder"}], lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))

@@ -7,10 +7,10 @@ from collections.abc import Callable
 import pytest
 
 from octtrain import fit
-from octtrain.config import TrainConfig
-from octtrain.dataset import build_datasets
+from octtrain.config.train_config import TrainConfig
+from octtrain.data.dataset import build_datasets
 from octtrain.errors import DataError
-from octtrain.evaluate import evaluate_checkpoint
+from octtrain.train.evaluate import evaluate_checkpoint
 
 
 def test_train_on_val_trains_on_both_splits_and_keeps_validation(

@@ -1,4 +1,4 @@
-"""The launcher (``octtrain/launch.py``): ranks started as real gloo processes on the CPU, the
+"""The launcher (``octtrain/runtime/launch.py``): ranks started as real gloo processes on the CPU, the
 coordinator relaying rank 0's epochs to the callback, and how failures are named.
 
 The rank functions below are module-level so that spawned ranks can unpickle them.
@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from octtrain.callback import EpochChannel, EpochDecision
+from octtrain.config.sections import RuntimeSection
 from octtrain.errors import ConfigError
-from octtrain.launch import RankFailed, launch
-from octtrain.runtime import Runtime
-from octtrain.sections import RuntimeSection
+from octtrain.runtime.backend import Runtime
+from octtrain.runtime.launch import RankFailed, launch
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from octtrain import ConfigError, DivergedError, TrainConfig, fit
-from octtrain.checkpoint import load_checkpoint
-from octtrain.config import config_from_dict
-from octtrain.model import build_model
-from octtrain.tracking import read_metrics
+from octtrain.config.train_config import config_from_dict
+from octtrain.model.classifier import build_model
+from octtrain.tracking.tracker import read_metrics
+from octtrain.train.checkpoint import load_checkpoint
 
 Make = Callable[..., TrainConfig]
 
@@ -38,7 +38,7 @@ def test_encoder_frozen_until_unfreeze_epoch(small_config: Make, tmp_path: Path)
     # Epoch 0 (frozen) leaves the encoder exactly as initialised by the seed, so its checkpoint
     # leaves it out (checkpoint.py); epoch 1 moves it, and from then on it is saved.
     torch.manual_seed(cfg.train.seed)
-    from octtrain.model import build_model
+    from octtrain.model.classifier import build_model
 
     init = {f"encoder.{k}": v for k, v in build_model(cfg.model, *cfg.data.shape, 4).encoder.state_dict().items()}
     assert snapshots[0] == {}
@@ -141,7 +141,7 @@ def test_an_encoder_from_a_save_pretrained_directory_trains_from_its_saved_weigh
     out: it is the saved one; the trained epoch's holds it, changed)."""
     from transformers import VJEPA2Config, VJEPA2Model
 
-    from octtrain.model import TINY_ENCODER
+    from octtrain.model.classifier import TINY_ENCODER
 
     torch.manual_seed(123)
     saved = VJEPA2Model(VJEPA2Config(**TINY_ENCODER, crop_size=32, frames_per_clip=16))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from octtrain.errors import ConfigError, DataError
-from octtrain.loss import cross_entropy_with_smoothing, inverse_frequency_weights, resolve_class_weights
+from octtrain.train.loss import cross_entropy_with_smoothing, inverse_frequency_weights, resolve_class_weights
 
 
 def _hand_loss(logits: list[float], target: int, smoothing: float, weight: float = 1.0) -> float:

@@ -1,4 +1,4 @@
-"""octtrain.memory: the memory estimate, and a run that cannot fit refused before it starts."""
+"""octtrain.model.memory: the memory estimate, and a run that cannot fit refused before it starts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from octtrain import ConfigError, TrainConfig, fit
-from octtrain.memory import GIB, MemoryEstimate, check_fits, estimate_memory
+from octtrain.model.memory import GIB, MemoryEstimate, check_fits, estimate_memory
 
 Make = Callable[..., TrainConfig]
 

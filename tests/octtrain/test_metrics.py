@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
-from octtrain.metrics import (
+from octtrain.train.metrics import (
     balanced_accuracy,
     confusion_counts,
     confusion_from_predictions,

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from octtrain.config.sections import HeadSection, ModelSection
 from octtrain.errors import ConfigError
-from octtrain.memory import parameter_count
-from octtrain.model import AttentivePool, MeanPool, build_model, encoder_config, make_head
-from octtrain.sections import HeadSection, ModelSection
+from octtrain.model.classifier import AttentivePool, MeanPool, build_model, encoder_config, make_head
+from octtrain.model.memory import parameter_count
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from octtrain.optim import lr_factor
+from octtrain.train.optim import lr_factor
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""octtrain/paths.py: relative paths are relative to the file they are written in."""
+"""octtrain/config/paths.py: relative paths are relative to the file they are written in."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from octtrain.config import load_config
-from octtrain.paths import resolve_paths
+from octtrain.config.paths import resolve_paths
+from octtrain.config.train_config import load_config
 
 
 def test_a_config_file_s_paths_are_relative_to_its_folder(

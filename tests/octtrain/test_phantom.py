@@ -1,4 +1,4 @@
-"""octtrain.phantom: lesion geometry and noise, measured in renders (same anatomy and random
+"""octtrain.synthetic.phantom: lesion geometry and noise, measured in renders (same anatomy and random
 stream for every class, so classes compare pixel by pixel)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from octtrain.errors import DataError
-from octtrain.phantom import LesionParams, draw_anatomy, render_volume
+from octtrain.synthetic.phantom import LesionParams, draw_anatomy, render_volume
 
 
 def _clean(label: int, seed: int, difficulty: float = 1.0) -> np.ndarray:

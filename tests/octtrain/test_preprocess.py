@@ -1,4 +1,4 @@
-"""octtrain.preprocess: intensity scaling, resampling and the on-disk cache."""
+"""octtrain.data.preprocess: intensity scaling, resampling and the on-disk cache."""
 
 from __future__ import annotations
 
@@ -7,13 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from octtrain.preprocess import (
-    clip_and_scale,
-    default_cache_dir,
-    preprocess,
-    replace_nonfinite,
-    resample,
-)
+from octtrain.data.preprocess import clip_and_scale, default_cache_dir, preprocess, replace_nonfinite, resample
 
 NAN, INF = float("nan"), float("inf")
 

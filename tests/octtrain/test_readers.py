@@ -1,4 +1,4 @@
-"""octtrain.readers: every format written with its own library and read back."""
+"""octtrain.data.readers: every format written with its own library and read back."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from octtrain.data.readers import natural_key, read_volume, volume_stem, volume_suffix
 from octtrain.errors import DataError
-from octtrain.readers import natural_key, read_volume, volume_stem, volume_suffix
 
 # (D, H, W) = (3 B-scans, 4 rows, 5 columns), every voxel distinct so any transposition shows.
 VOL = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5) * 4

@@ -1,4 +1,4 @@
-"""octtrain.records: manifest / folder indexing, patient-grouped stratified splits, class_to_idx."""
+"""octtrain.data.records: manifest / folder indexing, patient-grouped stratified splits, class_to_idx."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from octtrain.errors import DataError
-from octtrain.records import (
+from octtrain.config.sections import DataSection
+from octtrain.data.records import (
     class_to_idx_from_names,
     index_folder,
     load_class_to_idx,
@@ -22,7 +22,7 @@ from octtrain.records import (
     split_records,
     stratified_patient_split,
 )
-from octtrain.sections import DataSection
+from octtrain.errors import DataError
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from octtrain import ConfigError, TrainConfig, fit
-from octtrain.checkpoint import load_checkpoint
-from octtrain.model import OctClassifier
-from octtrain.preempt import Preempted, clear_stop
-from octtrain.tracking import read_metrics
+from octtrain.model.classifier import OctClassifier
+from octtrain.runtime.preempt import Preempted, clear_stop
+from octtrain.tracking.tracker import read_metrics
+from octtrain.train.checkpoint import load_checkpoint
 
 Make = Callable[..., TrainConfig]
 TIMING = ("epoch_s", "io/load_s", "train/compute_s", "io/stall_share")

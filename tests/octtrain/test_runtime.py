@@ -1,4 +1,4 @@
-"""Device resolution and one rank's :class:`Runtime` (``octtrain/runtime.py``).
+"""Device resolution and one rank's :class:`Runtime` (``octtrain/runtime/backend.py``).
 
 The Runtime tests run on ``OCTTRAIN_TEST_DEVICE`` (``cpu`` by default), as timm's tests pick
 their device from the environment: ``OCTTRAIN_TEST_DEVICE=xla PJRT_DEVICE=CPU`` runs them on
@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from octtrain.config.sections import RuntimeSection
 from octtrain.errors import ConfigError
-from octtrain.runtime import Runtime, init_runtime, resolve_device, resolve_precision
-from octtrain.sections import RuntimeSection
+from octtrain.runtime.backend import Runtime, init_runtime, resolve_device, resolve_precision
 
 TEST_DEVICE = os.environ.get("OCTTRAIN_TEST_DEVICE", "cpu")
 

@@ -1,4 +1,4 @@
-"""octtrain.schema: raw YAML to dataclasses, every problem collected."""
+"""octtrain.config.schema: raw YAML to dataclasses, every problem collected."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from octtrain.config.schema import build, did_you_mean, read_yaml, unknown_keys, yaml_number
 from octtrain.errors import ConfigError, Problems, ProblemsError
-from octtrain.schema import build, did_you_mean, read_yaml, unknown_keys, yaml_number
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""octtrain.sections: each section of a trainer file checks its own values."""
+"""octtrain.config.sections: each section of a trainer file checks its own values."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from octtrain.errors import ConfigError
-from octtrain.sections import (
+from octtrain.config.sections import (
     AugmentSection,
     DataSection,
     EarlyStoppingSection,
@@ -15,6 +14,7 @@ from octtrain.sections import (
     ModelSection,
     TrainSection,
 )
+from octtrain.errors import ConfigError
 
 
 def test_encoder_trainable_schedule() -> None:

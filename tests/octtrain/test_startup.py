@@ -1,4 +1,4 @@
-"""octtrain.startup: a run's cost before its first optimizer step, reported with epoch 0."""
+"""octtrain.train.startup: a run's cost before its first optimizer step, reported with epoch 0."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from octtrain import TrainConfig, fit
-from octtrain.progress import epoch_line
-from octtrain.startup import StartupClock, process_age_s
+from octtrain.train.progress import epoch_line
+from octtrain.train.startup import StartupClock, process_age_s
 
 PHASES = ["startup/data_s", "startup/model_s", "startup/first_step_s", "startup/imports_s"]
 

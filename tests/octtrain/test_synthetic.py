@@ -1,4 +1,4 @@
-"""octtrain.synthetic: the class plan, the data set on disk in every format, re-runs."""
+"""octtrain.synthetic.writer: the class plan, the data set on disk in every format, re-runs."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from octtrain.data.readers import read_volume
+from octtrain.data.records import index_folder, read_manifest
 from octtrain.errors import DataError
-from octtrain.phantom import CLASS_NAMES
-from octtrain.readers import read_volume
-from octtrain.records import index_folder, read_manifest
-from octtrain.synthetic import FORMATS, class_counts, make_synthetic
+from octtrain.synthetic.phantom import CLASS_NAMES
+from octtrain.synthetic.writer import FORMATS, class_counts, make_synthetic
 
 SMALL = {"frames": 2, "height": 16, "width": 16}
 
@@ -133,7 +133,7 @@ def test_bad_requests(tmp_path: Path, kwargs: dict[str, object], message: str) -
 
 
 def test_rerun_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import octtrain.synthetic as synthetic
+    import octtrain.synthetic.writer as synthetic
 
     real = synthetic.write_volume
     calls = []

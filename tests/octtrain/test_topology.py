@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from octtrain.topology import (
+from octtrain.runtime.topology import (
     TPU_BASE_PORT,
     TPU_TOPOLOGY_VARS,
     chip_bounds,

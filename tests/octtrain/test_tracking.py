@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from octtrain import TrainConfig, fit
-from octtrain.sections import LogSection
-from octtrain.tracking import Tracker, read_metrics, redact_secrets
-from octtrain.wandb_run import read_offline_run
+from octtrain.config.sections import LogSection
+from octtrain.tracking.tracker import Tracker, read_metrics, redact_secrets
+from octtrain.tracking.wandb_run import read_offline_run
 
 
 def test_jsonl_is_strict_json_with_train_before_epoch(tmp_path: Path) -> None:

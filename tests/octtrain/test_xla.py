@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from octtrain.config import TrainConfig
-from octtrain.tracking import read_metrics
+from octtrain.config.train_config import TrainConfig
+from octtrain.tracking.tracker import read_metrics
 
 pytestmark = [pytest.mark.xla, pytest.mark.timeout(300)]
 
@@ -89,9 +89,9 @@ LAUNCH_SCRIPT = '''
 import json, os, sys
 import torch
 from octtrain.callback import EpochDecision
-from octtrain.sections import RuntimeSection
+from octtrain.config.sections import RuntimeSection
 from octtrain.errors import ConfigError
-from octtrain.launch import launch
+from octtrain.runtime.launch import launch
 
 
 def body(runtime, channel):
@@ -163,8 +163,8 @@ def test_launch_runs_ranks_through_torch_xla_launch_and_relays_the_verdict(tmp_p
 CACHE_SCRIPT = '''
 import json, sys
 import torch_xla.debug.metrics as met
-from octtrain.config import load_config
-from octtrain.loop import fit
+from octtrain.config.train_config import load_config
+from octtrain.train.loop import fit
 
 result = fit(load_config(sys.argv[1]), out_dir=sys.argv[2], progress=False)
 counters = {name: met.counter_value(name) or 0 for name in
@@ -212,10 +212,10 @@ RESUME_SCRIPT = '''
 import json, os, signal, sys
 import torch
 from octtrain import Preempted, fit
-from octtrain.checkpoint import load_checkpoint
-from octtrain.config import load_config
-from octtrain.model import OctClassifier
-from octtrain.preempt import clear_stop
+from octtrain.train.checkpoint import load_checkpoint
+from octtrain.config.train_config import load_config
+from octtrain.model.classifier import OctClassifier
+from octtrain.runtime.preempt import clear_stop
 
 cfg = load_config(sys.argv[1])
 whole = fit(cfg, out_dir="whole", progress=False)

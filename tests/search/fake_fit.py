@@ -35,11 +35,11 @@ from typing import Any
 import yaml
 
 from octtrain.callback import EpochCallback
-from octtrain.config import TrainConfig
+from octtrain.config.train_config import TrainConfig
+from octtrain.data.records import save_class_to_idx
 from octtrain.errors import DivergedError
-from octtrain.preempt import Preempted, stop_requested
-from octtrain.records import save_class_to_idx
-from octtrain.tracking import Tracker
+from octtrain.runtime.preempt import Preempted, stop_requested
+from octtrain.tracking.tracker import Tracker
 
 NUM_CLASSES = 4
 CLASSES = ("normal", "drusen", "cnv", "fluid")

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from octtrain.config import load_config
+from octtrain.config.train_config import load_config
 from search.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from octtrain.synthetic import make_synthetic
+from octtrain.synthetic.writer import make_synthetic
 from search.cli import main
 from search.record import TEST_METRICS_ATTR, write_best_epoch, write_overrides
 from search.space import space_from_dict

@@ -24,7 +24,7 @@ import pytest
 from optuna.trial import TrialState
 from search_testing import drop_study, reachable_server, storage_proxy
 
-from octtrain.synthetic import make_synthetic
+from octtrain.synthetic.writer import make_synthetic
 from search.storage import open_storage
 
 BIN = Path(sys.executable).parent

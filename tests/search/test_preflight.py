@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from search_testing import fake_env, octsearch_command, write_cli_space, write_dataset
 
-from octtrain.config import config_from_dict
-from octtrain.sections import DataSection
+from octtrain.config.sections import DataSection
+from octtrain.config.train_config import config_from_dict
 from search.errors import PreflightError
 from search.preflight import check_data, check_device, preflight, sample
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from search_testing import FAKE_SPACE, STUCK_REASON
 
-from octtrain.config import load_config
+from octtrain.config.train_config import load_config
 from octtrain.errors import clip
 from search.errors import OctsearchError
 from search.report import export_best, format_best, format_leaderboard, format_trials

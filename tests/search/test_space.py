@@ -15,7 +15,7 @@ import pytest
 import yaml
 from search_testing import FAKE_SPACE
 
-from octtrain.config import load_config
+from octtrain.config.train_config import load_config
 from search.errors import SearchSpaceError
 from search.space import diff_spaces, load_space, space_from_dict
 

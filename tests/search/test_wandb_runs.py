@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from search_testing import FAKE_SPACE, fake_options
 
-from octtrain.wandb_run import read_offline_run
+from octtrain.tracking.wandb_run import read_offline_run
 from search.space import space_from_dict
 from search.storage import open_storage
 from search.study import open_study

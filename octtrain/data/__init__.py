@@ -1,0 +1,50 @@
+"""A data set, from files to batches: records and splits (``records``), the label set (``classes``),
+reading one volume (``readers``), resampling and scaling (``preprocess``), the host's consolidated
+memory-mapped store (``consolidated``), augmentation (``augment``), datasets and loaders (``dataset``).
+"""
+
+from __future__ import annotations
+
+from octtrain.data.classes import class_table
+from octtrain.data.dataset import (
+    Loaders,
+    PaddedDataset,
+    Splits,
+    blank_volumes,
+    blank_warning,
+    build_datasets,
+    build_loaders,
+    replaced_note,
+    replaced_volumes,
+)
+from octtrain.data.readers import read_volume
+from octtrain.data.records import (
+    SPLITS,
+    Entry,
+    index_folder,
+    load_class_to_idx,
+    read_manifest,
+    save_class_to_idx,
+    split_records,
+)
+
+__all__ = [
+    "Entry",
+    "Loaders",
+    "PaddedDataset",
+    "SPLITS",
+    "Splits",
+    "blank_volumes",
+    "blank_warning",
+    "build_datasets",
+    "build_loaders",
+    "class_table",
+    "index_folder",
+    "load_class_to_idx",
+    "read_manifest",
+    "read_volume",
+    "replaced_note",
+    "replaced_volumes",
+    "save_class_to_idx",
+    "split_records",
+]

@@ -1,0 +1,59 @@
+"""Which device and precision a run's ``runtime:`` section resolves to on this host.
+
+Answers from what is installed and present (``torch_xla`` and a PJRT device, CUDA) without
+importing ``torch_xla``: that stays :mod:`octtrain.runtime.backend`'s, which re-exports these names.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Literal, cast
+
+import torch
+
+from octtrain.errors import ConfigError
+
+DeviceKind = Literal["xla", "cuda", "cpu"]
+Precision = Literal["fp32", "bf16"]
+
+
+def xla_available() -> bool:
+    """torch_xla is installed and a PJRT device is configured (PJRT_DEVICE, or a TPU is present)."""
+    if importlib.util.find_spec("torch_xla") is None:
+        return False
+    tpu_present = Path("/dev/accel0").exists() or Path("/dev/vfio/0").exists()
+    return bool(os.environ.get("PJRT_DEVICE")) or tpu_present
+
+
+def resolve_device(setting: str) -> DeviceKind:
+    """``auto``: ``xla`` when torch_xla and a PJRT device are present, else ``cuda``, else
+    ``cpu``. An explicit device that cannot work here is a ConfigError."""
+    if setting == "auto":
+        if xla_available():
+            return "xla"
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "xla":
+        if importlib.util.find_spec("torch_xla") is None:
+            raise ConfigError([("runtime.device", "is 'xla' but torch_xla is not installed "
+                                "(pip install 'octsearch[xla]')")])
+        return "xla"
+    if setting == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError([("runtime.device", "is 'cuda' but no CUDA device is available")])
+        return "cuda"
+    assert setting == "cpu", setting  # RuntimeSection allows nothing else
+    return "cpu"
+
+
+def resolve_precision(setting: str, kind: DeviceKind) -> Precision:
+    """``auto``: ``bf16`` on XLA and on a CUDA device that has it, ``fp32`` on CPU (where
+    autocast is rarely faster). ``bf16`` on a CUDA device without it is a ConfigError."""
+    cuda_bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
+    if setting == "bf16" and kind == "cuda" and not cuda_bf16:
+        raise ConfigError([("runtime.precision", "is 'bf16' but this CUDA device has no "
+                            "bfloat16 support: use fp32")])
+    if setting == "auto":
+        return "bf16" if kind == "xla" or cuda_bf16 else "fp32"
+    return cast("Precision", setting)
