@@ -1,4 +1,4 @@
-"""SQL statements a trial process sends per epoch (search/reporter.py ``EpochReporter``), by kind.
+"""SQL statements a trial process sends per epoch (search/trial/reporter.py ``EpochReporter``), by kind.
 
 A study on ``--storage`` gets ``--others`` running trials with 5 recorded epochs each and 4
 completed ones; then one more trial reports up to 8 recorded epochs of a configuration that
@@ -27,10 +27,10 @@ import sqlalchemy
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.reporter import EpochReporter  # noqa: E402
-from search.space import load_space  # noqa: E402
-from search.storage import open_storage, redact  # noqa: E402
-from search.study import open_study, stored_space  # noqa: E402
+from search.space.search_space import load_space  # noqa: E402
+from search.storage.sql import open_storage, redact  # noqa: E402
+from search.study.join import open_study, stored_space  # noqa: E402
+from search.trial.reporter import EpochReporter  # noqa: E402
 
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -31,9 +31,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import replay_pruners as rp  # noqa: E402  (a sibling script)
 
-from search.counting import FINISHED  # noqa: E402
-from search.record import end_reason, enqueued_name, epoch_metrics, unfreeze_at_epoch  # noqa: E402
-from search.space import load_space  # noqa: E402
+from search.contract import end_reason, enqueued_name, epoch_metrics, unfreeze_at_epoch
+from search.space.search_space import load_space
+from search.study.counting import FINISHED
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

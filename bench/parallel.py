@@ -29,9 +29,9 @@ import yaml
 
 from octtrain.data.dataset import blank_volumes, build_datasets
 from octtrain.synthetic.writer import make_synthetic
-from search.counting import FINISHED
-from search.record import epoch_metrics
-from search.space import load_space
+from search.contract import epoch_metrics
+from search.space.search_space import load_space
+from search.study.counting import FINISHED
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@
 Samples ``--configs`` configurations from the space with Optuna's ``RandomSampler(seed)``, after
 the space's enqueued trials, and trains each for the full ``--epochs`` with no pruning and no
 early stopping. Each configuration runs through ``octtrain.fit`` with the search's own
-:class:`~search.reporter.EpochReporter` on an Optuna trial (``NopPruner``), so the per-epoch
+:class:`~search.trial.reporter.EpochReporter` on an Optuna trial (``NopPruner``), so the per-epoch
 record is exactly the one ``octsearch run`` stores (``epoch_NNN`` user attributes: balanced
 accuracy, per-class metrics, prediction histogram, majority class and share, entropy, losses,
 train metrics, ``epoch_s``); the trial's ``unfreeze_at_epoch`` is stored beside it.
@@ -40,9 +40,9 @@ from typing import Any
 import optuna
 
 from octtrain.errors import DivergedError, OcttrainError
-from search.record import UNFREEZE_ATTR, epoch_metrics
-from search.reporter import EpochReporter
-from search.space import SearchSpace, load_space
+from search.contract import UNFREEZE_ATTR, epoch_metrics
+from search.space.search_space import SearchSpace, load_space
+from search.trial.reporter import EpochReporter
 
 FORMAT = "octsearch-curves/1"
 

@@ -7,7 +7,7 @@ recording (``bench/record_curves.py``) was trained for the full budget, so a sea
 pruner can be replayed without training. For each replay seed the order of the trials is drawn
 from the recording (``--trials`` of its configurations, without replacement); every pruner sees
 the same order for a seed. Each trial goes through ``study.ask()``, the search's own
-:class:`~search.reporter.EpochReporter` (which writes the per-epoch record and asks
+:class:`~search.trial.reporter.EpochReporter` (which writes the per-epoch record and asks
 ``trial.should_prune()``), and ``study.tell()``, so the pruner under test decides from exactly
 what it reads in a live search. The ``configured`` row is the pruner that ``octsearch run``
 builds from the space file (``--space``; default: the space file named in the recording).
@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import optuna
 
-from search.record import UNFREEZE_ATTR, best_step
-from search.reporter import EpochReporter, metric_value
-from search.space import SearchSpace, load_space
+from search.contract import UNFREEZE_ATTR, best_step
+from search.space.search_space import SearchSpace, load_space
+from search.trial.reporter import EpochReporter, metric_value
 
 COLLAPSE_MARGIN = 0.10  # a collapsed trial never gets above chance + this, in any epoch
 FALSE_PRUNE_TOLERANCE = 0.02  # a pruned trial whose full curve reaches best - this was a loss

@@ -21,12 +21,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.html_report import build_report
-from search.notes import refresh_study_figures, save_trial_note
-from search.record import write_best_epoch, write_epoch, write_prune_reason
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
+from search.contract import write_best_epoch, write_epoch, write_prune_reason
+from search.review.html_report import build_report
+from search.review.notes import refresh_study_figures, save_trial_note
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "search"))
 from fake_fit import epoch_metrics  # noqa: E402

@@ -1,7 +1,7 @@
 """Per-epoch service overhead of a trial, with many workers: the database directly vs through
 Optuna's gRPC storage proxy (``octsearch serve-storage``).
 
-What a trial process does at the end of each epoch is :class:`search.reporter.EpochReporter`:
+What a trial process does at the end of each epoch is :class:`search.trial.reporter.EpochReporter`:
 store the epoch's metrics with the trial, report the objective, and ask the study's pruner (the
 pruner of ``--space``, spaces/smoke.yaml by default: the collapse rule with an inner median) for
 a decision with its reason. Here ``--workers`` processes do exactly that at once, each replaying
@@ -38,10 +38,10 @@ import optuna
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.reporter import EpochReporter  # noqa: E402
-from search.space import load_space  # noqa: E402
-from search.storage import open_storage, redact  # noqa: E402
-from search.study import open_study, stored_space  # noqa: E402
+from search.space.search_space import load_space  # noqa: E402
+from search.storage.sql import open_storage, redact  # noqa: E402
+from search.study.join import open_study, stored_space  # noqa: E402
+from search.trial.reporter import EpochReporter  # noqa: E402
 
 DEFAULT_DB = os.environ.get("OCTSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

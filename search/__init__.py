@@ -5,13 +5,20 @@ The ``octsearch`` command is :func:`search.cli.main`; these are the pieces it is
 
 from __future__ import annotations
 
-from search.collapse import EpochEvidence, collapse_reason, effective_grace, stuck_reason
 from search.errors import OctsearchError, SearchSpaceError, StorageError, WorkerError
-from search.pruner import CollapsePruner, ExplainingPruner, prune_reason
-from search.reporter import EpochReporter
+from search.pruning import (
+    CollapsePruner,
+    EpochEvidence,
+    ExplainingPruner,
+    collapse_reason,
+    effective_grace,
+    prune_reason,
+    stuck_reason,
+)
 from search.space import SearchSpace, diff_spaces, load_space, space_from_dict
 from search.storage import DEFAULT_STORAGE, open_storage
 from search.study import load_review_study, open_study
+from search.trial import EpochReporter
 from search.worker import WorkerOptions, run_worker
 
 __all__ = [

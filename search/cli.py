@@ -22,8 +22,7 @@ import optuna
 
 from octtrain.errors import OcttrainError, one_line
 from search.errors import OctsearchError, WorkerError
-from search.retry import DEFAULT_OUTAGE_S
-from search.storage import DEFAULT_STORAGE, check_shared, open_storage, redact
+from search.storage import DEFAULT_OUTAGE_S, DEFAULT_STORAGE, check_shared, open_storage, redact
 
 DEVICES = ("auto", "xla", "cuda", "cpu")
 
@@ -173,7 +172,7 @@ def _study_name(args: argparse.Namespace) -> str | None:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the running trial is stopped (preempted: it is re-queued
-    to resume from its checkpoint, see search.resume)."""
+    to resume from its checkpoint, see search.worker.requeue)."""
 
     def __init__(self, which: int | str) -> None:  # a number, or a name (copies by args)
         sig = signal.Signals[which] if isinstance(which, str) else signal.Signals(which)
@@ -198,15 +197,12 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.counting import count_trials
-    from search.devices import auto_parallel, host_devices, parse_parallel, plan_slots
-    from search.preflight import check_storage, preflight
-    from search.record import runs_folder
-    from search.report import format_leaderboard
-    from search.retention import kept_bytes
+    from search.contract import runs_folder
+    from search.review import format_leaderboard
     from search.space import load_space
-    from search.study import open_study
-    from search.worker import WorkerOptions, run_worker
+    from search.study import count_trials, open_study
+    from search.trial import auto_parallel, host_devices, parse_parallel, plan_slots
+    from search.worker import WorkerOptions, check_storage, kept_bytes, preflight, run_worker
 
     if args.trials < 1:
         raise OctsearchError(f"--trials must be at least 1, got {args.trials}")
@@ -256,8 +252,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from search.preflight import preflight
     from search.space import load_space
+    from search.worker import preflight
 
     space = load_space(args.space)
     checked = preflight(space.base, args.device)
@@ -281,21 +277,21 @@ def _review_study(args: argparse.Namespace) -> optuna.Study:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
-    from search.report import format_trials
+    from search.review import format_trials
 
     print(format_trials(_review_study(args), sort=args.sort))
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from search.report import format_best
+    from search.review import format_best
 
     print(format_best(_review_study(args)))
     return 0
 
 
 def cmd_export_best(args: argparse.Namespace) -> int:
-    from search.report import export_best
+    from search.review import export_best
 
     out = export_best(_review_study(args), args.out)
     print(f"octsearch: wrote {out}; reproduce with: octtrain train --config {out}",
@@ -304,7 +300,7 @@ def cmd_export_best(args: argparse.Namespace) -> int:
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
-    from search.finalize import FinalizeOptions, finalize
+    from search.review import FinalizeOptions, finalize
 
     finalize(_review_study(args),
              FinalizeOptions(runs_dir=args.runs_dir, train_on_val=args.train_on_val,
@@ -313,7 +309,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search.html_report import write_report
+    from search.review import write_report
 
     out = write_report(_review_study(args), args.out)
     print(f"octsearch: wrote {out}", file=sys.stderr)
@@ -321,7 +317,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from search.dashboard import serve
+    from search.review import serve
 
     serve(_storage_url(args), args.host, args.port, artifacts_dir=args.artifacts_dir)
     return 0
@@ -329,7 +325,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_serve_storage(args: argparse.Namespace) -> int:
     """The proxy in the foreground; Ctrl-C exits 130, SIGTERM 143 (128 + the signal)."""
-    from search.grpc_proxy import serve
+    from search.storage import serve
 
     try:
         with sigterm_interrupts():

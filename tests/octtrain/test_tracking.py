@@ -111,7 +111,7 @@ def test_no_storage_password_reaches_wandb(tmp_path: Path, monkeypatch: pytest.M
     """A trial process holds the storage URL in its environment; a config string could hold a
     URL too. Neither password appears anywhere W&B writes (offline mode, WANDB_DIR in tmp)."""
     url = f"postgresql+psycopg://octsearch:{PASSWORD}@db.example:5432/study"
-    monkeypatch.setenv("OCTSEARCH_TRIAL_STORAGE", url)  # as search.trial_process passes it
+    monkeypatch.setenv("OCTSEARCH_TRIAL_STORAGE", url)  # as search.trial.process passes it
     monkeypatch.setenv("OCTSEARCH_STORAGE", url)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))

@@ -18,10 +18,10 @@ import pytest
 from fake_fit import RAISE
 from search_testing import FAKE_SPACE, drop_study, fake_options, reachable_server
 
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
-from search.worker import run_worker
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study
+from search.worker.loop import run_worker
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),

@@ -21,8 +21,8 @@ import pytest
 import sqlalchemy
 import yaml
 
-from search.storage import open_storage
-from search.worker import WorkerOptions
+from search.storage.sql import open_storage
+from search.worker.loop import WorkerOptions
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent  # the venv's console scripts

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from search.collapse import (
+from search.pruning.collapse import (
     EpochEvidence,
     Thresholds,
     collapse_reason,

@@ -1,4 +1,4 @@
-"""The counting rule after ``ask`` (search/counting.py): workers asking at the same instant never
+"""The counting rule after ``ask`` (search/study/counting.py): workers asking at the same instant never
 end a study over N finished trials, and a trial put back is the next one asked."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 from optuna.trial import TrialState
 from search_testing import fake_options, run_threads
 
-from search.counting import FINISHED, keep_or_put_back
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
-from search.worker import WorkerSummary, ask_trial, run_worker
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.counting import FINISHED, keep_or_put_back
+from search.study.join import open_study
+from search.worker.loop import WorkerSummary, ask_trial, run_worker
 
 
 def load(url: str, name: str) -> optuna.Study:
@@ -113,7 +113,7 @@ def race_for_the_last_place(fake_space: dict[str, Any], url: str, tmp_path: Path
             threading.Timer(1.0, study.tell, (others[0],), other_ends).start()
         return ask_trial(study)
 
-    monkeypatch.setattr("search.worker.ask_trial", racing_ask)
+    monkeypatch.setattr("search.worker.loop.ask_trial", racing_ask)
     return study, run_worker(study, space, storage, fake_options(tmp_path, 1), out=out)
 
 

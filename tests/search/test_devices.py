@@ -1,4 +1,4 @@
-"""Each slot's devices and environment (search/devices.py): pure, for hosts this machine is not."""
+"""Each slot's devices and environment (search/trial/placement.py): pure, for hosts this machine is not."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from search.devices import (
+from search.errors import OctsearchError
+from search.trial.placement import (
     CPU_CORES_ENV,
     SLOT_ENV,
     Assignment,
@@ -16,7 +17,6 @@ from search.devices import (
     pin_cpu_cores,
     plan_slots,
 )
-from search.errors import OctsearchError
 
 
 def chips_of(slots: list[Assignment]) -> list[str]:

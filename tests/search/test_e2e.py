@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from octtrain.config.train_config import load_config
-from search.storage import open_storage
+from search.storage.sql import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -113,7 +113,7 @@ def test_two_workers_share_one_postgres_study(tmp_path: Path) -> None:
         study = optuna.load_study(study_name=name, storage=storage)
         states = [t.state for t in study.get_trials()]
         finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
-        assert finished == n, states  # search.counting: never more, even asking at once
+        assert finished == n, states  # search.study.counting: never more, even asking at once
         assert TrialState.RUNNING not in states
         ran = [int(err.split("this worker ran ")[1].split()[0]) for _, err in outputs]
         # both did work; a trial put back (both asked at once) may stay WAITING, never run

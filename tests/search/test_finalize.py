@@ -11,10 +11,10 @@ import pytest
 
 from octtrain.synthetic.writer import make_synthetic
 from search.cli import main
-from search.record import TEST_METRICS_ATTR, write_best_epoch, write_overrides
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
+from search.contract import TEST_METRICS_ATTR, write_best_epoch, write_overrides
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study
 
 CLASSES = ["0_normal", "1_drusen", "2_fluid", "3_atrophy"]
 

@@ -1,4 +1,4 @@
-"""Many workers through Optuna's gRPC storage proxy (search/grpc_proxy.py, `octsearch serve-storage`).
+"""Many workers through Optuna's gRPC storage proxy (search/storage/grpc.py, `octsearch serve-storage`).
 
 Each test that needs a proxy starts `octsearch serve-storage` itself on a free port, in front of
 a fresh SQLite file or the PostgreSQL test server, and stops it (SIGTERM, exit 143) afterwards.
@@ -26,9 +26,9 @@ from search_testing import (
     write_cli_space,
 )
 
-from search.counting import FINISHED
-from search.grpc_proxy import HEARTBEAT_ATTR, _HeartbeatRelay, _sweep_stale_trials
-from search.storage import open_storage
+from search.storage.grpc import HEARTBEAT_ATTR, _HeartbeatRelay, _sweep_stale_trials
+from search.storage.sql import open_storage
+from search.study.counting import FINISHED
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -66,7 +66,7 @@ def test_four_workers_through_one_proxy_finish_the_study(
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     storage.engine.dispose()
     states = [t.state for t in trials]
-    assert sum(s in FINISHED for s in states) == n_trials  # search.counting: never one more
+    assert sum(s in FINISHED for s in states) == n_trials  # search.study.counting: never one more
     assert optuna.trial.TrialState.RUNNING not in states
     assert all(len(t.intermediate_values) >= 3 for t in trials if t.state in FINISHED)  # epochs reported
 

@@ -12,11 +12,11 @@ from fake_fit import epoch_metrics
 from search_testing import FAKE_SPACE, STUCK_REASON
 
 from search.cli import main
-from search.html_report import SECTIONS, build_report
-from search.record import write_epoch
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
+from search.contract import write_epoch
+from search.review.html_report import SECTIONS, build_report
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study
 
 
 class _Parsed(HTMLParser):

@@ -14,12 +14,12 @@ from fake_fit import HANG
 from optuna.trial import TrialState
 from search_testing import fake_env, fake_options, octsearch_command, write_cli_space
 
-from search import storage as storage_mod
-from search.lifeline import WORKER_PID_ENV, lifeline
-from search.space import load_space
-from search.storage import open_storage
-from search.study import open_study
-from search.worker import run_worker
+from search.space.search_space import load_space
+from search.storage import sql as storage_mod
+from search.storage.sql import open_storage
+from search.study.join import open_study
+from search.trial.lifeline import WORKER_PID_ENV, lifeline
+from search.worker.loop import run_worker
 
 GONE_WITHIN_S = 10.0
 
@@ -91,7 +91,7 @@ def trial_pids(root: Path) -> list[int]:
             args = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"search._trial_main" in args and any(a.startswith(str(root).encode()) for a in args):
+        if b"search.trial" in args and any(a.startswith(str(root).encode()) for a in args):
             pids.append(int(cmdline.parent.name))
     return [p for p in pids if alive(p)]
 
@@ -143,7 +143,7 @@ def test_after_a_sigkilled_worker_another_reruns_its_trial_and_the_study_ends_at
 
 PARENT = """
 import os, subprocess, sys, time
-from search.lifeline import lifeline
+from search.trial.lifeline import lifeline
 with lifeline() as (env, fds):
     child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env={**os.environ, **env},
                              pass_fds=fds, start_new_session=True,
@@ -154,7 +154,7 @@ with lifeline() as (env, fds):
 
 CHILD = """
 import subprocess, sys, time
-from search.lifeline import die_with_parent
+from search.trial.lifeline import die_with_parent
 die_with_parent(pdeathsig=False)  # the pipe alone, as where there is no prctl
 loader = subprocess.Popen(["sleep", "3600"])  # a child of the trial, in its process group
 print(loader.pid, flush=True)
@@ -184,7 +184,7 @@ def test_the_lifeline_alone_stops_the_trial_and_its_process_group() -> None:
 def test_a_trial_process_whose_worker_is_already_gone_stops_at_once() -> None:
     """The worker died between starting the child and the child's prctl call: the child's
     parent is no longer the pid it was given."""
-    code = "from search.lifeline import die_with_parent; die_with_parent(); print('ran on')"
+    code = "from search.trial.lifeline import die_with_parent; die_with_parent(); print('ran on')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, WORKER_PID_ENV: "1"}, start_new_session=True,
                           timeout=60)

@@ -16,11 +16,11 @@ from optuna_dashboard import get_note
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 from search_testing import FAKE_SPACE, STUCK_REASON, fake_options
 
-from search.notes import STUDY_FIGURES
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
-from search.worker import run_worker
+from search.review.notes import STUDY_FIGURES
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study
+from search.worker.loop import run_worker
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from search_testing import (
 
 from search.cli import Terminated, main, sigterm_interrupts
 from search.errors import SearchSpaceError
-from search.storage import open_storage
+from search.storage.sql import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 

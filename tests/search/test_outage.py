@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 from private_postgres import PrivatePostgres, wait_for
 from search_testing import fake_env, octsearch_command, write_cli_space
 
-from search.epoch_queue import QUEUE_FILE
-from search.pending import MARKER_FILE
+from search.trial.epoch_queue import QUEUE_FILE
+from search.worker.pending import MARKER_FILE
 
 pytestmark = pytest.mark.private_postgres
 

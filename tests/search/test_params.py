@@ -7,7 +7,7 @@ from typing import Any
 import optuna
 import pytest
 
-from search.params import Condition, Param, Problems, parse_param
+from search.space.params import Condition, Param, Problems, parse_param
 
 EARLIER = [Param("model.unfreeze_at_epoch", "categorical", choices=(-1, 2))]
 

@@ -1,4 +1,4 @@
-"""search/pending.py: a kept result is delivered once, and never over a trial finished meanwhile."""
+"""search/worker/pending.py: a kept result is delivered once, and never over a trial finished meanwhile."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.epoch_queue import QUEUE_FILE, EpochQueue
-from search.pending import MARKER_FILE, deliver_pending, keep
-from search.record import runs_folder
-from search.storage import open_storage
-from search.trial_process import Outcome, TrialResult
-from search.worker import _tell
+from search.contract import runs_folder
+from search.storage.sql import open_storage
+from search.trial.epoch_queue import QUEUE_FILE, EpochQueue
+from search.trial.process import Outcome, TrialResult
+from search.worker.loop import _tell
+from search.worker.pending import MARKER_FILE, deliver_pending, keep
 
 METRIC = "val/balanced_accuracy"
 

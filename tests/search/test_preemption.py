@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from search_testing import drop_study, reachable_server, storage_proxy
 
 from octtrain.synthetic.writer import make_synthetic
-from search.storage import open_storage
+from search.storage.sql import open_storage
 
 BIN = Path(sys.executable).parent
 EPOCHS = 4

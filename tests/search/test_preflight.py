@@ -18,7 +18,7 @@ from search_testing import fake_env, octsearch_command, write_cli_space, write_d
 from octtrain.config.sections import DataSection
 from octtrain.config.train_config import config_from_dict
 from search.errors import PreflightError
-from search.preflight import check_data, check_device, preflight, sample
+from search.worker.preflight import check_data, check_device, preflight, sample
 
 
 @pytest.mark.parametrize(("n", "picked"), [(0, []), (2, [0, 1]), (3, [0, 1, 2]),

@@ -2,7 +2,7 @@
 
 Each epoch a test stores the per-epoch metrics the way the reporter does (user attribute
 ``epoch_<k>``) and reports the objective, then asks ``trial.should_prune()``; on a prune, the
-reason is what :func:`search.pruner.prune_reason` gives for the same trial.
+reason is what :func:`search.pruning.pruner.prune_reason` gives for the same trial.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import optuna
 import pytest
 
-from search.pruner import CollapsePruner, prune_reason
-from search.record import UNFREEZE_ATTR, epoch_attr
+from search.contract import UNFREEZE_ATTR, epoch_attr
+from search.pruning.pruner import CollapsePruner, prune_reason
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from search.record import (
+from search.contract import (
     CREATION_ID_ATTR,
     best_step,
     end_reason,

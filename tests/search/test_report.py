@@ -12,10 +12,10 @@ from search_testing import FAKE_SPACE, STUCK_REASON
 from octtrain.config.train_config import load_config
 from octtrain.errors import clip
 from search.errors import OctsearchError
-from search.report import export_best, format_best, format_leaderboard, format_trials
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study, stored_space
+from search.review.leaderboard import export_best, format_best, format_leaderboard, format_trials
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study, stored_space
 
 
 @pytest.fixture

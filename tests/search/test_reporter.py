@@ -10,9 +10,9 @@ import pytest
 from fake_fit import epoch_metrics
 from search_testing import STUCK_REASON
 
-from search.pruner import CollapsePruner
-from search.record import PRUNE_REASON_ATTR, epoch_attr
-from search.reporter import EpochReporter, metric_value
+from search.contract import PRUNE_REASON_ATTR, epoch_attr
+from search.pruning.pruner import CollapsePruner
+from search.trial.reporter import EpochReporter, metric_value
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -11,11 +11,11 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from search_testing import FAKE_SPACE, fake_options
 
-from search.retention import kept_bytes, prune_checkpoints
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
-from search.worker import run_worker
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study
+from search.worker.loop import run_worker
+from search.worker.retention import kept_bytes, prune_checkpoints
 
 
 def _trial(run_dir: Path, state: TrialState, value: float | None) -> optuna.trial.FrozenTrial:

@@ -1,4 +1,4 @@
-"""search/retry.py: which errors are an outage, retry with backoff, one notice, the limit."""
+"""search/storage/retry.py: which errors are an outage, retry with backoff, one notice, the limit."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ import optuna
 import pytest
 import sqlalchemy
 
-from search.retry import (
-    DatabaseUnreachableError,
-    Outage,
-    RetryingStorage,
-    is_outage,
-    single_attempt,
-)
-from search.storage import open_storage
+from search.storage.retry import DatabaseUnreachableError, Outage, RetryingStorage, is_outage, single_attempt
+from search.storage.sql import open_storage
 
 
 def _internal_error(cause: Exception) -> optuna.exceptions.StorageInternalError:

@@ -1,5 +1,5 @@
 """Preempted trials with the fake trainer, on every storage: recorded, re-queued with their
-epochs, resumed by the next worker, counted once (see search/resume.py; the real trainer and
+epochs, resumed by the next worker, counted once (see search/worker/requeue.py; the real trainer and
 ``octsearch run`` end to end are in test_preemption.py)."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from optuna.trial import TrialState
 from search_testing import fake_options, signal_when_written
 
 from search.cli import sigterm_interrupts
-from search.record import runs_folder
-from search.report import format_trials
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
-from search.worker import run_one_trial, run_worker
+from search.contract import runs_folder
+from search.review.leaderboard import format_trials
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study
+from search.worker.loop import run_one_trial, run_worker
 
 
 def test_a_preempted_trial_is_requeued_and_resumed_once(fake_space: dict[str, Any],

@@ -21,14 +21,14 @@ from fake_fit import CRASH, HANG, RAISE
 from optuna.trial import FrozenTrial, TrialState
 from search_testing import fake_env, fake_options, octsearch_command, write_cli_space
 
-import search.storage as storage_mod
+import search.storage.sql as storage_mod
 from search.cli import main, sigterm_interrupts
-from search.devices import available_devices, plan_slots
-from search.record import runs_folder
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
-from search.worker import WorkerOptions, ask_trial, run_worker
+from search.contract import runs_folder
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study
+from search.trial.placement import available_devices, plan_slots
+from search.worker.loop import WorkerOptions, ask_trial, run_worker
 
 LEARNS = {"model.head.hidden": 64, "train.lr_head": 1e-3}
 

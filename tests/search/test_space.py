@@ -17,7 +17,7 @@ from search_testing import FAKE_SPACE
 
 from octtrain.config.train_config import load_config
 from search.errors import SearchSpaceError
-from search.space import diff_spaces, load_space, space_from_dict
+from search.space.search_space import diff_spaces, load_space, space_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 

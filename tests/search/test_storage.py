@@ -14,12 +14,12 @@ import sqlalchemy
 from optuna.trial import TrialState
 from search_testing import reachable_server
 
-from search import storage as storage_mod
+from search.contract import ENQUEUED_ATTR
 from search.errors import StorageError
-from search.record import ENQUEUED_ATTR
-from search.space import space_from_dict
-from search.storage import check_shared, heartbeat, normalize_url, open_storage
-from search.study import open_study
+from search.space.search_space import space_from_dict
+from search.storage import sql as storage_mod
+from search.storage.sql import check_shared, heartbeat, normalize_url, open_storage
+from search.study.join import open_study
 
 
 @pytest.mark.parametrize(

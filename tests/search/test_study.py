@@ -9,12 +9,12 @@ import optuna
 import pytest
 from search_testing import run_threads
 
-from search import study as study_module
+from search.contract import ENQUEUED_ATTR, SPACE_ATTR
 from search.errors import SearchSpaceError
-from search.record import ENQUEUED_ATTR, SPACE_ATTR
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study import join as study_module
+from search.study.join import open_study
 
 ENQUEUE = [{"name": "first", "params": {"model.head.hidden": 64, "train.lr_head": 1e-3}},
            {"name": "second", "params": {"model.head.hidden": 0, "train.lr_head": 2e-3}}]

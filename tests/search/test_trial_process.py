@@ -16,18 +16,11 @@ import pytest
 from fake_fit import CRASH, DIVERGE, HANG, RAISE
 from search_testing import FAKE_SPACE, STUCK_REASON, fake_options, signal_when_written
 
-from search.record import PRUNE_REASON_ATTR, epoch_attr
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
-from search.trial_process import (
-    LOG_FILE,
-    RESULT_FILE,
-    Outcome,
-    TrialRequest,
-    TrialResult,
-    run_trial_process,
-)
+from search.contract import PRUNE_REASON_ATTR, epoch_attr
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study
+from search.trial.process import LOG_FILE, RESULT_FILE, Outcome, TrialRequest, TrialResult, run_trial_process
 
 
 def start_trial(url: str, run_dir: Path, params: dict[str, Any]) -> tuple[optuna.Study, TrialRequest]:

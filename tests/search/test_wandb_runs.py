@@ -13,10 +13,10 @@ import optuna
 from search_testing import FAKE_SPACE, fake_options
 
 from octtrain.tracking.wandb_run import read_offline_run
-from search.space import space_from_dict
-from search.storage import open_storage
-from search.study import open_study
-from search.worker import run_worker
+from search.space.search_space import space_from_dict
+from search.storage.sql import open_storage
+from search.study.join import open_study
+from search.worker.loop import run_worker
 
 
 def run_search(tmp_path: Path, mode: str, enqueue: list[dict[str, Any]]) -> optuna.Study:

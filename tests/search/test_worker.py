@@ -14,13 +14,13 @@ from optuna.trial import TrialState
 from search_testing import STUCK_REASON, fake_options, run_threads, signal_when_written
 
 from search.cli import sigterm_interrupts
-from search.counting import Step, next_step
+from search.contract import CREATION_ID_ATTR, SPACE_ATTR, epoch_attr, runs_folder, stored_space_dict
 from search.errors import SearchSpaceError, WorkerError
-from search.record import CREATION_ID_ATTR, SPACE_ATTR, epoch_attr, runs_folder, stored_space_dict
-from search.space import SearchSpace, space_from_dict
-from search.storage import open_storage
-from search.study import open_study
-from search.worker import WorkerOptions, run_one_trial, run_worker
+from search.space.search_space import SearchSpace, space_from_dict
+from search.storage.sql import open_storage
+from search.study.counting import Step, next_step
+from search.study.join import open_study
+from search.worker.loop import WorkerOptions, run_one_trial, run_worker
 
 COLLAPSES = {"model.head.hidden": 0, "train.lr_head": 1e-3}
 LEARNS = {"model.head.hidden": 64, "train.lr_head": 1e-3}

@@ -1,0 +1,249 @@
+"""What octsearch stores in a study: the names and values of its attributes, read and written here.
+
+This is the contract between the worker, the trial process, the pruner, the reports and the
+dashboard, and with every study already stored: the names and the shape of the values must not
+change. A study carries three user attributes, written once by the worker that creates it:
+
+- :data:`CREATION_ID_ATTR`: a short random id of this study (8 hex digits), so that a new study
+  under an old name never shares the old one's run directories (:func:`runs_folder`; a study
+  stored before the id existed has none);
+- :data:`SPACE_FILE_ATTR`: the path of the space file it came from (``""`` for none);
+- :data:`SPACE_ATTR`: the canonical search space (:meth:`search.space.search_space.SearchSpace.to_dict`),
+  written last.
+
+``octsearch finalize`` adds two when it evaluates the best trial on the test split:
+:data:`TEST_METRICS_ATTR` (the last test result: the trainer's ``test/...`` metrics with the
+trial, run directory and split) and :data:`TEST_USES_ATTR` (every use of the test split, so a
+second look at it is on record).
+
+A trial carries these user attributes (the worker writes the first ones before the trial
+process starts; the reporter writes one per epoch; the worker writes how the trial ended):
+
+========================  ==================================================================
+``enqueued``              the name of an enqueued trial (set when it is enqueued; kept when a
+                          stale trial is re-queued)
+``overrides``             the dotted trainer overrides of the trial: sampled params (+ device)
+``unfreeze_at_epoch``     the epoch the encoder unfreezes (``-1``: never)
+``run_dir``               the trial's run directory (absolute)
+``host``                  the host name of the worker that ran it
+``devices``               the devices its worker's slot gave it (``tpu:2,3``, ``cuda:1``,
+                          ``cpu:0-7``; :class:`search.trial.placement.Assignment`); none before slots
+``epoch_NNN``             the trainer's metrics dict of epoch ``NNN`` (0-based; NaN as null)
+``best_epoch``            COMPLETE: the epoch of the told (best) value
+``prune_reason``          PRUNED: why, one line
+``fail_reason``           FAIL: why, one line
+``output_tail``           FAIL of a process that died without a result: its last lines
+``preempted``             FAIL by preemption: ``{"reason", "epochs_done", "checkpoint"}``
+``resume_from``           a re-queued preempted trial: the resume checkpoint it continues
+``resumes_trial``         a re-queued preempted trial: the number of the trial it continues
+========================  ==================================================================
+
+A re-queued preempted trial also carries the ``epoch_NNN`` attributes and the intermediate
+values of the epochs done before (:mod:`search.worker.requeue`), so every epoch is stored exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import BaseTrial
+
+from octtrain.tracking import json_safe
+
+SPACE_ATTR = "octsearch:space"
+SPACE_FILE_ATTR = "octsearch:space_file"
+CREATION_ID_ATTR = "octsearch:creation_id"
+
+ENQUEUED_ATTR = "enqueued"
+OVERRIDES_ATTR = "overrides"
+UNFREEZE_ATTR = "unfreeze_at_epoch"
+RUN_DIR_ATTR = "run_dir"
+HOST_ATTR = "host"
+DEVICES_ATTR = "devices"
+BEST_EPOCH_ATTR = "best_epoch"
+PRUNE_REASON_ATTR = "prune_reason"
+FAIL_REASON_ATTR = "fail_reason"
+OUTPUT_TAIL_ATTR = "output_tail"
+
+TEST_METRICS_ATTR = "test/metrics"
+TEST_USES_ATTR = "test/uses"
+PREEMPTED_ATTR = "preempted"
+RESUME_FROM_ATTR = "resume_from"
+RESUMES_TRIAL_ATTR = "resumes_trial"
+
+KEPT_ON_RETRY = (ENQUEUED_ATTR,)  # what a re-queued stale trial keeps; the rest was its run's
+
+
+def epoch_attr(epoch: int) -> str:
+    """Name of the trial user attribute that holds the metrics of ``epoch`` (0-based)."""
+    return f"epoch_{epoch:03d}"
+
+
+# Study ----------------------------------------------------------------------------------------
+
+
+def write_space(study: optuna.Study, canonical: dict[str, Any], source: str | None) -> str:
+    """Store a new creation id and the space with a new study; the space goes last, as it
+    publishes the study. Returns the creation id."""
+    creation_id = uuid.uuid4().hex[:8]
+    study.set_user_attr(CREATION_ID_ATTR, creation_id)
+    study.set_user_attr(SPACE_FILE_ATTR, source or "")
+    study.set_user_attr(SPACE_ATTR, canonical)
+    return creation_id
+
+
+def runs_folder(study: optuna.Study) -> str:
+    """The folder of the study's run directories under ``--runs-dir``: ``NAME-CREATIONID``, the
+    same for every worker of the study and different for a new study under the same name;
+    ``NAME`` for a study stored before creation ids existed."""
+    creation_id = study.user_attrs.get(CREATION_ID_ATTR)
+    return f"{study.study_name}-{creation_id}" if creation_id else study.study_name
+
+
+def stored_space_dict(study: optuna.Study) -> dict[str, Any] | None:
+    """The canonical space stored with the study, or ``None`` (not made by octsearch, or not yet)."""
+    raw = study.user_attrs.get(SPACE_ATTR)
+    return raw if isinstance(raw, dict) else None
+
+
+def write_test_result(study: optuna.Study, result: Mapping[str, Any], use: Mapping[str, Any]) -> None:
+    """Store a test evaluation (NaN as null) and append ``use`` to the study's test-split uses."""
+    study.set_user_attr(TEST_USES_ATTR, [*stored_test_uses(study), json_safe(dict(use))])
+    study.set_user_attr(TEST_METRICS_ATTR, json_safe(dict(result)))
+
+
+def stored_test_uses(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every recorded use of the study's test split, oldest first."""
+    raw = study.user_attrs.get(TEST_USES_ATTR)
+    return [u for u in raw if isinstance(u, dict)] if isinstance(raw, list) else []
+
+
+# Trial: written ---------------------------------------------------------------------------------
+
+
+def write_overrides(trial: optuna.Trial, overrides: Mapping[str, Any]) -> None:
+    trial.set_user_attr(OVERRIDES_ATTR, dict(overrides))
+
+
+def write_run(trial: optuna.Trial, *, unfreeze_at_epoch: int, run_dir: Path, host: str) -> None:
+    """What the trial process is about to run: warm-up length, run directory and host."""
+    trial.set_user_attr(UNFREEZE_ATTR, unfreeze_at_epoch)
+    trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
+    trial.set_user_attr(HOST_ATTR, host)
+
+
+def write_devices(trial: optuna.Trial, label: str) -> None:
+    """The devices the trial runs on (its slot's), written when it is handed to the slot."""
+    trial.set_user_attr(DEVICES_ATTR, label)
+
+
+def write_epoch(trial: optuna.Trial, epoch: int, metrics: Mapping[str, Any]) -> None:
+    """The trainer's metrics of one epoch; NaN and infinities are stored as null."""
+    trial.set_user_attr(epoch_attr(epoch), json_safe(metrics))
+
+
+def write_best_epoch(trial: optuna.Trial, epoch: int | None) -> None:
+    trial.set_user_attr(BEST_EPOCH_ATTR, epoch)
+
+
+def write_prune_reason(trial: optuna.Trial, reason: str | None) -> None:
+    trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+
+
+def write_failure(trial: optuna.Trial, reason: str | None, output_tail: str | None = None) -> None:
+    trial.set_user_attr(FAIL_REASON_ATTR, reason)
+    if output_tail:
+        trial.set_user_attr(OUTPUT_TAIL_ATTR, output_tail)
+
+
+def write_preempted(trial: optuna.Trial, info: Mapping[str, Any]) -> None:
+    trial.set_user_attr(PREEMPTED_ATTR, dict(info))
+
+
+# Trial: read ------------------------------------------------------------------------------------
+
+
+def resume_source(trial: BaseTrial) -> str | None:
+    """The resume checkpoint a re-queued preempted trial continues; None for a fresh trial."""
+    value = trial.user_attrs.get(RESUME_FROM_ATTR)
+    return str(value) if value else None
+
+
+def preempted_info(trial: BaseTrial) -> dict[str, Any] | None:
+    """How a preempted trial stopped (see the table above); None for any other trial."""
+    value = trial.user_attrs.get(PREEMPTED_ATTR)
+    return dict(value) if isinstance(value, dict) else None
+
+
+def epoch_metrics(trial: BaseTrial, epoch: int) -> dict[str, Any] | None:
+    """The stored metrics of ``epoch``, or ``None`` where none were stored."""
+    metrics = trial.user_attrs.get(epoch_attr(epoch))
+    return metrics if isinstance(metrics, dict) else None
+
+
+def unfreeze_at_epoch(trial: BaseTrial) -> int:
+    """The epoch the trial's encoder unfreezes; ``-1`` (never) where none is stored."""
+    value = trial.user_attrs.get(UNFREEZE_ATTR, -1)
+    return value if isinstance(value, int) else -1
+
+
+def stored_best_epoch(trial: BaseTrial) -> int | None:
+    value = trial.user_attrs.get(BEST_EPOCH_ATTR)
+    return value if isinstance(value, int) else None
+
+
+def end_reason(trial: BaseTrial) -> str:
+    """Why the trial was pruned or failed; ``""`` for none."""
+    attrs = trial.user_attrs
+    return str(attrs.get(PRUNE_REASON_ATTR) or attrs.get(FAIL_REASON_ATTR) or "")
+
+
+def stored_overrides(trial: BaseTrial) -> dict[str, Any]:
+    """The trial's trainer overrides; its params for a trial stored without them."""
+    overrides = trial.user_attrs.get(OVERRIDES_ATTR)
+    return dict(overrides) if isinstance(overrides, dict) and overrides else dict(trial.params)
+
+
+def stored_run_dir(trial: BaseTrial) -> str | None:
+    value = trial.user_attrs.get(RUN_DIR_ATTR)
+    return str(value) if value else None
+
+
+def ran_on(trial: BaseTrial) -> str:
+    """``host devices`` of the trial (what is stored of them; ``""`` for none)."""
+    attrs = trial.user_attrs
+    return " ".join(str(attrs[k]) for k in (HOST_ATTR, DEVICES_ATTR) if attrs.get(k))
+
+
+def enqueued_name(trial: BaseTrial) -> str:
+    """The name of an enqueued trial; ``""`` for a sampled one."""
+    return str(trial.user_attrs.get(ENQUEUED_ATTR, ""))
+
+
+def best_step(values: Mapping[int, float], maximize: bool) -> tuple[float, int]:
+    """The best value of ``{step: value}`` and its step, NaN skipped; ``(nan, -1)`` if none.
+
+    Of equal values the first step wins.
+    """
+    best, best_at = math.nan, -1
+    for step in sorted(values):
+        value = values[step]
+        if math.isnan(value):
+            continue
+        if math.isnan(best) or (value > best if maximize else value < best):
+            best, best_at = value, step
+    return best, best_at
+
+
+def stored_epochs(trial: BaseTrial) -> list[tuple[int, dict[str, Any]]]:
+    """Every stored ``(epoch, metrics)`` of the trial, in epoch order."""
+    out = []
+    for key, value in trial.user_attrs.items():
+        if key.startswith("epoch_") and key[6:].isdigit() and isinstance(value, dict):
+            out.append((int(key[6:]), value))
+    return sorted(out, key=lambda pair: pair[0])

@@ -1,0 +1,129 @@
+"""``octsearch finalize``: retrain the best trial and evaluate it once on the test split.
+
+The search selected its winner on validation, so the winner's validation number is biased
+upwards (the more trials, the more). The test split (``data.test_fraction``, or ``test`` rows of
+a manifest) is never seen by a trial; finalize retrains the best trial's exported config — on
+train + val with ``train_on_val``, for as many epochs as the trial needed to reach its best —
+and evaluates the result on the test split once. Every use is recorded on the study
+(:data:`search.contract.TEST_USES_ATTR`); a second use of the same test split is refused unless
+forced, and a forced one stays on record: choosing among finalized models by test score would
+make the test split another validation split.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+
+from octtrain.config import TrainConfig
+from octtrain.data import split_records
+from octtrain.tracking import json_safe
+from search.contract import runs_folder, stored_best_epoch, stored_overrides, stored_test_uses, write_test_result
+from search.errors import OctsearchError
+from search.review.leaderboard import best_trial
+from search.review.notes import per_class_lines
+from search.study import stored_space
+
+TEST_METRICS_FILE = "test_metrics.json"
+
+
+@dataclass(frozen=True)
+class FinalizeOptions:
+    runs_dir: Path = Path("runs")  # the final run goes to RUNS_DIR/STUDY-ID/final[_N]
+    train_on_val: bool = False
+    force: bool = False  # use the test split again (recorded)
+    device: str | None = None  # runtime.device of the final run (None: the trial's)
+    fit_target: Any = None  # octtrain.fit, or a stand-in with its contract (tests)
+
+
+def split_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What decides which volumes are the test split."""
+    data = cfg.data
+    return {"data": data.manifest or data.root, "val_fraction": data.val_fraction,
+            "test_fraction": data.test_fraction, "split_seed": data.split_seed}
+
+
+def final_config(study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                 options: FinalizeOptions) -> TrainConfig:
+    """The trial's trainer config; on train + val at its epoch count with ``train_on_val``."""
+    overrides = stored_overrides(trial)
+    if options.device is not None:
+        overrides["runtime.device"] = options.device
+    if options.train_on_val:
+        best = stored_best_epoch(trial)
+        overrides.update({"data.train_on_val": True,
+                          "train.epochs": best + 1 if best is not None else len(trial.intermediate_values),
+                          "train.early_stopping.enabled": False})
+    return stored_space(study).trainer_config(overrides)
+
+
+def check_test_split(study: optuna.Study, cfg: TrainConfig, force: bool) -> None:
+    """Refuse an empty test split, and a second use of the same one unless ``force``."""
+    records, _ = split_records(cfg.data)
+    if not records["test"]:
+        raise OctsearchError(f"the test split of {cfg.data.manifest or cfg.data.root} is empty: "
+                             "finalize needs data.test_fraction > 0 (or test rows in the manifest)")
+    used = [u for u in stored_test_uses(study) if u.get("split") == split_identity(cfg)]
+    if used and not force:
+        last = used[-1]
+        raise OctsearchError(
+            f"the test split of study {study.study_name!r} was already used by finalize at "
+            f"{last.get('at')} (trial {last.get('trial')}, balanced accuracy "
+            f"{last.get('balanced_accuracy')}); evaluating again turns it into a validation "
+            "split. --force runs it and records the reuse")
+
+
+def _run_dir(study: optuna.Study, runs_dir: Path) -> Path:
+    base = runs_dir / runs_folder(study)
+    n = 1
+    while (base / ("final" if n == 1 else f"final_{n}")).exists():
+        n += 1
+    return (base / ("final" if n == 1 else f"final_{n}")).resolve()
+
+
+def finalize(study: optuna.Study, options: FinalizeOptions, *, out: TextIO = sys.stdout) -> dict[str, Any]:
+    """Retrain the best trial, evaluate it on the test split, print, write and store the result."""
+    from octtrain import fit
+    from octtrain.train import evaluate_checkpoint
+
+    trial = best_trial(study)
+    cfg = final_config(study, trial, options)
+    check_test_split(study, cfg, options.force)
+    run_dir = _run_dir(study, options.runs_dir)
+    what = "train + val" if options.train_on_val else "train"
+    print(f"octsearch: finalize: retraining trial {trial.number} on {what} for "
+          f"{cfg.train.epochs} epochs into {run_dir}", file=sys.stderr, flush=True)
+    result = (options.fit_target or fit)(cfg, out_dir=run_dir)
+    checkpoint = run_dir / ("last.pt" if options.train_on_val else "best.pt")
+    metrics = evaluate_checkpoint(checkpoint, "test", device=options.device)
+    names = {i: n for n, i in result.class_to_idx.items()}
+    previous = stored_test_uses(study)
+    use = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "trial": trial.number, "run_dir": str(run_dir), "train_on_val": options.train_on_val,
+           "split": split_identity(cfg), "balanced_accuracy": metrics["test/balanced_accuracy"],
+           "reused": any(u.get("split") == split_identity(cfg) for u in previous)}
+    record = {**metrics, "trial": trial.number, "run_dir": str(run_dir),
+              "train_on_val": options.train_on_val, "class_names": [names[i] for i in sorted(names)]}
+    (run_dir / TEST_METRICS_FILE).write_text(json.dumps(json_safe(record), indent=1) + "\n")
+    write_test_result(study, record, use)
+    out.write(format_test(study, record, use) + "\n")
+    return record
+
+
+def format_test(study: optuna.Study, record: dict[str, Any], use: dict[str, Any]) -> str:
+    names = dict(enumerate(record["class_names"]))
+    lines = [f"study {study.study_name!r}: trial {record['trial']} on the test split "
+             f"({record['test/volumes']} volumes)"
+             + (" (test split used again: recorded)" if use["reused"] else ""),
+             f"  balanced accuracy {record['test/balanced_accuracy']:.4f}, accuracy "
+             f"{record['test/accuracy']:.4f}, macro-F1 {record['test/macro_f1']:.4f}"]
+    metrics = {f"val/{k.split('/', 1)[1]}": v for k, v in record.items() if k.startswith("test/")}
+    lines += ["  " + line for line in per_class_lines(metrics, names)]
+    lines.append(f"  written to {Path(record['run_dir']) / TEST_METRICS_FILE}")
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""``octsearch report``: a study as one self-contained HTML file.
+
+The file opens in a browser without network access: plotly's JavaScript is inlined once in the
+head and every figure is a ``<div>`` with its data. Sections (each a ``<section id=...>``):
+the leaderboard with per-class metrics and prune reasons, the optimisation history, the
+intermediate values of every trial coloured by state, parameter importances (Optuna's default
+evaluator), parallel coordinates, the collapse view (majority-class share per epoch) and the prune
+summary. It reads only what the study stores, so a running study gives a report of its trials so far.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+import plotly.offline
+from optuna.trial import FrozenTrial, TrialState
+
+from search.contract import epoch_metrics, stored_run_dir
+from search.errors import OctsearchError
+from search.review import figures
+from search.review.leaderboard import TrialRow, class_names, format_value, trial_row
+from search.review.prune_summary import PruneSummary, summarize_prunes
+from search.study import stored_space
+
+SECTIONS = ("leaderboard", "history", "intermediate", "importance", "parallel", "collapse",
+            "per-class", "prunes")
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
+td.text { text-align: left; max-width: 40em; }
+tr.COMPLETE td:nth-child(2) { color: #2ca02c; } tr.PRUNED td:nth-child(2) { color: #ff7f0e; }
+tr.FAIL td:nth-child(2) { color: #d62728; } tr.RUNNING td:nth-child(2) { color: #1f77b4; }
+.plot { min-height: 450px; } p.note { color: #666; }
+"""
+
+
+def _figure(fig: go.Figure, div_id: str) -> str:
+    return str(fig.to_html(include_plotlyjs=False, full_html=False, div_id=div_id,
+                           config={"displaylogo": False}))
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _section(section_id: str, title: str, body: str) -> str:
+    return f'<section id="{section_id}">\n<h2>{html.escape(title)}</h2>\n{body}\n</section>'
+
+
+def _cell(value: Any, text: bool = False) -> str:
+    shown = format_value(value) if isinstance(value, float) else str(value)
+    return f'<td{" class=text" if text else ""}>{html.escape(shown)}</td>'
+
+
+def _study_class_names(trials: list[FrozenTrial]) -> dict[int, str]:
+    for trial in trials:
+        names = class_names(stored_run_dir(trial))
+        if names:
+            return names
+    return {}
+
+
+def _sorted_rows(study: optuna.Study) -> list[TrialRow]:
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    rows = [trial_row(t, maximize) for t in study.get_trials(deepcopy=False)]
+    sign = -1.0 if maximize else 1.0
+    return sorted(rows, key=lambda r: (math.isnan(r.value),
+                                       sign * r.value if not math.isnan(r.value) else 0.0, r.number))
+
+
+def leaderboard(study: optuna.Study, param_paths: list[str], metric: str) -> str:
+    """Every trial, best first: value, epochs, per-class accuracy and F1 at its best epoch,
+    params and why it ended."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rows = _sorted_rows(study)
+    if not rows:
+        return _note("no trials yet")
+    names = _study_class_names(list(trials.values()))
+    n_classes = max((len(r.per_class_accuracy) for r in rows), default=0)
+    labels = [names.get(c, str(c)) for c in range(n_classes)]
+    head = ["#", "state", metric, "best epoch", "epochs", *(f"acc {n}" for n in labels),
+            *(f"F1 {n}" for n in labels), *param_paths, "reason"]
+    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        metrics = epoch_metrics(trials[r.number], r.epoch) or {}
+        f1 = [math.nan if v is None else float(v) for v in metrics.get("val/per_class_f1") or []]
+        accs = r.per_class_accuracy + [math.nan] * (n_classes - len(r.per_class_accuracy))
+        f1 += [math.nan] * (n_classes - len(f1))
+        cells = [_cell(f"{r.number} ({r.enqueued})" if r.enqueued else r.number), _cell(r.state),
+                 _cell(r.value), _cell("-" if r.epoch < 0 else r.epoch), _cell(r.epochs),
+                 *(_cell(a) for a in accs), *(_cell(v) for v in f1),
+                 *(_cell(r.params.get(p, "")) for p in param_paths), _cell(r.reason, text=True)]
+        out.append(f'<tr class="{r.state}">' + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _optuna_figure(study: optuna.Study, section_id: str, draw: Any, min_complete: int,
+                   why: str) -> str:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < min_complete:
+        return _note(f"{why} (the study has {len(complete)} completed)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig = draw(study)
+    except Exception as err:  # noqa: BLE001 - one figure Optuna cannot draw must not lose the report
+        return _note(f"not available: {type(err).__name__}: {err}")
+    return _figure(fig, f"plot-{section_id}")
+
+
+def prune_summary_html(summary: PruneSummary) -> str:
+    lines = [f"<p>{summary.pruned} of {summary.finished} finished trials were pruned; "
+             f"{summary.epochs_run} epochs were run where running every trial to its end would "
+             f"have taken {summary.epochs_planned}: {summary.epochs_saved} epochs saved.</p>"]
+    if summary.by_epoch:
+        lines.append("<table><tr><th>pruned at epoch</th><th>trials</th></tr>"
+                     + "".join(f"<tr><td>{e}</td><td>{n}</td></tr>"
+                               for e, n in sorted(summary.by_epoch.items())) + "</table>")
+    if summary.by_kind:
+        lines.append("<table><tr><th>reason</th><th>trials</th><th>example</th></tr>" + "".join(
+            f"<tr><td class=text>{html.escape(k)}</td><td>{n}</td>"
+            f"<td class=text>{html.escape(summary.examples.get(k, ''))}</td></tr>"
+            for k, n in sorted(summary.by_kind.items())) + "</table>")
+    return "\n".join(lines)
+
+
+def build_report(study: optuna.Study) -> str:
+    """The report of ``study`` as one HTML document."""
+    space = stored_space(study)
+    metric = space.objective.metric
+    params = [p.path for p in space.params]
+    summary = summarize_prunes(study, space)
+    parts = [
+        _section("leaderboard", "Leaderboard", leaderboard(study, params, metric)),
+        _section("history", "Optimisation history", _optuna_figure(
+            study, "history", optuna.visualization.plot_optimization_history, 1,
+            "needs a completed trial")),
+        _section("intermediate", "Intermediate values by state",
+                 _figure(figures.intermediate_values(study), "plot-intermediate")),
+        _section("importance", "Parameter importances", _optuna_figure(
+            study, "importance", optuna.visualization.plot_param_importances, 2,
+            "needs at least 2 completed trials")),
+        _section("parallel", "Parallel coordinates", _optuna_figure(
+            study, "parallel", optuna.visualization.plot_parallel_coordinate, 1,
+            "needs a completed trial")),
+        _section("collapse", "Collapse view", _figure(figures.majority_share(study), "plot-collapse")),
+        _section("per-class", "Per-class accuracy of the top trials",
+                 _figure(figures.per_class_curves(study), "plot-per-class")),
+        _section("prunes", "Prune summary", prune_summary_html(summary)
+                 + _figure(figures.prune_reasons(study), "plot-prunes")),
+    ]
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in _counts(study).items() if n)
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"octsearch report: {study.study_name}"
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>",
+        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>',
+        "</head><body>", f"<h1>{html.escape(title)}</h1>",
+        f"<p>{html.escape(counts or 'no trials')}; objective {html.escape(metric)} "
+        f"({html.escape(space.objective.direction)}); written {now}.</p>",
+        *parts, "</body></html>",
+    ])
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {s.name: sum(t.state == s for t in trials) for s in TrialState}
+
+
+def write_report(study: optuna.Study, out: str | Path) -> Path:
+    out = Path(out)
+    text = build_report(study)
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise OctsearchError(f"cannot write {str(out)!r}: {err.strerror}") from None
+    return out

@@ -1,0 +1,233 @@
+"""Review a study: trial tables, the best trial, and its trainer config as a YAML file.
+
+A trial's row shows its best objective value and that epoch: the told value and the stored
+best epoch for a COMPLETE trial, the best intermediate value so far for a PRUNED or RUNNING
+one (NaN values are skipped), nothing for a FAIL. Per-class accuracy is read from the
+per-epoch metrics the reporter stored for that epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from octtrain.data import load_class_to_idx
+from octtrain.errors import DataError, clip
+from search.contract import (
+    best_step,
+    end_reason,
+    enqueued_name,
+    epoch_metrics,
+    ran_on,
+    stored_best_epoch,
+    stored_overrides,
+    stored_run_dir,
+)
+from search.errors import OctsearchError
+from search.study import stored_space
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    number: int
+    state: str
+    value: float  # NaN: none yet
+    epoch: int  # -1: none
+    epochs: int  # epochs reported
+    per_class_accuracy: list[float]
+    reason: str
+    params: dict[str, Any]
+    enqueued: str
+    ran_on: str = ""  # host and devices
+
+
+def trial_row(trial: FrozenTrial, maximize: bool) -> TrialRow:
+    if trial.state == TrialState.COMPLETE and trial.value is not None:
+        value = trial.value
+        epoch = stored_best_epoch(trial)
+        if epoch is None:
+            epoch = best_step(trial.intermediate_values, maximize)[1]
+    elif trial.state == TrialState.FAIL:
+        value, epoch = math.nan, -1
+    else:
+        value, epoch = best_step(trial.intermediate_values, maximize)
+    metrics = epoch_metrics(trial, epoch) or {}
+    per_class = [math.nan if a is None else float(a)
+                 for a in metrics.get("val/per_class_accuracy") or []]
+    return TrialRow(trial.number, trial.state.name, value, epoch, len(trial.intermediate_values),
+                    per_class, end_reason(trial), dict(trial.params), enqueued_name(trial),
+                    ran_on(trial))
+
+
+def describe_trial(trial: FrozenTrial) -> str:
+    """One line: ``trial 3 PRUNED after 3 epochs (0.2500) in 41 s: collapsed: ...``."""
+    epochs = len(trial.intermediate_values)
+    text = f"trial {trial.number} {trial.state.name} after {epochs} epoch{'s' * (epochs != 1)}"
+    if trial.value is not None:
+        text += f" ({trial.value:.4f})"
+    if trial.duration is not None:
+        text += f" in {trial.duration.total_seconds():.0f} s"
+    reason = end_reason(trial)
+    if reason and trial.state != TrialState.COMPLETE:
+        text += f": {clip(reason)}"
+    return text
+
+
+def _maximize(study: optuna.Study) -> bool:
+    return study.direction == StudyDirection.MAXIMIZE
+
+
+def format_value(value: Any) -> str:
+    """A parameter or metric for a table: floats to 3 significant digits, NaN as ``-``."""
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3g}"
+    return str(value)
+
+
+def _short_names(paths: Sequence[str]) -> dict[str, str]:
+    """``model.head.hidden`` → ``hidden`` where the last part is unique."""
+    last = [p.rsplit(".", 1)[-1] for p in paths]
+    return {p: (s if last.count(s) == 1 else p) for p, s in zip(paths, last, strict=True)}
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def format_rows(rows: Sequence[TrialRow], param_paths: Sequence[str], metric: str,
+                reason_width: int = 70) -> str:
+    names = _short_names(param_paths)
+    headers = ["#", "state", metric, "epoch", "epochs", "per-class acc",
+               *(names[p] for p in param_paths), "ran on", "reason"]
+    body = []
+    for r in rows:
+        body.append([
+            str(r.number) + (f" ({r.enqueued})" if r.enqueued else ""), r.state,
+            format_value(r.value), "-" if r.epoch < 0 else str(r.epoch), str(r.epochs),
+            " ".join(f"{a:.2f}" for a in r.per_class_accuracy) or "-",
+            *(format_value(r.params[p]) if p in r.params else "" for p in param_paths),
+            r.ran_on or "-", clip(r.reason, reason_width),
+        ])
+    return format_table(headers, body)
+
+
+def _rows(study: optuna.Study) -> list[TrialRow]:
+    maximize = _maximize(study)
+    return [trial_row(t, maximize) for t in study.get_trials(deepcopy=False)]
+
+
+def _counts(study: optuna.Study) -> str:
+    trials = study.get_trials(deepcopy=False)
+    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
+    return ", ".join(f"{n} {s.name.lower()}" for s, n in counts.items() if n) or "no trials"
+
+
+def format_trials(study: optuna.Study, *, sort: str = "number") -> str:
+    """Every trial of the study; ``sort="value"`` puts the best first."""
+    space = stored_space(study)
+    rows = _rows(study)
+    if sort == "value":
+        sign = -1.0 if _maximize(study) else 1.0
+        rows.sort(key=lambda r: (math.isnan(r.value), sign * r.value if not math.isnan(r.value)
+                                 else 0.0, r.number))
+    table = format_rows(rows, [p.path for p in space.params], space.objective.metric)
+    return f"study {study.study_name!r}: {_counts(study)}\n{table}"
+
+
+def format_leaderboard(study: optuna.Study, top: int = 5) -> str:
+    """The ``top`` completed trials, best first, and the study's trial counts."""
+    space = stored_space(study)
+    sign = -1.0 if _maximize(study) else 1.0
+    rows = sorted((r for r in _rows(study) if r.state == "COMPLETE"),
+                  key=lambda r: (sign * r.value, r.number))[:top]
+    head = f"study {study.study_name!r}: {_counts(study)}"
+    if not rows:
+        return f"{head}\nno trial has completed yet"
+    return f"{head}\ntop {len(rows)}:\n" + format_rows(rows, [p.path for p in space.params],
+                                                       space.objective.metric)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The best COMPLETE trial, or an OctsearchError saying why there is none."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise OctsearchError(f"no trial of study {study.study_name!r} has completed yet "
+                             f"({_counts(study)})")
+    return study.best_trial
+
+
+def format_best(study: optuna.Study) -> str:
+    """The best trial: value, epoch, parameters, per-class metrics and confusion matrix."""
+    space = stored_space(study)
+    trial = best_trial(study)
+    row = trial_row(trial, _maximize(study))
+    metrics = epoch_metrics(trial, row.epoch) or {}
+    lines = [f"study {study.study_name!r}: best trial {trial.number}"
+             + (f" ({row.enqueued})" if row.enqueued else ""),
+             f"  {space.objective.metric}: {row.value:.4f} at epoch {row.epoch} "
+             f"({row.epochs} epochs run)"]
+    lines.append("  params:")
+    lines += [f"    {p.path}: {format_value(trial.params[p.path])}" for p in space.params
+              if p.path in trial.params]
+    run_dir = stored_run_dir(trial)
+    names = class_names(run_dir)
+    per_class_rows = []
+    for c, (acc, f1) in enumerate(zip(metrics.get("val/per_class_accuracy") or [],
+                                      metrics.get("val/per_class_f1") or [], strict=False)):
+        per_class_rows.append([names.get(c, str(c)), format_value(_num(acc)),
+                               format_value(_num(f1))])
+    if per_class_rows:
+        lines.append("  per class at that epoch:")
+        lines += ["    " + line for line in
+                  format_table(["class", "accuracy", "f1"], per_class_rows).splitlines()]
+    confusion = metrics.get("val/confusion")
+    if confusion:
+        lines.append("  confusion (rows: true class, columns: predicted):")
+        lines += ["    " + " ".join(f"{int(v):5d}" for v in row_) for row_ in confusion]
+    if run_dir is not None:
+        lines.append(f"  run dir: {run_dir}")
+    return "\n".join(lines)
+
+
+def class_names(run_dir: str | None) -> dict[int, str]:
+    """Index → class name from the trial's ``class_to_idx.json`` when this host can read the run
+    directory (a study reviewed from another host shows indices instead)."""
+    if not run_dir:
+        return {}
+    try:
+        mapping = load_class_to_idx(Path(run_dir) / "class_to_idx.json")
+    except (OSError, DataError):
+        return {}
+    return {idx: name for name, idx in mapping.items()}
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def export_best(study: optuna.Study, out: str | Path) -> Path:
+    """Write the best trial's complete trainer config to ``out`` (YAML) and return the path."""
+    space = stored_space(study)
+    trial = best_trial(study)
+    cfg = space.trainer_config(stored_overrides(trial))
+    out = Path(out)
+    header = (f"# octsearch export-best: study {study.study_name!r}, trial {trial.number}, "
+              f"{space.objective.metric} {trial.value:.4f}\n"
+              f"# reproduce with: octtrain train --config {out}\n")
+    try:
+        out.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    except OSError as err:
+        raise OctsearchError(f"cannot write {str(out)!r}: {err.strerror}") from None
+    return out

@@ -1,0 +1,40 @@
+"""Where a study is stored: SQL storage opened with WAL, pools, heartbeats and stale-trial retry
+(``sql``), storage URLs (``urls``), riding out a database outage (``retry``), and Optuna's gRPC
+storage proxy: the ``grpc://`` client (``grpc_client``) and ``octsearch serve-storage`` (``grpc_server``).
+"""
+
+from __future__ import annotations
+
+from search.storage.grpc import is_grpc_url, open_grpc_storage, serve
+from search.storage.retry import (
+    DEFAULT_OUTAGE_S,
+    OUTAGE_ENV,
+    DatabaseUnreachableError,
+    Outage,
+    RetryingStorage,
+    is_outage,
+    outage_limit_from_env,
+    single_attempt,
+)
+from search.storage.sql import DEFAULT_STORAGE, StudyStorage, asking, check_shared, heartbeat, open_storage, redact
+
+__all__ = [
+    "DEFAULT_OUTAGE_S",
+    "DEFAULT_STORAGE",
+    "DatabaseUnreachableError",
+    "OUTAGE_ENV",
+    "Outage",
+    "RetryingStorage",
+    "StudyStorage",
+    "asking",
+    "check_shared",
+    "heartbeat",
+    "is_grpc_url",
+    "is_outage",
+    "open_grpc_storage",
+    "open_storage",
+    "outage_limit_from_env",
+    "redact",
+    "serve",
+    "single_attempt",
+]

@@ -1,0 +1,246 @@
+"""Optuna's gRPC storage proxy: one process holds the database connections, many workers talk
+to it (``octsearch serve-storage``, and ``--storage grpc://HOST:PORT`` everywhere else).
+
+Hundreds of workers, each with a trial process reporting epochs, would otherwise each hold
+their own pool of database connections; behind the proxy the database sees one client whose
+pool is :data:`PROXY_THREADS` connections, and the proxy caches finished trials. Reads of a
+study's unfinished trials that arrive together share one database read
+(:meth:`_HeartbeatRelay._read_trials_from_remote_storage`): every trial process reads them for
+its pruner each epoch, and Optuna's cache does each such read alone, under its lock.
+
+Heartbeats: Optuna's :class:`~optuna.storages.GrpcStorageProxy` has none (its protocol has no
+heartbeat call), so a worker lost behind a bare proxy would leave its trial RUNNING for ever.
+Here the client (:class:`GrpcStorage`) records a heartbeat as the trial system attribute
+:data:`HEARTBEAT_ATTR`, which the proxy's storage (:class:`_HeartbeatRelay`) turns into the
+database's own heartbeat (server time, as for a direct connection); the proxy fails stale
+trials of every study and re-queues them (:func:`_sweep_stale_trials`), the job each worker
+does itself when it talks to the database directly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import optuna
+from optuna.storages import GrpcStorageProxy, RDBStorage, _CachedStorage, fail_stale_trials
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import FrozenTrial, TrialState
+
+from octtrain.errors import clip, one_line
+from search.errors import OctsearchError, StorageError
+
+SCHEME = "grpc://"
+DEFAULT_PORT = 13000  # Optuna's default port of the proxy
+READY_TIMEOUT_S = 10.0  # how long a client waits for the proxy to answer before giving up
+PROXY_THREADS = 16  # concurrent calls the proxy serves; also its database connections
+HEARTBEAT_ATTR = "octsearch:heartbeat"  # a client's heartbeat, relayed to the database's
+
+
+def is_grpc_url(url: str) -> bool:
+    return url.strip().lower().startswith(SCHEME)
+
+
+def parse_grpc_url(url: str) -> tuple[str, int]:
+    """(host, port) of ``grpc://HOST[:PORT]`` (port :data:`DEFAULT_PORT` if not given), or a
+    StorageError quoting the URL."""
+    try:
+        parts = urlsplit(url.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError as err:
+        raise StorageError(f"cannot parse storage URL {url!r}: {err}; use grpc://HOST:PORT") from None
+    if not host or parts.path not in ("", "/") or parts.query or parts.username:
+        raise StorageError(f"cannot parse storage URL {url!r}: use grpc://HOST:PORT, the address "
+                           "`octsearch serve-storage` prints")
+    return host, port if port is not None else DEFAULT_PORT
+
+
+def grpc_url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{SCHEME}{shown}:{port}"
+
+
+class GrpcStorage(GrpcStorageProxy, BaseHeartbeat):
+    """Optuna's proxy client, with heartbeats (see the module docstring) and a ``url``."""
+
+    def __init__(self, *, host: str, port: int, heartbeat_interval: int | None) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(host=host, port=port)
+        self.url = grpc_url(host, port)
+        self._heartbeat_interval = heartbeat_interval
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return []  # the proxy fails stale trials itself
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return None
+
+
+def open_grpc_storage(url: str, *, heartbeat_interval: int | None) -> GrpcStorage:
+    """A client of the proxy at ``url``, or a StorageError when it does not answer within
+    :data:`READY_TIMEOUT_S` (not started, wrong address, or grpcio missing)."""
+    host, port = parse_grpc_url(url)
+    try:
+        import grpc  # noqa: F401 - Optuna imports it lazily; say what is missing, once
+    except ImportError:
+        raise StorageError("the gRPC storage proxy needs grpcio: pip install grpcio") from None
+    try:  # a refused connection is known at once; gRPC would keep retrying until the timeout
+        socket.create_connection((host, port), timeout=READY_TIMEOUT_S).close()
+    except OSError as err:
+        raise StorageError(f"no storage proxy at {grpc_url(host, port)} ({err.strerror or err}): "
+                           "start one with `octsearch serve-storage --storage URL`") from None
+    storage = GrpcStorage(host=host, port=port, heartbeat_interval=heartbeat_interval)
+    try:
+        storage.wait_server_ready(timeout=READY_TIMEOUT_S)
+    except ConnectionError:
+        storage.close()
+        raise StorageError(f"no storage proxy answers at {storage.url} within {READY_TIMEOUT_S:g} s: "
+                           "start one with `octsearch serve-storage --storage URL`") from None
+    return storage
+
+
+class _HeartbeatRelay(_CachedStorage):
+    """The proxy's storage: Optuna's cached RDB storage (what ``run_grpc_proxy_server`` asks
+    for), with a client's heartbeat attribute recorded as the database's heartbeat."""
+
+    def __init__(self, backend: RDBStorage) -> None:
+        super().__init__(backend)
+        self._state_lock = threading.Lock()
+        self._reads = threading.Condition()
+        self._reads_started: dict[int, int] = {}  # per study: reads of the database started,
+        self._reads_done: dict[int, int] = {}  # and the number of the last one finished
+        self._reading: set[int] = set()  # studies being read now
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        """Bring the study's cached trials up to date: one database read for every caller that
+        arrives while a read is running, instead of one each, queued on the cache's lock.
+
+        A caller needs a read that *starts* after it arrived (so it sees every write that came
+        before its call, its own included): the one running may be too old, so the callers
+        that arrive meanwhile wait for it to end and then share the next. A read that fails
+        raises in its own caller; the waiting ones start another.
+        """
+        with self._reads:
+            needed = self._reads_started.get(study_id, 0) + 1
+            while self._reads_done.get(study_id, 0) < needed:
+                if study_id not in self._reading:
+                    self._reading.add(study_id)
+                    self._reads_started[study_id] = number = self._reads_started.get(study_id, 0) + 1
+                    break
+                self._reads.wait()
+            else:
+                return  # a read that started after this call finished meanwhile
+        try:
+            super()._read_trials_from_remote_storage(study_id)
+            done = True
+        except BaseException:
+            done = False
+            raise
+        finally:
+            with self._reads:
+                self._reading.discard(study_id)
+                if done:
+                    self._reads_done[study_id] = number
+                self._reads.notify_all()
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        # One state change at a time: on SQLite (no SELECT ... FOR UPDATE) two workers asking
+        # at once could both take the same WAITING (enqueued) trial; state changes are rare.
+        with self._state_lock:
+            return super().set_trial_state_values(trial_id, state, values)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if key == HEARTBEAT_ATTR:
+            self.record_heartbeat(trial_id)
+        else:
+            super().set_trial_system_attr(trial_id, key, value)
+
+
+def _sweep_stale_trials(storage: _HeartbeatRelay, out: TextIO) -> None:
+    """Fail (and re-queue, by the storage's callback) the stale trials of every study; a sweep
+    that cannot reach the database says so once and is tried again at the next interval."""
+    try:
+        for name in optuna.study.get_all_study_names(storage):
+            study = optuna.load_study(study_name=name, storage=storage)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)
+    except Exception as err:  # noqa: BLE001 - any storage failure: the next sweep tries again
+        out.write(f"octsearch: stale-trial sweep failed, retrying: {clip(one_line(err))}\n")
+        out.flush()
+
+
+def _refuse_a_busy_port(host: str, port: int) -> None:
+    """One line when another process listens on ``host:port`` (a plain bind, no reuse)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OctsearchError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
+def _make_server(storage: _HeartbeatRelay, host: str, port: int) -> Any:
+    """Optuna's proxy service on ``host:port`` (what ``run_grpc_proxy_server`` builds), but
+    refusing a port another process serves: gRPC's default SO_REUSEPORT would let a second
+    proxy share it and split the workers between two caches."""
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # our one-line errors say it; not C logs
+    _refuse_a_busy_port(host, port)  # before gRPC, whose C core may log the failure itself
+    import grpc
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=PROXY_THREADS),
+                         options=[("grpc.so_reuseport", 0)])
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
+    try:
+        server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as err:  # grpc: "Failed to bind to address ..."
+        raise OctsearchError(f"cannot listen on {host}:{port}: {one_line(err)}") from None
+    return server
+
+
+def serve(storage_url: str, host: str, port: int, *, out: TextIO = sys.stderr) -> None:
+    """Serve the storage at ``storage_url`` on ``host:port`` until interrupted (Ctrl-C or
+    SIGTERM raise KeyboardInterrupt in this thread); in-flight calls get a short grace."""
+    from search.storage.sql import HEARTBEAT_INTERVAL_S, open_storage, redact
+
+    if is_grpc_url(storage_url):
+        raise StorageError("serve-storage needs the database URL (sqlite:///FILE, "
+                           "postgresql+psycopg://... or mysql+pymysql://...), not a proxy's")
+    rdb = open_storage(storage_url, pool_size=PROXY_THREADS)
+    assert isinstance(rdb, RDBStorage)
+    relay = _HeartbeatRelay(rdb)
+    server = _make_server(relay, host, port)
+    server.start()
+    out.write(f"octsearch: storage proxy for {redact(storage_url)} on {grpc_url(host, port)}: "
+              f"use --storage {grpc_url(host, port)} (Ctrl-C to stop)\n")
+    out.flush()
+    stop = threading.Event()
+
+    def sweep() -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL_S):
+            _sweep_stale_trials(relay, out)
+
+    threading.Thread(target=sweep, name="stale-trial-sweep", daemon=True).start()
+    try:
+        server.wait_for_termination()
+    finally:
+        stop.set()
+        server.stop(grace=2.0).wait()
+        rdb.engine.dispose()

@@ -1,0 +1,18 @@
+"""A study: created or joined for a space, or opened for review (``join``), and the rule that keeps
+exactly N finished trials however many workers ask at once (``counting``).
+"""
+
+from __future__ import annotations
+
+from search.study.counting import Step, count_trials, keep_or_put_back, next_step
+from search.study.join import load_review_study, open_study, stored_space
+
+__all__ = [
+    "Step",
+    "count_trials",
+    "keep_or_put_back",
+    "load_review_study",
+    "next_step",
+    "open_study",
+    "stored_space",
+]

@@ -1,0 +1,18 @@
+"""One worker: the study loop (``loop``), several trials at once (``slots``), what every trial needs
+checked first (``preflight``), results not yet told (``pending``), preempted trials re-queued
+(``requeue``) and the checkpoints a study keeps (``retention``).
+"""
+
+from __future__ import annotations
+
+from search.worker.loop import WorkerOptions, run_worker
+from search.worker.preflight import check_storage, preflight
+from search.worker.retention import kept_bytes
+
+__all__ = [
+    "WorkerOptions",
+    "check_storage",
+    "kept_bytes",
+    "preflight",
+    "run_worker",
+]

@@ -1,0 +1,99 @@
+"""A finished trial's result that could not reach the database, kept on disk and delivered later.
+
+When the worker cannot tell a trial's end because the database stayed unreachable past the
+outage limit (:class:`~search.storage.retry.DatabaseUnreachableError`), :func:`tell_or_keep` keeps the
+result in the trial's run directory (``result.json``) with a marker, :data:`MARKER_FILE`
+(study, trial id and number), and the worker stops. The next ``octsearch run`` of the study on
+any host that sees that runs directory delivers it before asking for new trials
+(:func:`deliver_pending`): the epochs the trial process left queued, then the result, told as
+the worker would have. A trial that is finished by then (another worker failed it as stale
+and re-queued its parameters, or the lost tell had in fact been committed) is left as it is,
+so no result is counted twice and no stale FAIL is overridden.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+import optuna
+from optuna.storages import BaseStorage
+
+from search.contract import runs_folder
+from search.storage import DatabaseUnreachableError
+from search.trial import RESULT_FILE, TrialResult, deliver_queued, metric_value
+
+MARKER_FILE = "undelivered.json"
+
+Tell = Callable[[optuna.Study, optuna.Trial, TrialResult], None]
+
+
+def _say(out: TextIO | None, text: str) -> None:
+    if out is not None:
+        out.write(f"octsearch: {text}\n")
+        out.flush()
+
+
+def tell_or_keep(study: optuna.Study, storage: BaseStorage, trial: optuna.Trial,
+                 result: TrialResult, run_dir: Path, metric_key: str, tell: Tell) -> None:
+    """Deliver the epochs the trial process left queued, then ``tell`` the result; if the
+    database stays unreachable, keep the result in ``run_dir`` and raise."""
+    try:
+        deliver_queued(storage, trial._trial_id, run_dir, lambda m: metric_value(m, metric_key))
+        tell(study, trial, result)
+    except DatabaseUnreachableError as err:
+        keep(run_dir, study.study_name, trial._trial_id, trial.number, result)
+        raise DatabaseUnreachableError(
+            f"{err}; the result of trial {trial.number} is kept in {run_dir} and delivered by "
+            "the next `octsearch run` of this study") from err
+
+
+def keep(run_dir: Path, study_name: str, trial_id: int, number: int, result: TrialResult) -> None:
+    """Write ``result`` and the marker that says it is not in the database yet."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result.write(run_dir / RESULT_FILE)
+    tmp = run_dir / (MARKER_FILE + ".tmp")
+    tmp.write_text(json.dumps({"study": study_name, "trial_id": trial_id, "number": number}))
+    os.replace(tmp, run_dir / MARKER_FILE)
+
+
+def pending_dirs(study: optuna.Study, runs_dir: Path) -> list[Path]:
+    """Run directories of the study holding an undelivered result, by trial number."""
+    return sorted(m.parent for m in (runs_dir / runs_folder(study)).glob(f"trial_*/{MARKER_FILE}"))
+
+
+def deliver_pending(study: optuna.Study, storage: BaseStorage, runs_dir: Path, metric_key: str,
+                    tell: Tell, *, out: TextIO | None = None) -> int:
+    """Deliver every kept result of the study under ``runs_dir`` (see module); returns how many
+    were told. A marker of another study or an unreadable result is left alone."""
+    told = 0
+    for run_dir in pending_dirs(study, runs_dir):
+        marker = run_dir / MARKER_FILE
+        try:
+            record = json.loads(marker.read_text())
+            trial_id, number = int(record["trial_id"]), int(record["number"])
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        result = TrialResult.read(run_dir / RESULT_FILE)
+        if record.get("study") != study.study_name or result is None:
+            continue
+        try:
+            frozen = storage.get_trial(trial_id)
+        except KeyError:  # not in this database
+            continue
+        if frozen.number != number:
+            continue
+        if frozen.state.is_finished():
+            _say(out, f"trial {number} is already {frozen.state.name}: its kept result "
+                      f"({result.state.value}) is not delivered")
+        else:
+            trial = optuna.trial.Trial(study, trial_id)
+            tell_or_keep(study, storage, trial, result, run_dir, metric_key, tell)
+            told += 1
+            _say(out, f"delivered the kept result of trial {number} ({result.state.value}) "
+                      f"from {run_dir}")
+        marker.unlink(missing_ok=True)
+    return told

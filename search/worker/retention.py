@@ -1,0 +1,88 @@
+"""Checkpoint retention: what a study keeps on disk once its trials end.
+
+``last.pt`` exists to resume a running trial and is deleted when the trial ends (unless
+``octsearch run --keep-last``); ``best.pt`` is kept for the study's top ``--keep-best K``
+COMPLETE trials (ranked by value in the study's direction) and deleted for the others, pruned and
+failed trials included, once they fall out of the top k. Only run directories this worker can see
+(``run_dir`` recorded on each trial, search/contract.py) are touched. Resume checkpoints
+(``resume.pt``, search/worker/requeue.py) are never touched here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from search.contract import stored_run_dir
+
+DEFAULT_KEEP_BEST = 3
+CHECKPOINTS = ("best.pt", "last.pt")
+ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _delete(path: Path) -> int:
+    size = _size(path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
+
+
+def top_trials(study: optuna.Study, keep_best: int) -> set[int]:
+    """Numbers of the study's best ``keep_best`` COMPLETE trials (ties: the earlier first)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None]
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    done.sort(key=lambda t: (sign * float(t.value or 0.0), t.number))
+    return {t.number for t in done[:keep_best]}
+
+
+def _run_dir(trial: FrozenTrial) -> Path | None:
+    value = stored_run_dir(trial)
+    return Path(value) if value else None
+
+
+def prune_checkpoints(study: optuna.Study, *, keep_best: int = DEFAULT_KEEP_BEST,
+                      keep_last: bool = False, out: TextIO | None = None) -> int:
+    """Delete the checkpoints the study no longer needs; the bytes deleted. A progress line
+    on ``out`` when something was deleted."""
+    keep = top_trials(study, keep_best)
+    trials = study.get_trials(deepcopy=False)
+    busy = {_run_dir(t) for t in trials if t.state not in ENDED}  # never a running trial's dir
+    freed, files = 0, 0
+    for trial in trials:
+        run_dir = _run_dir(trial)
+        if run_dir is None or trial.state not in ENDED or run_dir in busy:
+            continue
+        doomed = [] if keep_last else [run_dir / "last.pt"]
+        if trial.number not in keep:
+            doomed.append(run_dir / "best.pt")
+        for path in doomed:
+            size = _delete(path) if path.exists() else 0
+            freed, files = freed + size, files + (size > 0)
+    if files and out is not None:
+        print(f"octsearch: checkpoints: deleted {files} file(s), {freed / 1e6:.1f} MB; "
+              f"{kept_bytes(study) / 1e6:.1f} MB kept", file=out, flush=True)
+    return freed
+
+
+def kept_bytes(study: optuna.Study) -> int:
+    """Bytes of ``best.pt`` and ``last.pt`` still on disk in the study's visible run dirs."""
+    total = 0
+    for trial in study.get_trials(deepcopy=False):
+        run_dir = _run_dir(trial)
+        if run_dir is not None:
+            total += sum(_size(run_dir / name) for name in CHECKPOINTS)
+    return total
