@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from search.space.search_space import load_space  # noqa: E402
-from search.storage.sql import open_storage, redact  # noqa: E402
+from search.storage.sql import open_storage  # noqa: E402
+from search.storage.urls import redact  # noqa: E402
 from search.study.join import open_study, stored_space  # noqa: E402
 from search.trial.reporter import EpochReporter  # noqa: E402
 

@@ -27,7 +27,6 @@ import json
 import math
 import statistics
 import sys
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 import optuna
 
 from search.contract import UNFREEZE_ATTR, best_step
+from search.optuna_compat import no_experimental_warning
 from search.space.search_space import SearchSpace, load_space
 from search.trial.reporter import EpochReporter, metric_value
 
@@ -184,8 +184,7 @@ def replay_trial(study: optuna.Study, config: Config, rec: Recording) -> Outcome
 
 def replay(rec: Recording, factory: PrunerFactory, order: Sequence[int]) -> list[Outcome]:
     """One search: the configurations ``order`` (indices into ``rec.configs``), one pruner."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with no_experimental_warning():
         # A fixed name: Hyperband assigns brackets from a hash of the study name.
         study = optuna.create_study(direction="maximize" if rec.maximize else "minimize", study_name="replay",
                                     sampler=optuna.samplers.RandomSampler(seed=0), pruner=factory())

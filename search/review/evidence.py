@@ -19,6 +19,7 @@ import optuna
 from octtrain.config import TrainConfig
 from octtrain.errors import clip
 from search.contract import stored_run_dir
+from search.optuna_compat import trial_id
 from search.review.artifacts import artifact_store, upload_run_files
 from search.review.notes import refresh_study_figures, save_trial_note
 from search.study import stored_space
@@ -49,7 +50,7 @@ def with_wandb_identity(cfg: TrainConfig, study_name: str, trial_number: int,
 def before_tell(trial: optuna.Trial, artifacts_dir: Path, out: TextIO | None = None) -> None:
     """Upload the trial's ``metrics.jsonl`` and ``config.yaml`` as artifacts."""
     with _never_fails("its artifacts", trial, out):
-        run_dir = stored_run_dir(trial.storage.get_trial(trial._trial_id))
+        run_dir = stored_run_dir(trial.storage.get_trial(trial_id(trial)))
         if run_dir:
             upload_run_files(artifact_store(artifacts_dir), trial, Path(run_dir))
 

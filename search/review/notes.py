@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from octtrain.errors import clip
 from search.contract import OUTPUT_TAIL_ATTR, epoch_metrics, stored_run_dir
+from search.optuna_compat import frozen as frozen_trial
 from search.review import figures
 from search.review.leaderboard import class_names, format_value, trial_row
 
@@ -88,7 +89,7 @@ def save_trial_note(study: optuna.Study, trial: optuna.Trial, metric: str) -> st
     """Write the note of the finished ``trial`` to the study; the note."""
     from optuna_dashboard import save_note
 
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = frozen_trial(study, trial)
     note = trial_note(frozen, study.direction == StudyDirection.MAXIMIZE, metric)
     save_note(trial, note)
     return note

@@ -11,7 +11,6 @@ a study.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ import optuna
 
 from octtrain.config import unknown_keys, yaml_number
 from octtrain.errors import Problems
+from search.optuna_compat import no_experimental_warning
 from search.pruning import CollapsePruner
 
 # Options a space file may pass to each sampler and inner pruner, with their kinds.
@@ -58,8 +58,7 @@ class SamplerSpec:
         options = dict(self.options)
         if seed is not None:
             options["seed"] = seed
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with no_experimental_warning():
             return cls(**options)
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,7 +5,8 @@ storage proxy: the ``grpc://`` client (``grpc_client``) and ``octsearch serve-st
 
 from __future__ import annotations
 
-from search.storage.grpc import is_grpc_url, open_grpc_storage, serve
+from search.storage.grpc_client import open_grpc_storage
+from search.storage.grpc_server import serve
 from search.storage.retry import (
     DEFAULT_OUTAGE_S,
     OUTAGE_ENV,
@@ -16,7 +17,8 @@ from search.storage.retry import (
     outage_limit_from_env,
     single_attempt,
 )
-from search.storage.sql import DEFAULT_STORAGE, StudyStorage, asking, check_shared, heartbeat, open_storage, redact
+from search.storage.sql import DEFAULT_STORAGE, StudyStorage, asking, heartbeat, open_storage
+from search.storage.urls import check_shared, is_grpc_url, redact
 
 __all__ = [
     "DEFAULT_OUTAGE_S",

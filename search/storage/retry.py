@@ -40,6 +40,7 @@ from optuna.storages import RDBStorage
 
 from octtrain.errors import clip, one_line
 from search.errors import WorkerError
+from search.optuna_compat import RDB_PRIVATE_CALLS
 
 DEFAULT_OUTAGE_S = 120.0  # how long a worker or trial rides out an unreachable database
 OUTAGE_ENV = "OCTSEARCH_DB_OUTAGE_S"  # the worker's limit, passed to its trial processes
@@ -173,11 +174,11 @@ RETRIED = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
-    "get_trial_system_attrs", "get_all_studies", "create_new_trial", "_create_new_trial",
-    "set_trial_param", "_set_trial_param", "get_trial_param", "set_trial_state_values",
+    "get_trial_system_attrs", "get_all_studies", "create_new_trial",
+    "set_trial_param", "get_trial_param", "set_trial_state_values",
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials",
-    "get_best_trial", "_get_best_trial_id", "_get_stale_trial_ids",
+    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
+    *RDB_PRIVATE_CALLS,
 )
 
 

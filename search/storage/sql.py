@@ -13,18 +13,17 @@ failed by the next worker that asks for a trial and re-queued once more with the
 parameters (:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`).
 
 ``grpc://HOST:PORT`` is Optuna's gRPC storage proxy in front of one of those databases, for
-many workers (:mod:`search.storage.grpc`, started by ``octsearch serve-storage``).
+many workers (:mod:`search.storage.grpc_client`; the proxy, :mod:`search.storage.grpc_server`, is
+started by ``octsearch serve-storage``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import sqlite3
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,10 +36,12 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from octtrain.errors import clip, one_line
 from search.contract import KEPT_ON_RETRY
 from search.errors import StorageError
+from search.optuna_compat import no_experimental_warning
 from search.storage.retry import Outage, RetryingStorage
+from search.storage.urls import check_shared, redact
 
 if TYPE_CHECKING:
-    from search.storage.grpc import GrpcStorage
+    from search.storage.grpc_client import GrpcStorage
 
 DEFAULT_STORAGE = "sqlite:///octsearch.db"  # a file in the working directory
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a connection waits for another writer's lock
@@ -50,64 +51,6 @@ STALE_TRIAL_RETRIES = 1  # times a stale trial is re-queued with the same parame
 POOL = {"pool_size": 2, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 1800}
 CONNECT_TIMEOUT_S = 10
 StudyStorage = Union[RDBStorage, "GrpcStorage"]  # a database, or the gRPC proxy in front of one
-
-_DRIVERS = {
-    "sqlite": "sqlite",
-    "postgresql": "postgresql+psycopg",
-    "postgres": "postgresql+psycopg",
-    "postgresql+psycopg": "postgresql+psycopg",
-    "mysql": "mysql+pymysql",
-    "mysql+pymysql": "mysql+pymysql",
-}
-
-
-def normalize_url(url: str) -> str:
-    """``url`` with the driver this project installs, or a StorageError naming it; a proxy's
-    ``grpc://HOST[:PORT]`` with its port."""
-    from search.storage.grpc import grpc_url, is_grpc_url, parse_grpc_url
-
-    if is_grpc_url(url):
-        return grpc_url(*parse_grpc_url(url))
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise StorageError(
-            f"cannot parse storage URL {redact(url)!r}: use sqlite:///FILE, "
-            "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB"
-        ) from None
-    driver = _DRIVERS.get(parsed.drivername)
-    if driver is None:
-        raise StorageError(
-            f"unsupported storage {parsed.drivername!r} in {redact(url)!r}: use sqlite:///FILE, "
-            "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB"
-        )
-    return parsed.set(drivername=driver).render_as_string(hide_password=False)
-
-
-def check_shared(url: str) -> str:
-    """``url`` normalized, or a StorageError for an in-memory SQLite database (``sqlite://``,
-    ``sqlite:///``, ``:memory:``): each trial process opens the storage again and would find
-    an empty database of its own."""
-    normalized = normalize_url(url)
-    if normalized.startswith("grpc://"):
-        return normalized  # the proxy's database is shared by construction
-    parsed = sqlalchemy.engine.make_url(normalized)
-    in_memory = (not parsed.database or parsed.database == ":memory:"
-                 or parsed.query.get("mode") == "memory")
-    if parsed.get_backend_name() == "sqlite" and in_memory:
-        raise StorageError(f"{redact(url)!r} is an in-memory SQLite database, which trial "
-                           "processes cannot see: use sqlite:///FILE")
-    return normalized
-
-
-def redact(url: str) -> str:
-    """The URL with its password hidden, for messages (also when it cannot be parsed)."""
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
-    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
-
 
 def _engine_kwargs(url: str, pool_size: int | None = None) -> dict[str, Any]:
     backend = sqlalchemy.engine.make_url(url).get_backend_name()
@@ -120,8 +63,7 @@ def _engine_kwargs(url: str, pool_size: int | None = None) -> dict[str, Any]:
 def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Re-queue a stale trial with its parameters, not the per-epoch attributes of its run."""
     trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with no_experimental_warning():
         RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES)(study, trial)
 
 
@@ -158,7 +100,7 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True,
     """
     url = check_shared(url)
     if url.startswith("grpc://"):
-        from search.storage.grpc import open_grpc_storage
+        from search.storage.grpc_client import open_grpc_storage
 
         return open_grpc_storage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S if heartbeat else None)
     backend = sqlalchemy.engine.make_url(url).get_backend_name()
@@ -172,8 +114,7 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True,
             "heartbeat_stale_trial_callback": _retry_stale,
         }
     def build() -> RDBStorage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with no_experimental_warning():
             kind = RDBStorage if outage_s is None else RetryingStorage
             return kind(url, engine_kwargs=_engine_kwargs(url, pool_size), **options)
 

@@ -39,6 +39,8 @@ from enum import Enum
 import optuna
 from optuna.trial import TrialState
 
+from search.optuna_compat import put_back
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -75,5 +77,5 @@ def keep_or_put_back(study: optuna.Study, trial: optuna.Trial, n_trials: int) ->
         return None
     # RUNNING -> WAITING: Optuna's storages allow any change of an unfinished trial, and ask()
     # takes a WAITING trial with the same compare-and-set as an enqueued one.
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+    put_back(study, trial)
     return finished, running

@@ -10,13 +10,13 @@ differs is refused with the list of differences.
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import optuna
 
 from search.contract import ENQUEUED_ATTR, stored_space_dict, write_space
 from search.errors import SearchSpaceError, StorageError
+from search.optuna_compat import no_experimental_warning
 from search.space import SearchSpace, diff_spaces, space_from_dict, trainer_defaults
 from search.storage import StudyStorage, redact
 
@@ -46,8 +46,7 @@ def open_study(
         _wait_for_space(study)
         _check_same_space(study, canonical, storage)
         return study, False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with no_experimental_warning():
         study.set_metric_names([space.objective.metric])  # the dashboard's name for the value
     for entry in space.enqueue:
         study.enqueue_trial(entry.params, user_attrs={ENQUEUED_ATTR: entry.name})

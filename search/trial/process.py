@@ -39,6 +39,7 @@ from octtrain.config import config_from_dict
 from octtrain.errors import DivergedError, OcttrainError, describe_exit
 from octtrain.runtime import Preempted, stop_on_signals
 from search.contract import best_step
+from search.optuna_compat import take_over
 from search.storage import Outage, open_storage, outage_limit_from_env
 from search.study import stored_space
 from search.trial.epoch_queue import QUEUE_FILE
@@ -239,7 +240,7 @@ def run_child(request_path: Path) -> TrialResult:
                               sampler=optuna.samplers.RandomSampler())  # the worker sampled
     space = stored_space(study)
     study.pruner = space.pruner.build()  # Study.pruner is a plain attribute
-    trial = optuna.trial.Trial(study, request.trial_id)
+    trial = take_over(study, request.trial_id)
     try:
         with stop_on_signals():  # SIGTERM: stop at the next optimizer step, resumable
             result = _fit(request, trial, space.objective.metric_key, space.objective.maximize)

@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.contract import write_epoch, write_prune_reason
+from search.optuna_compat import latest_trial
 from search.pruning import prune_reason
 from search.storage import DatabaseUnreachableError, is_outage, single_attempt
 from search.trial.epoch_queue import EpochQueue
@@ -81,9 +82,9 @@ class EpochReporter:
         this process read at the start and wrote since (no database read: one fewer full read
         of the study's running trials per epoch). Optuna has no public getter for it; without
         the private one, the running trial of that number is read back from the storage."""
-        latest = getattr(self._trial, "_get_latest_trial", None)
-        if callable(latest):
-            return latest()
+        latest = latest_trial(self._trial)
+        if latest is not None:
+            return latest
         running = self._trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         (trial,) = (t for t in running if t.number == self._trial.number)
         return trial

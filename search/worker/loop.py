@@ -46,6 +46,8 @@ from search.contract import (
     write_run,
 )
 from search.errors import StorageError, WorkerError
+from search.optuna_compat import no_experimental_warning, study_storage
+from search.optuna_compat import trial_id as storage_id
 from search.review import default_artifacts_dir, describe_trial, evidence, format_value
 from search.space import SearchSpace
 from search.storage import OUTAGE_ENV, DatabaseUnreachableError, RetryingStorage, StudyStorage, asking, heartbeat
@@ -169,8 +171,7 @@ class _Loop:
 
     def next(self) -> Step:
         """:func:`next_step` for this worker; STOP also when time is up or every slot retired."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with no_experimental_warning():
             fail_stale_trials(self.study)
         finished, running = count_trials(self.study)
         self.summary.finished = finished
@@ -241,7 +242,7 @@ def _duration(seconds: float) -> str:
 
 
 def ask_trial(study: optuna.Study) -> optuna.Trial:
-    with asking(study._storage), warnings.catch_warnings():
+    with asking(study_storage(study)), warnings.catch_warnings():
         # We ask and tell ourselves and keep the heartbeat in storage.heartbeat().
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         return study.ask()
@@ -255,7 +256,7 @@ def run_one_trial(
     state. Never leaves it RUNNING."""
     if trial is None:
         trial = ask_trial(study)
-    trial_id = trial._trial_id  # Optuna's Trial(study, trial_id) is how the child takes it over
+    trial_id = storage_id(trial)  # how the child takes it over (optuna_compat.take_over)
     try:
         run_dir = _run_dir(study, options, trial.number)
         with heartbeat(storage, trial_id, out=out):
@@ -313,7 +314,7 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
         _progress(out, f"trial {trial.number} resumes preempted trial "
                   f"{trial.user_attrs.get(RESUMES_TRIAL_ATTR)} from {resume_from}")
     request = TrialRequest(
-        study_name=study.study_name, trial_id=trial._trial_id, trial_number=trial.number,
+        study_name=study.study_name, trial_id=storage_id(trial), trial_number=trial.number,
         run_dir=str(run_dir), config=cfg.to_dict(), fit_target=options.fit_target,
         resume_from=resume_from, preempt_to=str(checkpoint_path(
             options.checkpoint_dir or options.runs_dir, study, trial.number)),

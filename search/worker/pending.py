@@ -23,6 +23,8 @@ import optuna
 from optuna.storages import BaseStorage
 
 from search.contract import runs_folder
+from search.optuna_compat import take_over
+from search.optuna_compat import trial_id as storage_id
 from search.storage import DatabaseUnreachableError
 from search.trial import RESULT_FILE, TrialResult, deliver_queued, metric_value
 
@@ -42,10 +44,10 @@ def tell_or_keep(study: optuna.Study, storage: BaseStorage, trial: optuna.Trial,
     """Deliver the epochs the trial process left queued, then ``tell`` the result; if the
     database stays unreachable, keep the result in ``run_dir`` and raise."""
     try:
-        deliver_queued(storage, trial._trial_id, run_dir, lambda m: metric_value(m, metric_key))
+        deliver_queued(storage, storage_id(trial), run_dir, lambda m: metric_value(m, metric_key))
         tell(study, trial, result)
     except DatabaseUnreachableError as err:
-        keep(run_dir, study.study_name, trial._trial_id, trial.number, result)
+        keep(run_dir, study.study_name, storage_id(trial), trial.number, result)
         raise DatabaseUnreachableError(
             f"{err}; the result of trial {trial.number} is kept in {run_dir} and delivered by "
             "the next `octsearch run` of this study") from err
@@ -90,7 +92,7 @@ def deliver_pending(study: optuna.Study, storage: BaseStorage, runs_dir: Path, m
             _say(out, f"trial {number} is already {frozen.state.name}: its kept result "
                       f"({result.state.value}) is not delivered")
         else:
-            trial = optuna.trial.Trial(study, trial_id)
+            trial = take_over(study, trial_id)
             tell_or_keep(study, storage, trial, result, run_dir, metric_key, tell)
             told += 1
             _say(out, f"delivered the kept result of trial {number} ({result.state.value}) "

@@ -18,7 +18,6 @@ resumes must see the same path: a shared mount for several hosts.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import optuna
@@ -35,6 +34,8 @@ from search.contract import (
     write_failure,
     write_preempted,
 )
+from search.optuna_compat import frozen as frozen_trial
+from search.optuna_compat import no_experimental_warning, study_storage
 from search.trial import RESULT_FILE, Outcome, TrialResult
 
 
@@ -47,7 +48,7 @@ def checkpoint_path(checkpoint_dir: Path, study: optuna.Study, trial_number: int
 def interrupted_result(study: optuna.Study, trial_id: int) -> TrialResult | None:
     """The result a trial process wrote before its interrupted worker stopped it (preempted,
     or finished just then); None when it wrote none."""
-    run_dir = stored_run_dir(study._storage.get_trial(trial_id))
+    run_dir = stored_run_dir(study_storage(study).get_trial(trial_id))
     return TrialResult.read(Path(run_dir) / RESULT_FILE) if run_dir else None
 
 
@@ -55,15 +56,14 @@ def requeue(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> No
     """Record a preempted trial, tell it FAIL, and queue its continuation (WAITING)."""
     assert result.state is Outcome.PREEMPTED and result.checkpoint is not None
     done = result.epochs_done or 0
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = frozen_trial(study, trial)
     carried = {k: v for k, v in frozen.user_attrs.items()
                if k in KEPT_ON_RETRY or k in {epoch_attr(e) for e in range(done)}}
     write_preempted(trial, {"reason": result.reason, "epochs_done": done,
                             "checkpoint": result.checkpoint})
     write_failure(trial, f"{result.reason}; re-queued to resume")
     study.tell(trial, state=TrialState.FAIL)  # first: a crash after it loses a resume, not a count
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with no_experimental_warning():
         study.add_trial(optuna.create_trial(
             state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
             user_attrs={**carried, RESUME_FROM_ATTR: result.checkpoint,

@@ -1,4 +1,4 @@
-"""Many workers through Optuna's gRPC storage proxy (search/storage/grpc.py, `octsearch serve-storage`).
+"""Many workers through Optuna's gRPC storage proxy (search/storage/grpc_server.py, `octsearch serve-storage`).
 
 Each test that needs a proxy starts `octsearch serve-storage` itself on a free port, in front of
 a fresh SQLite file or the PostgreSQL test server, and stops it (SIGTERM, exit 143) afterwards.
@@ -26,7 +26,8 @@ from search_testing import (
     write_cli_space,
 )
 
-from search.storage.grpc import HEARTBEAT_ATTR, _HeartbeatRelay, _sweep_stale_trials
+from search.storage.grpc_client import HEARTBEAT_ATTR
+from search.storage.grpc_server import _HeartbeatRelay, _sweep_stale_trials
 from search.storage.sql import open_storage
 from search.study.counting import FINISHED
 

@@ -18,7 +18,8 @@ from search.contract import ENQUEUED_ATTR
 from search.errors import StorageError
 from search.space.search_space import space_from_dict
 from search.storage import sql as storage_mod
-from search.storage.sql import check_shared, heartbeat, normalize_url, open_storage
+from search.storage.sql import heartbeat, open_storage
+from search.storage.urls import check_shared, normalize_url
 from search.study.join import open_study
 
 

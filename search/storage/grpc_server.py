@@ -5,7 +5,7 @@ Hundreds of workers, each with a trial process reporting epochs, would otherwise
 their own pool of database connections; behind the proxy the database sees one client whose
 pool is :data:`PROXY_THREADS` connections, and the proxy caches finished trials. Reads of a
 study's unfinished trials that arrive together share one database read
-(:meth:`_HeartbeatRelay._read_trials_from_remote_storage`): every trial process reads them for
+(:meth:`_HeartbeatRelay.read_trials`): every trial process reads them for
 its pruner each epoch, and Optuna's cache does each such read alone, under its lock.
 
 Heartbeats: Optuna's :class:`~optuna.storages.GrpcStorageProxy` has none (its protocol has no
@@ -23,97 +23,25 @@ import os
 import socket
 import sys
 import threading
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 import optuna
-from optuna.storages import GrpcStorageProxy, RDBStorage, _CachedStorage, fail_stale_trials
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.trial import FrozenTrial, TrialState
+from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.trial import TrialState
 
 from octtrain.errors import clip, one_line
 from search.errors import OctsearchError, StorageError
+from search.optuna_compat import CachedStorage, add_proxy_service, no_experimental_warning
+from search.storage.grpc_client import HEARTBEAT_ATTR
+from search.storage.sql import HEARTBEAT_INTERVAL_S, open_storage
+from search.storage.urls import grpc_url, is_grpc_url, redact
 
-SCHEME = "grpc://"
-DEFAULT_PORT = 13000  # Optuna's default port of the proxy
-READY_TIMEOUT_S = 10.0  # how long a client waits for the proxy to answer before giving up
 PROXY_THREADS = 16  # concurrent calls the proxy serves; also its database connections
-HEARTBEAT_ATTR = "octsearch:heartbeat"  # a client's heartbeat, relayed to the database's
 
 
-def is_grpc_url(url: str) -> bool:
-    return url.strip().lower().startswith(SCHEME)
-
-
-def parse_grpc_url(url: str) -> tuple[str, int]:
-    """(host, port) of ``grpc://HOST[:PORT]`` (port :data:`DEFAULT_PORT` if not given), or a
-    StorageError quoting the URL."""
-    try:
-        parts = urlsplit(url.strip())
-        host, port = parts.hostname, parts.port
-    except ValueError as err:
-        raise StorageError(f"cannot parse storage URL {url!r}: {err}; use grpc://HOST:PORT") from None
-    if not host or parts.path not in ("", "/") or parts.query or parts.username:
-        raise StorageError(f"cannot parse storage URL {url!r}: use grpc://HOST:PORT, the address "
-                           "`octsearch serve-storage` prints")
-    return host, port if port is not None else DEFAULT_PORT
-
-
-def grpc_url(host: str, port: int) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"{SCHEME}{shown}:{port}"
-
-
-class GrpcStorage(GrpcStorageProxy, BaseHeartbeat):
-    """Optuna's proxy client, with heartbeats (see the module docstring) and a ``url``."""
-
-    def __init__(self, *, host: str, port: int, heartbeat_interval: int | None) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            super().__init__(host=host, port=port)
-        self.url = grpc_url(host, port)
-        self._heartbeat_interval = heartbeat_interval
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        return []  # the proxy fails stale trials itself
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self._heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
-        return None
-
-
-def open_grpc_storage(url: str, *, heartbeat_interval: int | None) -> GrpcStorage:
-    """A client of the proxy at ``url``, or a StorageError when it does not answer within
-    :data:`READY_TIMEOUT_S` (not started, wrong address, or grpcio missing)."""
-    host, port = parse_grpc_url(url)
-    try:
-        import grpc  # noqa: F401 - Optuna imports it lazily; say what is missing, once
-    except ImportError:
-        raise StorageError("the gRPC storage proxy needs grpcio: pip install grpcio") from None
-    try:  # a refused connection is known at once; gRPC would keep retrying until the timeout
-        socket.create_connection((host, port), timeout=READY_TIMEOUT_S).close()
-    except OSError as err:
-        raise StorageError(f"no storage proxy at {grpc_url(host, port)} ({err.strerror or err}): "
-                           "start one with `octsearch serve-storage --storage URL`") from None
-    storage = GrpcStorage(host=host, port=port, heartbeat_interval=heartbeat_interval)
-    try:
-        storage.wait_server_ready(timeout=READY_TIMEOUT_S)
-    except ConnectionError:
-        storage.close()
-        raise StorageError(f"no storage proxy answers at {storage.url} within {READY_TIMEOUT_S:g} s: "
-                           "start one with `octsearch serve-storage --storage URL`") from None
-    return storage
-
-
-class _HeartbeatRelay(_CachedStorage):
+class _HeartbeatRelay(CachedStorage):
     """The proxy's storage: Optuna's cached RDB storage (what ``run_grpc_proxy_server`` asks
     for), with a client's heartbeat attribute recorded as the database's heartbeat."""
 
@@ -125,7 +53,7 @@ class _HeartbeatRelay(_CachedStorage):
         self._reads_done: dict[int, int] = {}  # and the number of the last one finished
         self._reading: set[int] = set()  # studies being read now
 
-    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+    def read_trials(self, study_id: int) -> None:
         """Bring the study's cached trials up to date: one database read for every caller that
         arrives while a read is running, instead of one each, queued on the cache's lock.
 
@@ -145,7 +73,7 @@ class _HeartbeatRelay(_CachedStorage):
             else:
                 return  # a read that started after this call finished meanwhile
         try:
-            super()._read_trials_from_remote_storage(study_id)
+            super().read_trials(study_id)
             done = True
         except BaseException:
             done = False
@@ -177,8 +105,7 @@ def _sweep_stale_trials(storage: _HeartbeatRelay, out: TextIO) -> None:
     try:
         for name in optuna.study.get_all_study_names(storage):
             study = optuna.load_study(study_name=name, storage=storage)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with no_experimental_warning():
                 fail_stale_trials(study)
     except Exception as err:  # noqa: BLE001 - any storage failure: the next sweep tries again
         out.write(f"octsearch: stale-trial sweep failed, retrying: {clip(one_line(err))}\n")
@@ -202,12 +129,10 @@ def _make_server(storage: _HeartbeatRelay, host: str, port: int) -> Any:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # our one-line errors say it; not C logs
     _refuse_a_busy_port(host, port)  # before gRPC, whose C core may log the failure itself
     import grpc
-    from optuna.storages._grpc.auto_generated import api_pb2_grpc
-    from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
     server = grpc.server(ThreadPoolExecutor(max_workers=PROXY_THREADS),
                          options=[("grpc.so_reuseport", 0)])
-    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
+    add_proxy_service(server, storage)
     try:
         server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as err:  # grpc: "Failed to bind to address ..."
@@ -218,8 +143,6 @@ def _make_server(storage: _HeartbeatRelay, host: str, port: int) -> Any:
 def serve(storage_url: str, host: str, port: int, *, out: TextIO = sys.stderr) -> None:
     """Serve the storage at ``storage_url`` on ``host:port`` until interrupted (Ctrl-C or
     SIGTERM raise KeyboardInterrupt in this thread); in-flight calls get a short grace."""
-    from search.storage.sql import HEARTBEAT_INTERVAL_S, open_storage, redact
-
     if is_grpc_url(storage_url):
         raise StorageError("serve-storage needs the database URL (sqlite:///FILE, "
                            "postgresql+psycopg://... or mysql+pymysql://...), not a proxy's")

@@ -1,0 +1,132 @@
+"""Every private Optuna name octsearch uses, in one place.
+
+Optuna has no public way to do a few things octsearch needs: the storage a study holds, a
+trial's storage id, a trial taken over by another process, the cached storage the gRPC proxy
+serves (and its database read, which octsearch coalesces), the heartbeat base class, the
+proxy's generated servicer, and the RDB methods that touch the database under a private name
+(which the outage retry wraps). An Optuna release that moves one of them fails here, in
+:func:`missing` (run by ``tests/search/test_optuna_compat.py``), with the symbol's name, rather
+than somewhere in a worker. :data:`PRIVATE_NAMES` lists them all.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, _CachedStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+
+__all__ = ["PRIVATE_NAMES", "RDB_PRIVATE_CALLS", "BaseHeartbeat", "CachedStorage", "add_proxy_service", "frozen",
+           "latest_trial", "missing", "no_experimental_warning", "put_back", "study_storage", "take_over",
+           "trial_id"]
+
+# (module, attribute path): every private Optuna name used below.
+PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
+    ("optuna.study", "Study._storage"),
+    ("optuna.trial", "Trial._trial_id"),
+    ("optuna.trial", "Trial._get_latest_trial"),
+    ("optuna.storages", "_CachedStorage"),
+    ("optuna.storages", "_CachedStorage._read_trials_from_remote_storage"),
+    ("optuna.storages._heartbeat", "BaseHeartbeat"),
+    ("optuna.storages._grpc.servicer", "OptunaStorageProxyService"),
+    ("optuna.storages._grpc.auto_generated.api_pb2_grpc", "add_StorageServiceServicer_to_server"),
+    ("optuna.storages", "RDBStorage._create_new_trial"),
+    ("optuna.storages", "RDBStorage._set_trial_param"),
+    ("optuna.storages", "RDBStorage._get_trials"),
+    ("optuna.storages", "RDBStorage._get_best_trial_id"),
+    ("optuna.storages", "RDBStorage._get_stale_trial_ids"),
+)
+# RDBStorage's database calls under a private name (see search/storage/retry.py).
+RDB_PRIVATE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+                     "_get_stale_trial_ids")
+
+
+def missing() -> list[str]:
+    """The names of :data:`PRIVATE_NAMES` that the installed Optuna lacks (empty when all are there)."""
+    gone = []
+    for module, path in PRIVATE_NAMES:
+        try:
+            obj: Any = importlib.import_module(module)
+        except ImportError:
+            gone.append(f"{module} (module)")
+            continue
+        for part in path.split("."):
+            if not hasattr(obj, part) and not _is_slot(obj, part):
+                gone.append(f"{module}.{path}")
+                break
+            obj = getattr(obj, part, None)
+    return gone
+
+
+def _is_slot(cls: Any, name: str) -> bool:
+    """An instance attribute set in ``__init__`` (``Study._storage``, ``Trial._trial_id``)."""
+    init = getattr(cls, "__init__", None)
+    code = getattr(init, "__code__", None)
+    return code is not None and name in code.co_names
+
+
+def study_storage(study: optuna.Study) -> BaseStorage:
+    """The storage a study reads and writes (possibly Optuna's cache in front of it)."""
+    return study._storage  # type: ignore[no-any-return]
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """A trial's id in its storage (not its number within the study)."""
+    return trial._trial_id  # type: ignore[union-attr,no-any-return]
+
+
+def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The trial as stored now."""
+    return study_storage(study).get_trial(trial_id(trial))
+
+
+def take_over(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """The RUNNING trial ``trial_id`` as a :class:`optuna.Trial` of this process (another one
+    asked it): Optuna's own constructor, which ``ask`` uses."""
+    return optuna.trial.Trial(study, trial_id)
+
+
+def latest_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """Optuna's own copy of the trial with its reports, as ``trial.should_prune`` hands the
+    pruner (no database read); None if this Optuna has no such method."""
+    latest = getattr(trial, "_get_latest_trial", None)
+    return latest() if callable(latest) else None
+
+
+def put_back(study: optuna.Study, trial: optuna.Trial) -> None:
+    """A RUNNING trial back in the queue (WAITING) for the next ``ask``."""
+    study_storage(study).set_trial_state_values(trial_id(trial), optuna.trial.TrialState.WAITING)
+
+
+@contextmanager
+def no_experimental_warning() -> Iterator[None]:
+    """Optuna's ExperimentalWarning silenced (heartbeats, the gRPC proxy and a few samplers
+    are marked experimental; a user can do nothing about it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+class CachedStorage(_CachedStorage):
+    """Optuna's cached RDB storage (what its gRPC proxy serves), with its database read of a
+    study's unfinished trials as the public :meth:`read_trials` to override."""
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        self.read_trials(study_id)
+
+    def read_trials(self, study_id: int) -> None:
+        super()._read_trials_from_remote_storage(study_id)
+
+
+def add_proxy_service(server: Any, storage: BaseStorage) -> None:
+    """Optuna's gRPC storage service for ``storage``, added to a ``grpc.server``."""
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
+

@@ -1,0 +1,68 @@
+"""The client of Optuna's gRPC storage proxy (``--storage grpc://HOST:PORT``), with heartbeats.
+
+Optuna's :class:`~optuna.storages.GrpcStorageProxy` has no heartbeat call, so a worker lost
+behind a bare proxy would leave its trial RUNNING for ever. :class:`GrpcStorage` records a
+heartbeat as the trial system attribute :data:`HEARTBEAT_ATTR`, which the proxy
+(:mod:`search.storage.grpc_server`) turns into the database's own heartbeat.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import optuna
+from optuna.storages import GrpcStorageProxy
+from optuna.trial import FrozenTrial
+
+from search.errors import StorageError
+from search.optuna_compat import BaseHeartbeat, no_experimental_warning
+from search.storage.urls import grpc_url, parse_grpc_url
+
+READY_TIMEOUT_S = 10.0  # how long a client waits for the proxy to answer before giving up
+HEARTBEAT_ATTR = "octsearch:heartbeat"  # a client's heartbeat, relayed to the database's
+
+
+class GrpcStorage(GrpcStorageProxy, BaseHeartbeat):
+    """Optuna's proxy client, with heartbeats (see the module docstring) and a ``url``."""
+
+    def __init__(self, *, host: str, port: int, heartbeat_interval: int | None) -> None:
+        with no_experimental_warning():
+            super().__init__(host=host, port=port)
+        self.url = grpc_url(host, port)
+        self._heartbeat_interval = heartbeat_interval
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return []  # the proxy fails stale trials itself
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return None
+
+
+def open_grpc_storage(url: str, *, heartbeat_interval: int | None) -> GrpcStorage:
+    """A client of the proxy at ``url``, or a StorageError when it does not answer within
+    :data:`READY_TIMEOUT_S` (not started, wrong address, or grpcio missing)."""
+    host, port = parse_grpc_url(url)
+    try:
+        import grpc  # noqa: F401 - Optuna imports it lazily; say what is missing, once
+    except ImportError:
+        raise StorageError("the gRPC storage proxy needs grpcio: pip install grpcio") from None
+    try:  # a refused connection is known at once; gRPC would keep retrying until the timeout
+        socket.create_connection((host, port), timeout=READY_TIMEOUT_S).close()
+    except OSError as err:
+        raise StorageError(f"no storage proxy at {grpc_url(host, port)} ({err.strerror or err}): "
+                           "start one with `octsearch serve-storage --storage URL`") from None
+    storage = GrpcStorage(host=host, port=port, heartbeat_interval=heartbeat_interval)
+    try:
+        storage.wait_server_ready(timeout=READY_TIMEOUT_S)
+    except ConnectionError:
+        storage.close()
+        raise StorageError(f"no storage proxy answers at {storage.url} within {READY_TIMEOUT_S:g} s: "
+                           "start one with `octsearch serve-storage --storage URL`") from None
+    return storage
