@@ -183,13 +183,12 @@ class EnvKnobs:
     """Process knobs that are no part of a run's config (they do not change its results).
 
     Read once, from the environment, by :func:`octtrain.fit`, and passed down from there:
-    ``OCTTRAIN_DIST_TIMEOUT_S``, ``OCTTRAIN_RANK_GRACE_S``, ``OCTTRAIN_DEBUG_SAVE_RANKS``,
-    ``OCTTRAIN_XLA_CACHE_DIR`` (set by ``octsearch`` for its trials).
+    ``OCTTRAIN_DIST_TIMEOUT_S``, ``OCTTRAIN_RANK_GRACE_S``, ``OCTTRAIN_XLA_CACHE_DIR`` (set by
+    ``octsearch`` for its trials).
     """
 
     dist_timeout_s: float = 300.0  # how long a gloo/nccl collective waits for a missing peer
     rank_grace_s: float = 10.0  # after a rank dies, how long its peers get to fail on their own
-    save_rank_weights: bool = False  # test hook: every rank writes rank<r>_weights.pt at the end
     xla_cache_dir: str | None = None  # runtime.xla_cache_dir when the config sets none (searches)
 
     @classmethod
@@ -206,5 +205,4 @@ class EnvKnobs:
                   f"must be a number of seconds > 0, got {text!r}")
             seconds[name] = float(value or 0)
         raise_if(problems)
-        return cls(**seconds, save_rank_weights=env.get("OCTTRAIN_DEBUG_SAVE_RANKS") == "1",
-                   xla_cache_dir=env.get("OCTTRAIN_XLA_CACHE_DIR") or None)
+        return cls(**seconds, xla_cache_dir=env.get("OCTTRAIN_XLA_CACHE_DIR") or None)

@@ -45,7 +45,6 @@ from octtrain.data.records import Record
 from octtrain.errors import DataError
 
 STORE_VERSION = 1  # bump when the layout or the preprocessing changes
-DTYPES = ("float16", "uint8", "float32")
 _CRC_CHUNK = 64 << 20  # bytes hashed at a time
 
 

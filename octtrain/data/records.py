@@ -37,6 +37,7 @@ from octtrain.config import DataSection
 from octtrain.data import readers
 from octtrain.data.classes import pinned_class_to_idx
 from octtrain.errors import DataError
+from octtrain.files import write_atomic
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("path", "label", "patient_id")
@@ -314,9 +315,7 @@ def save_class_to_idx(path: str | os.PathLike[str], mapping: Mapping[str, int]) 
     target = Path(path)
     data = check_class_to_idx(dict(mapping), str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, target)
+    write_atomic(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def load_class_to_idx(path: str | os.PathLike[str]) -> dict[str, int]:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
-from transformers import VJEPA2Config, VJEPA2Model
 
 from octtrain.config import ModelSection
 from octtrain.errors import ConfigError
+
+if TYPE_CHECKING:  # transformers is imported when a model is built: search workers never pay for it
+    from transformers import VJEPA2Config
 
 # A random-init V-JEPA 2 small enough to train on two CPU cores in seconds per epoch
 # (DESIGN.md, "Facts measured here"). Real runs pass a hub id or a save_pretrained directory.
@@ -55,6 +57,8 @@ _RGB_STD = (0.229, 0.224, 0.225)
 
 def encoder_config(name: str, frames: int, size: int) -> VJEPA2Config:
     """The encoder's config with ``crop_size`` set to the input size (RoPE's grid uses it)."""
+    from transformers import VJEPA2Config
+
     if name in PRESETS:
         return VJEPA2Config(**PRESETS[name], crop_size=size, frames_per_clip=frames)
     try:
@@ -70,6 +74,8 @@ def load_encoder(name: str, frames: int, height: int, width: int, *,
     ``checkpointing``: recompute each encoder layer's activations in the backward pass
     (transformers' activation checkpointing) with this checkpoint function (the device's:
     see :meth:`octtrain.runtime.backend.Runtime.checkpoint_function`); None: keep the activations."""
+    from transformers import VJEPA2Model
+
     if height != width:
         raise ConfigError(
             [("data.height", f"V-JEPA 2 needs square B-scans (height == width), got {height} x {width}")]

@@ -18,13 +18,16 @@ encoder runs without autograd: one layer's activations at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import VJEPA2Config, VJEPA2Model
 
 from octtrain.config import TrainConfig
 from octtrain.errors import ConfigError
 from octtrain.model.classifier import encoder_config
+
+if TYPE_CHECKING:  # transformers is imported when a model is built: search workers never pay for it
+    from transformers import VJEPA2Config
 
 GIB = 1024**3
 
@@ -52,6 +55,8 @@ class MemoryEstimate:
 def parameter_count(config: VJEPA2Config) -> int:
     """Parameters of the V-JEPA 2 encoder of ``config`` (built on the meta device: no memory,
     no initialisation)."""
+    from transformers import VJEPA2Model
+
     with torch.device("meta"):
         encoder = VJEPA2Model(config).encoder
     return sum(p.numel() for p in encoder.parameters())

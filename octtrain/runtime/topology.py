@@ -1,6 +1,6 @@
 """TPU chip topology as PJRT environment variables: which chips a process drives, on which ports.
 
-Pure functions, no ``torch_xla`` import: :mod:`search.devices` computes with them the
+Pure functions, no ``torch_xla`` import: :mod:`search.trial.placement` computes with them the
 environment of each trial slot of a worker (several trials on one TPU VM, each on its own
 chips), and :mod:`octtrain.runtime.backend` the environment of each rank of a multi-process run on
 its slot's chips. The variable names and conventions are torch_xla 2.9's

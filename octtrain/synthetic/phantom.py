@@ -56,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -197,16 +198,25 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.n
     return up[0, 0].numpy()
 
 
+class _LesionFields(NamedTuple):
+    """The lesions of one volume over the (D, 1, W) plane of B-scans × columns."""
+
+    lift: np.ndarray  # drusen: rows the RPE is lifted
+    bulge: np.ndarray  # fluid: extra inner-retina thickness
+    atrophy: np.ndarray  # atrophy: 0..1 patch weight
+    pockets: list[tuple[np.ndarray, float]]  # fluid: (lateral/B-scan radius², ry)
+
+
 def _lesions(
     label: int, lp: LesionParams, rng: np.random.Generator, dd: np.ndarray, xx: np.ndarray,
     n_d: int, n_w: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[np.ndarray, float]]]:
-    """The lesions of class ``label`` as fields over the (D, 1, W) plane of B-scans × columns:
-    ``(lift, bulge, atrophy, pockets)``, each empty for the other classes."""
-    lift = np.zeros((n_d, 1, n_w), np.float32)  # drusen: rows the RPE is lifted
-    bulge = np.zeros((n_d, 1, n_w), np.float32)  # fluid: extra inner-retina thickness
-    atrophy = np.zeros((n_d, 1, n_w), np.float32)  # atrophy: 0..1 patch weight
-    pockets: list[tuple[np.ndarray, float]] = []  # fluid: (lateral/B-scan radius², ry)
+) -> _LesionFields:
+    """The lesions of class ``label`` as fields over the (D, 1, W) plane of B-scans × columns,
+    each empty for the other classes."""
+    lift = np.zeros((n_d, 1, n_w), np.float32)
+    bulge = np.zeros((n_d, 1, n_w), np.float32)
+    atrophy = np.zeros((n_d, 1, n_w), np.float32)
+    pockets: list[tuple[np.ndarray, float]] = []
     if label == 1:
         for _ in range(int(rng.integers(lp.drusen_count[0], lp.drusen_count[1] + 1))):
             rx = lp.drusen_width / 2 * rng.uniform(0.85, 1.15)
@@ -235,7 +245,78 @@ def _lesions(
             r2 = ((xx - xc) / rx) ** 2 + ((dd - dc) / rd) ** 2
             # soft edge over the outer ~30 % of the radius
             atrophy = np.maximum(atrophy, np.clip((1 - r2) * 2, 0, 1))
-    return lift, bulge, atrophy, pockets
+    return _LesionFields(lift, bulge, atrophy, pockets)
+
+
+def _retina_surface(
+    a: Anatomy, xs: np.ndarray, dn: np.ndarray, n_h: int, shift_y: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(y_rpe, thickness)``, each (D, 1, W) in rows: the healthy RPE's upper edge (bowl,
+    tilt, shift) and the ILM → RPE thickness with the foveal pit."""
+    y_rpe = n_h * (a.rpe_row + shift_y - a.curvature * xs**2 - a.curvature_d * dn**2
+                   + a.tilt * xs / 2)  # (D, 1, W)
+    pit = np.exp(-((xs - a.fovea_x) ** 2 + (dn - a.fovea_d) ** 2) / (2 * 0.2**2))
+    thickness = n_h * a.thickness * (1 - a.pit_depth * pit)  # (D, 1, W)
+    return y_rpe, thickness
+
+
+def _inner_retina(
+    yy: np.ndarray, y_ilm: np.ndarray, y_top_rpe: np.ndarray, inner_th: np.ndarray,
+    pockets: list[tuple[np.ndarray, float]],
+) -> np.ndarray:
+    """The seven bands between ILM and RPE, (D, H, W), with the fluid pockets dark."""
+    u = (yy - y_ilm) / inner_th  # 0 at the ILM, 1 at the RPE
+    inner: np.ndarray = np.interp(u, _INNER_KNOTS, _INNER_VALUES).astype(np.float32)
+    for r2, ry in pockets:
+        centre_line = y_top_rpe - inner_th * (1 - _FLUID_CENTRE)
+        p2 = r2 + ((yy - centre_line) / ry) ** 2
+        weight = np.clip(0.5 + (1 - p2) * 3, 0, 1)  # soft rim, half dark on the nominal edge
+        inner = inner * (1 - weight) + _FLUID * weight
+    return inner
+
+
+def _tissue(
+    a: Anatomy, lp: LesionParams, fields: _LesionFields, yy: np.ndarray, y_rpe: np.ndarray,
+    thickness: np.ndarray, texture: np.ndarray, s: float,
+) -> np.ndarray:
+    """The clean reflectivity, float32 (D, H, W): vitreous, inner retina, RPE, drusen material,
+    Bruch's membrane, choroid, top to bottom, with the lesions in place."""
+    lift, bulge, atrophy, pockets = fields
+    y_top_rpe = y_rpe - lift  # the (possibly lifted) RPE's upper edge
+    inner_th = (thickness + bulge) * (1 - 0.15 * atrophy)  # outer retina thins over atrophy
+    y_ilm = y_top_rpe - inner_th
+    rpe_rows = _RPE_ROWS * s * (1 - 0.5 * atrophy)
+    choroid_top = y_rpe + rpe_rows
+
+    inner = _inner_retina(yy, y_ilm, y_top_rpe, inner_th, pockets)
+    v = (yy - choroid_top) / s  # reference rows below the RPE
+    choroid = (a.choroid * np.interp(v, [0, 8, 16], [1.0, 0.5, 0.12]) * texture
+               + lp.atrophy_hypertransmission * atrophy * np.exp(-np.maximum(v, 0) / 14))
+    rpe = _RPE * (1 - lp.atrophy_rpe_loss * atrophy)
+    image: np.ndarray = np.select(
+        [yy < y_ilm, yy < y_top_rpe, yy < y_top_rpe + rpe_rows, yy < y_rpe, yy < choroid_top],
+        [np.float32(_VITREOUS), inner, rpe, np.float32(lp.drusen_material),
+         np.where(lift > 0, _BRUCH, rpe)],
+        default=choroid,
+    ).astype(np.float32)  # (D, H, W)
+    return image
+
+
+def _acquire(
+    image: np.ndarray, rng: np.random.Generator, *, gain: float, xs: np.ndarray,
+    yy: np.ndarray, s: float, noise: float,
+) -> np.ndarray:
+    """What the device does to the clean ``image`` (changed in place): roll-off, blur, speckle
+    and additive noise (none if ``noise`` is 0), clipped to ``[0, 1]``."""
+    n_h, n_w = image.shape[1:]
+    # Signal rolls off towards the lateral edges and with depth, as in real scans.
+    image *= gain * (1 - 0.2 * xs**2) * np.exp(-0.25 * yy / n_h)
+    image = gaussian_filter(image, sigma=(0, 0.5 * s, 0.7 * n_w / REFERENCE_SHAPE[2]))
+    if noise > 0:
+        looks = 1.0 / noise**2  # gamma speckle with coefficient of variation `noise`
+        image = image * rng.gamma(looks, 1.0 / looks, image.shape).astype(np.float32)
+        image += rng.normal(0.0, 0.015, image.shape).astype(np.float32)
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
 def render_volume(
@@ -260,52 +341,15 @@ def render_volume(
     yy = np.arange(n_h, dtype=np.float32)[None, :, None] + 0.5  # (1, H, 1) row centres
     xx = np.arange(n_w, dtype=np.float32)[None, None, :] + 0.5  # (1, 1, W) column centres
     dn = dd / n_d * 2 - 1
-    a = anatomy
 
     # Per-volume jitter: the patient's eye is never scanned at exactly the same place.
     shift_y = rng.uniform(-0.03, 0.03) * variation
     shift_x = rng.uniform(-0.06, 0.06) * variation
-    gain = a.gain * (1 + rng.uniform(-0.07, 0.07) * variation)
+    gain = anatomy.gain * (1 + rng.uniform(-0.07, 0.07) * variation)
     texture = np.clip(1 + 0.3 * _smooth_field(rng, (n_d, n_h, n_w)), 0.5, 1.5)
     xs = xx / n_w * 2 - 1 - shift_x
 
-    y_rpe = n_h * (a.rpe_row + shift_y - a.curvature * xs**2 - a.curvature_d * dn**2
-                   + a.tilt * xs / 2)  # (D, 1, W)
-    pit = np.exp(-((xs - a.fovea_x) ** 2 + (dn - a.fovea_d) ** 2) / (2 * 0.2**2))
-    thickness = n_h * a.thickness * (1 - a.pit_depth * pit)  # (D, 1, W)
-
-    lp = lesions
-    lift, bulge, atrophy, pockets = _lesions(label, lp, rng, dd, xx, n_d, n_w)
-
-    y_top_rpe = y_rpe - lift  # the (possibly lifted) RPE's upper edge
-    inner_th = (thickness + bulge) * (1 - 0.15 * atrophy)  # outer retina thins over atrophy
-    y_ilm = y_top_rpe - inner_th
-    rpe_rows = _RPE_ROWS * s * (1 - 0.5 * atrophy)
-    choroid_top = y_rpe + rpe_rows
-
-    u = (yy - y_ilm) / inner_th  # 0 at the ILM, 1 at the RPE
-    inner: np.ndarray = np.interp(u, _INNER_KNOTS, _INNER_VALUES).astype(np.float32)
-    for r2, ry in pockets:
-        centre_line = y_top_rpe - inner_th * (1 - _FLUID_CENTRE)
-        p2 = r2 + ((yy - centre_line) / ry) ** 2
-        weight = np.clip(0.5 + (1 - p2) * 3, 0, 1)  # soft rim, half dark on the nominal edge
-        inner = inner * (1 - weight) + _FLUID * weight
-    v = (yy - choroid_top) / s  # reference rows below the RPE
-    choroid = (a.choroid * np.interp(v, [0, 8, 16], [1.0, 0.5, 0.12]) * texture
-               + lp.atrophy_hypertransmission * atrophy * np.exp(-np.maximum(v, 0) / 14))
-    rpe = _RPE * (1 - lp.atrophy_rpe_loss * atrophy)
-    image = np.select(
-        [yy < y_ilm, yy < y_top_rpe, yy < y_top_rpe + rpe_rows, yy < y_rpe, yy < choroid_top],
-        [np.float32(_VITREOUS), inner, rpe, np.float32(lp.drusen_material),
-         np.where(lift > 0, _BRUCH, rpe)],
-        default=choroid,
-    ).astype(np.float32)  # (D, H, W)
-
-    # Signal rolls off towards the lateral edges and with depth, as in real scans.
-    image *= gain * (1 - 0.2 * xs**2) * np.exp(-0.25 * yy / n_h)
-    image = gaussian_filter(image, sigma=(0, 0.5 * s, 0.7 * n_w / REFERENCE_SHAPE[2]))
-    if noise > 0:
-        looks = 1.0 / noise**2  # gamma speckle with coefficient of variation `noise`
-        image = image * rng.gamma(looks, 1.0 / looks, image.shape).astype(np.float32)
-        image += rng.normal(0.0, 0.015, image.shape).astype(np.float32)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    y_rpe, thickness = _retina_surface(anatomy, xs, dn, n_h, shift_y)
+    fields = _lesions(label, lesions, rng, dd, xx, n_d, n_w)
+    image = _tissue(anatomy, lesions, fields, yy, y_rpe, thickness, texture, s)
+    return _acquire(image, rng, gain=gain, xs=xs, yy=yy, s=s, noise=noise)

@@ -5,6 +5,7 @@ evaluated once on the test split (``evaluate``).
 
 from __future__ import annotations
 
+from octtrain.train.early_stop import is_improvement
 from octtrain.train.evaluate import evaluate_checkpoint
 from octtrain.train.loop import FitResult, default_run_dir, fit, run_files_in
 from octtrain.train.resume import RESUME_FILE
@@ -15,5 +16,6 @@ __all__ = [
     "default_run_dir",
     "evaluate_checkpoint",
     "fit",
+    "is_improvement",
     "run_files_in",
 ]

@@ -97,7 +97,7 @@ def fit(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     resume = _Resume(_path(resume_from), _path(preempt_to))
     rank_fn = functools.partial(_train_rank, cfg=cfg, run_dir=run_dir, progress=progress,
-                                save_rank_weights=knobs.save_rank_weights, resume=resume)
+                                resume=resume)
     runtime_cfg = cfg.runtime
     if runtime_cfg.xla_cache_dir is None and knobs.xla_cache_dir:  # a search's per-host cache
         runtime_cfg = dataclasses.replace(runtime_cfg, xla_cache_dir=knobs.xla_cache_dir)
@@ -152,7 +152,7 @@ class _Run:
 
 
 def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, run_dir: Path,
-                progress: bool, save_rank_weights: bool, resume: _Resume) -> FitResult:
+                progress: bool, resume: _Resume) -> FitResult:
     clock = StartupClock()
     run = _set_up(runtime, cfg, run_dir, clock)
     clock.watch_first_step(run.update.optimizer)
@@ -201,8 +201,6 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
                     break
     finally:
         tracker.close(stop.name.lower() if stop is not None else None)
-    if save_rank_weights:
-        _save_rank_weights(runtime, run.model, run_dir)
     return FitResult(run_dir, epoch + 1, stopper.best_epoch, _best(stopper)["best/value"],
                      cfg.train.early_stopping.metric, stop is not None, run.splits.class_to_idx,
                      history)
@@ -329,10 +327,3 @@ def _decide(runtime: Runtime, channel: EpochChannel, stopper: EarlyStopping, epo
     if decision is EpochDecision.STOP:
         return _Stop.CALLBACK
     return _Stop.EARLY_STOPPING if stopper.should_stop else None
-
-
-def _save_rank_weights(runtime: Runtime, model: torch.nn.Module, run_dir: Path) -> None:
-    """Test hook (``EnvKnobs.save_rank_weights``): every rank writes its final weights, so a
-    test can check that the data-parallel replicas stayed identical (a checkpoint holds rank 0's
-    only)."""
-    torch.save(runtime.to_cpu(model.state_dict()), run_dir / f"rank{runtime.rank}_weights.pt")

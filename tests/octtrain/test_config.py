@@ -157,9 +157,8 @@ def test_unknown_setting_suggests_the_closest_one() -> None:
 def test_env_knobs_come_from_the_environment_once() -> None:
     assert EnvKnobs.from_env({}) == EnvKnobs()
     knobs = EnvKnobs.from_env({"OCTTRAIN_DIST_TIMEOUT_S": "30", "OCTTRAIN_RANK_GRACE_S": "2.5",
-                               "OCTTRAIN_DEBUG_SAVE_RANKS": "1", "OCTTRAIN_XLA_CACHE_DIR": "/c"})
-    assert knobs == EnvKnobs(dist_timeout_s=30.0, rank_grace_s=2.5, save_rank_weights=True,
-                             xla_cache_dir="/c")
+                               "OCTTRAIN_XLA_CACHE_DIR": "/c"})
+    assert knobs == EnvKnobs(dist_timeout_s=30.0, rank_grace_s=2.5, xla_cache_dir="/c")
     with pytest.raises(ConfigError, match=r"OCTTRAIN_RANK_GRACE_S: must be a number of seconds > 0, "
                                           r"got 'soon'"):
         EnvKnobs.from_env({"OCTTRAIN_RANK_GRACE_S": "soon"})

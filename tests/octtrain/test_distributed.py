@@ -8,20 +8,65 @@ tested here, with gloo. The launcher itself is tested in ``test_launch.py``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from octtrain.callback import EpochChannel
+from octtrain.config import RuntimeSection
 from octtrain.config.train_config import TrainConfig
+from octtrain.model import OctClassifier
+from octtrain.runtime import Runtime, launch
 from octtrain.tracking.tracker import read_metrics
 
 pytestmark = pytest.mark.timeout(240)
 
 # ---- the trainer on two ranks -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _classifier_seen() -> Iterator[list[OctClassifier]]:
+    """Yields a list of the classifiers run in this process while in the block (fit builds its
+    model inside; this is how a test gets hold of it)."""
+    seen: list[OctClassifier] = []
+
+    def note(module: torch.nn.Module, args: Any) -> None:
+        if isinstance(module, OctClassifier) and not any(module is m for m in seen):
+            seen.append(module)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(note)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _rank_keeping_weights(runtime: Runtime, channel: EpochChannel, *,
+                          rank_fn: Callable[[Runtime, EpochChannel], Any], out: Path) -> Any:
+    """One rank of fit (``rank_fn``), then its final weights to ``out/rank<r>_weights.pt``: a
+    checkpoint holds rank 0's only, and the replicas must be checked against each other."""
+    with _classifier_seen() as seen:
+        result = rank_fn(runtime, channel)
+    (model,) = seen
+    torch.save(runtime.to_cpu(model.state_dict()), out / f"rank{runtime.rank}_weights.pt")
+    return result
+
+
+def _launch_keeping_weights(out: Path) -> Callable[..., Any]:
+    """A stand-in for fit's ``launch`` whose every rank also writes its final weights."""
+
+    def keeping(rank_fn: Callable[[Runtime, EpochChannel], Any], cfg: RuntimeSection,
+                *args: Any) -> Any:
+        return launch(functools.partial(_rank_keeping_weights, rank_fn=rank_fn, out=out), cfg,
+                      *args)
+
+    return keeping
 
 
 def test_two_ranks_train_exactly_like_one_process_with_twice_the_batch(
@@ -31,21 +76,24 @@ def test_two_ranks_train_exactly_like_one_process_with_twice_the_batch(
     same permutation to the ranks in turn, so the union of the ranks' k-th batches is the
     single process's k-th batch. Class weights, label smoothing, accumulation, clipping and an
     unfrozen encoder are all on; no dropout and no augmentation, so nothing else differs."""
+    from octtrain.train import loop
     from octtrain.train.loop import fit
 
-    monkeypatch.setenv("OCTTRAIN_DEBUG_SAVE_RANKS", "1")  # every rank writes rank{r}_weights.pt
     common = {"train.epochs": 2, "train.grad_accum_steps": 2, "model.unfreeze_at_epoch": 1,
               "train.lr_encoder": 1e-4, "train.label_smoothing": 0.1, "train.grad_clip": 1.0}
-    one = fit(small_config(**common, **{"train.batch_size": 4}),
-              out_dir=tmp_path / "one", progress=False)
+    with _classifier_seen() as seen:  # one process: fit trains in this one
+        one = fit(small_config(**common, **{"train.batch_size": 4}),
+                  out_dir=tmp_path / "one", progress=False)
+    (model,) = seen
+    single = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(loop, "launch", _launch_keeping_weights(tmp_path / "two"))
     two = fit(small_config(**common, **{"train.batch_size": 2, "runtime.num_processes": 2}),
               out_dir=tmp_path / "two", progress=False)
 
     rank0 = torch.load(tmp_path / "two" / "rank0_weights.pt")
     rank1 = torch.load(tmp_path / "two" / "rank1_weights.pt")
-    assert rank0.keys() == rank1.keys()
+    assert rank0.keys() == rank1.keys() == single.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "replicas diverged"
-    single = torch.load(tmp_path / "one" / "rank0_weights.pt")
     for k in single:
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
 

@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never half of one.
+
+Each write goes to a temporary file beside the target (same folder, so the same file system and
+an atomic rename), then :func:`os.replace` puts it in the target's place. When the write fails
+before that (the data does not serialize, the disk is full, an exception or Ctrl-C), the
+temporary file is removed and the target keeps its old content. Only a process killed outright
+(SIGKILL, power loss) can leave a temporary file behind: it is hidden and named
+``.<target name>.<pid>.<random>.tmp``.
+
+No fsync: the files written this way (checkpoints, run records, a trial's queue and result) must
+survive a crashed or killed process and be read whole by another one, which the rename gives;
+they need not survive a crash of the machine, and an fsync of every epoch's checkpoint would
+cost each epoch a wait for the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` for the caller to write (e.g. ``torch.save``);
+    when the block ends, it replaces ``path``, or, if the block raised, it is removed."""
+    target = Path(path)
+    # pid and random: concurrent writers of one target (processes or threads) never share one
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write ``data`` (``str``: as UTF-8) to ``path`` atomically."""
+    raw = data.encode() if isinstance(data, str) else data
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(raw)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | None = None,
+                      allow_nan: bool = True) -> None:
+    """Write ``obj`` as JSON (``json.dumps`` with these options) to ``path`` atomically. ``obj``
+    is serialised first: one that cannot be (a TypeError, or a ValueError for NaN/inf with
+    ``allow_nan=False``) raises before any file is touched."""
+    write_atomic(path, json.dumps(obj, indent=indent, allow_nan=allow_nan))
