@@ -23,6 +23,7 @@ import optuna
 from octtrain.errors import OcttrainError, one_line
 from search.errors import OctsearchError, WorkerError
 from search.storage import DEFAULT_OUTAGE_S, DEFAULT_STORAGE, check_shared, open_storage, redact
+from search.worker import DEFAULT_KEEP_BEST, CheckpointRetention, TrialEndCallback
 
 DEVICES = ("auto", "xla", "cuda", "cpu")
 
@@ -139,7 +140,7 @@ def _add_run(sub: Any) -> None:
                           "study's creation id (default: runs)")
     run.add_argument("--artifacts-dir", type=Path, metavar="DIR", help="artifact store of "
                      "the trials' run files, for the dashboard (default: RUNS_DIR/artifacts)")
-    run.add_argument("--keep-best", type=int, default=3, metavar="K",
+    run.add_argument("--keep-best", type=int, default=DEFAULT_KEEP_BEST, metavar="K",
                      help="keep best.pt of the study's top K complete trials only (default: 3)")
     run.add_argument("--keep-last", action="store_true",
                      help="keep each ended trial's last.pt (default: deleted when it ends)")
@@ -241,14 +242,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                             checkpoint_dir=args.checkpoint_dir,
                             max_consecutive_failures=args.max_failures,
                             fit_target=args.fit_target, slots=tuple(slots),
-                            artifacts_dir=args.artifacts_dir, keep_best=args.keep_best,
-                            keep_last=args.keep_last)
+                            on_trial_end=trial_end_callbacks(args.runs_dir, args.artifacts_dir,
+                                                             args.keep_best, args.keep_last))
     with sigterm_interrupts():
         summary = run_worker(study, space, storage, options, out=sys.stderr)
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "
           f"trials; checkpoints kept: {kept_bytes(study) / 1e6:.1f} MB", file=sys.stderr)
     print(format_leaderboard(study))
     return 0
+
+
+def trial_end_callbacks(runs_dir: Path, artifacts_dir: Path | None = None, keep_best: int = DEFAULT_KEEP_BEST,
+                        keep_last: bool = False) -> tuple[TrialEndCallback, ...]:
+    """What ``octsearch run`` does at each trial's end: review evidence (run files as artifacts,
+    the dashboard note and figures), then checkpoint retention (``--keep-best``, ``--keep-last``)."""
+    from search.review import ReviewEvidence, default_artifacts_dir
+
+    return (ReviewEvidence(artifacts_dir or default_artifacts_dir(runs_dir)),
+            CheckpointRetention(keep_best, keep_last))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

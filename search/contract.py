@@ -51,9 +51,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import BaseTrial
+from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
+from octtrain.errors import clip
 from octtrain.tracking import json_safe
+from octtrain.train import is_improvement
 
 SPACE_ATTR = "octsearch:space"
 SPACE_FILE_ATTR = "octsearch:space_file"
@@ -105,6 +107,17 @@ def runs_folder(study: optuna.Study) -> str:
     return f"{study.study_name}-{creation_id}" if creation_id else study.study_name
 
 
+def trial_dir(root: Path, study: optuna.Study, number: int) -> Path:
+    """``ROOT/NAME-CREATIONID/trial_NNNN``, absolute: trial ``number``'s run directory (``root``:
+    ``--runs-dir``) or the folder of its resume checkpoint (``root``: ``--checkpoint-dir``)."""
+    return (root / runs_folder(study) / f"trial_{number:04d}").resolve()
+
+
+def trial_dirs(root: Path, study: optuna.Study) -> list[Path]:
+    """Every trial directory of the study under ``root`` (those this host can see), by number."""
+    return sorted((root / runs_folder(study)).glob("trial_[0-9][0-9][0-9][0-9]*"))
+
+
 def stored_space_dict(study: optuna.Study) -> dict[str, Any] | None:
     """The canonical space stored with the study, or ``None`` (not made by octsearch, or not yet)."""
     raw = study.user_attrs.get(SPACE_ATTR)
@@ -147,6 +160,14 @@ def write_epoch(trial: optuna.Trial, epoch: int, metrics: Mapping[str, Any]) -> 
     trial.set_user_attr(epoch_attr(epoch), json_safe(metrics))
 
 
+def record_epoch(trial: optuna.Trial, epoch: int, metrics: Mapping[str, Any], value: float) -> None:
+    """One epoch of a running trial, stored: its metrics record, then its reported value (what
+    the pruner reads). The one way an epoch reaches the study: from the trial process as it
+    trains (:class:`search.trial.EpochReporter`) or, after an outage, from its queue file."""
+    write_epoch(trial, epoch, metrics)
+    trial.report(value, epoch)
+
+
 def write_best_epoch(trial: optuna.Trial, epoch: int | None) -> None:
     trial.set_user_attr(BEST_EPOCH_ATTR, epoch)
 
@@ -172,12 +193,6 @@ def resume_source(trial: BaseTrial) -> str | None:
     """The resume checkpoint a re-queued preempted trial continues; None for a fresh trial."""
     value = trial.user_attrs.get(RESUME_FROM_ATTR)
     return str(value) if value else None
-
-
-def preempted_info(trial: BaseTrial) -> dict[str, Any] | None:
-    """How a preempted trial stopped (see the table above); None for any other trial."""
-    value = trial.user_attrs.get(PREEMPTED_ATTR)
-    return dict(value) if isinstance(value, dict) else None
 
 
 def epoch_metrics(trial: BaseTrial, epoch: int) -> dict[str, Any] | None:
@@ -225,19 +240,34 @@ def enqueued_name(trial: BaseTrial) -> str:
     return str(trial.user_attrs.get(ENQUEUED_ATTR, ""))
 
 
+def rank_key(value: float | None, number: int, maximize: bool) -> tuple[bool, float, int]:
+    """How trials rank, best first (sort by this key): by value in the study's direction, a
+    trial without a value (or NaN) last, ties to the earlier trial. The leaderboard, the best
+    trial and checkpoint retention all rank with it."""
+    if value is None or math.isnan(value):
+        return True, 0.0, number
+    return False, -value if maximize else value, number
+
+
+def ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's COMPLETE trials, best first (:func:`rank_key`)."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: rank_key(t.value, t.number, maximize))
+
+
 def best_step(values: Mapping[int, float], maximize: bool) -> tuple[float, int]:
     """The best value of ``{step: value}`` and its step, NaN skipped; ``(nan, -1)`` if none.
 
-    Of equal values the first step wins.
+    Of equal values the first step wins: the trainer's own best epoch
+    (:func:`octtrain.train.is_improvement` with no ``min_delta``).
     """
-    best, best_at = math.nan, -1
+    best: float | None = None
+    best_at = -1
     for step in sorted(values):
-        value = values[step]
-        if math.isnan(value):
-            continue
-        if math.isnan(best) or (value > best if maximize else value < best):
-            best, best_at = value, step
-    return best, best_at
+        if is_improvement(values[step], best, "max" if maximize else "min", 0.0):
+            best, best_at = values[step], step
+    return (math.nan if best is None else best), best_at
 
 
 def stored_epochs(trial: BaseTrial) -> list[tuple[int, dict[str, Any]]]:
@@ -247,3 +277,24 @@ def stored_epochs(trial: BaseTrial) -> list[tuple[int, dict[str, Any]]]:
         if key.startswith("epoch_") and key[6:].isdigit() and isinstance(value, dict):
             out.append((int(key[6:]), value))
     return sorted(out, key=lambda pair: pair[0])
+
+
+def describe_trial(trial: FrozenTrial) -> str:
+    """One line: ``trial 3 PRUNED after 3 epochs (0.2500) in 41 s: collapsed: ...``."""
+    epochs = len(trial.intermediate_values)
+    text = f"trial {trial.number} {trial.state.name} after {epochs} epoch{'s' * (epochs != 1)}"
+    if trial.value is not None:
+        text += f" ({trial.value:.4f})"
+    if trial.duration is not None:
+        text += f" in {trial.duration.total_seconds():.0f} s"
+    reason = end_reason(trial)
+    if reason and trial.state != TrialState.COMPLETE:
+        text += f": {clip(reason)}"
+    return text
+
+
+def format_value(value: Any) -> str:
+    """A parameter or metric for a table: floats to 3 significant digits, NaN as ``-``."""
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3g}"
+    return str(value)

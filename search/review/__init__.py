@@ -8,27 +8,25 @@ from __future__ import annotations
 
 from search.review.artifacts import default_artifacts_dir
 from search.review.dashboard import serve
+from search.review.evidence import ReviewEvidence
 from search.review.finalize import FinalizeOptions, finalize
 from search.review.html_report import write_report
 from search.review.leaderboard import (
-    describe_trial,
     export_best,
     format_best,
     format_leaderboard,
     format_trials,
-    format_value,
 )
 
 __all__ = [
     "FinalizeOptions",
+    "ReviewEvidence",
     "default_artifacts_dir",
-    "describe_trial",
     "export_best",
     "finalize",
     "format_best",
     "format_leaderboard",
     "format_trials",
-    "format_value",
     "serve",
     "write_report",
 ]

@@ -1,22 +1,21 @@
-"""What a worker leaves for review of a trial: its W&B identity, and what it writes when the
-trial ends, none of which can fail the trial.
+"""What a worker leaves for review when a trial ends, none of which can fail the trial.
 
-Two calls around ``tell`` (:func:`search.worker.loop.run_one_trial`): before it, the run files go
-to the artifact store (a finished trial's attributes are frozen); after it, the trial's note
-and the study's figures are written. Any error (a full disk, a storage hiccup, a missing
-optional package) is one line on the worker's output, and the trial keeps the state it was told.
+:class:`ReviewEvidence` is a worker's trial-end callback (:class:`search.worker.TrialEndCallback`,
+wired by ``octsearch run``): before ``tell``, the run files go to the artifact store (a finished
+trial's attributes are frozen); after it, the trial's note and the study's figures are written.
+Any error (a full disk, a storage hiccup, a missing optional package) is one line on the
+worker's output, and the trial keeps the state it was told.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 import optuna
 
-from octtrain.config import TrainConfig
 from octtrain.errors import clip
 from search.contract import stored_run_dir
 from search.optuna_compat import trial_id
@@ -36,17 +35,6 @@ def _never_fails(what: str, trial: optuna.Trial, out: TextIO | None) -> Iterator
             out.flush()
 
 
-def with_wandb_identity(cfg: TrainConfig, study_name: str, trial_number: int,
-                        params: Iterable[str]) -> TrainConfig:
-    """With ``log.wandb`` on: the trial's W&B run is ``<study>-trial-<n>`` in group ``<study>``,
-    its sampled params in its config. Not stored with the trial: an exported config stays clean."""
-    if not cfg.log.wandb:
-        return cfg
-    return cfg.with_overrides({"log.wandb_name": f"{study_name}-trial-{trial_number}",
-                               "log.wandb_group": study_name, "log.wandb_params": list(params)},
-                              source="octsearch W&B identity")
-
-
 def before_tell(trial: optuna.Trial, artifacts_dir: Path, out: TextIO | None = None) -> None:
     """Upload the trial's ``metrics.jsonl`` and ``config.yaml`` as artifacts."""
     with _never_fails("its artifacts", trial, out):
@@ -61,3 +49,16 @@ def after_tell(study: optuna.Study, trial: optuna.Trial, out: TextIO | None = No
         save_trial_note(study, trial, stored_space(study).objective.metric)
     with _never_fails("the study figures", trial, out):
         refresh_study_figures(study)
+
+
+class ReviewEvidence:
+    """The worker's trial-end callback for review: artifacts before ``tell``, note and figures after."""
+
+    def __init__(self, artifacts_dir: Path) -> None:
+        self.artifacts_dir = artifacts_dir
+
+    def before_tell(self, study: optuna.Study, trial: optuna.Trial, out: TextIO | None) -> None:
+        before_tell(trial, self.artifacts_dir, out)
+
+    def after_tell(self, study: optuna.Study, trial: optuna.Trial, out: TextIO | None) -> None:
+        after_tell(study, trial, out)

@@ -22,10 +22,10 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contract import epoch_metrics, stored_run_dir
+from search.contract import epoch_metrics, format_value, rank_key, stored_run_dir
 from search.errors import OctsearchError
 from search.review import figures
-from search.review.leaderboard import TrialRow, class_names, format_value, trial_row
+from search.review.leaderboard import TrialRow, class_names, trial_row
 from search.review.prune_summary import PruneSummary, summarize_prunes
 from search.study import stored_space
 
@@ -72,9 +72,7 @@ def _study_class_names(trials: list[FrozenTrial]) -> dict[int, str]:
 def _sorted_rows(study: optuna.Study) -> list[TrialRow]:
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     rows = [trial_row(t, maximize) for t in study.get_trials(deepcopy=False)]
-    sign = -1.0 if maximize else 1.0
-    return sorted(rows, key=lambda r: (math.isnan(r.value),
-                                       sign * r.value if not math.isnan(r.value) else 0.0, r.number))
+    return sorted(rows, key=lambda r: rank_key(r.value, r.number, maximize))
 
 
 def leaderboard(study: optuna.Study, param_paths: list[str], metric: str) -> str:

@@ -26,7 +26,10 @@ from search.contract import (
     end_reason,
     enqueued_name,
     epoch_metrics,
+    format_value,
     ran_on,
+    rank_key,
+    ranked,
     stored_best_epoch,
     stored_overrides,
     stored_run_dir,
@@ -67,29 +70,8 @@ def trial_row(trial: FrozenTrial, maximize: bool) -> TrialRow:
                     ran_on(trial))
 
 
-def describe_trial(trial: FrozenTrial) -> str:
-    """One line: ``trial 3 PRUNED after 3 epochs (0.2500) in 41 s: collapsed: ...``."""
-    epochs = len(trial.intermediate_values)
-    text = f"trial {trial.number} {trial.state.name} after {epochs} epoch{'s' * (epochs != 1)}"
-    if trial.value is not None:
-        text += f" ({trial.value:.4f})"
-    if trial.duration is not None:
-        text += f" in {trial.duration.total_seconds():.0f} s"
-    reason = end_reason(trial)
-    if reason and trial.state != TrialState.COMPLETE:
-        text += f": {clip(reason)}"
-    return text
-
-
 def _maximize(study: optuna.Study) -> bool:
     return study.direction == StudyDirection.MAXIMIZE
-
-
-def format_value(value: Any) -> str:
-    """A parameter or metric for a table: floats to 3 significant digits, NaN as ``-``."""
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.3g}"
-    return str(value)
 
 
 def _short_names(paths: Sequence[str]) -> dict[str, str]:
@@ -140,9 +122,8 @@ def format_trials(study: optuna.Study, *, sort: str = "number") -> str:
     space = stored_space(study)
     rows = _rows(study)
     if sort == "value":
-        sign = -1.0 if _maximize(study) else 1.0
-        rows.sort(key=lambda r: (math.isnan(r.value), sign * r.value if not math.isnan(r.value)
-                                 else 0.0, r.number))
+        maximize = _maximize(study)
+        rows.sort(key=lambda r: rank_key(r.value, r.number, maximize))
     table = format_rows(rows, [p.path for p in space.params], space.objective.metric)
     return f"study {study.study_name!r}: {_counts(study)}\n{table}"
 
@@ -150,9 +131,9 @@ def format_trials(study: optuna.Study, *, sort: str = "number") -> str:
 def format_leaderboard(study: optuna.Study, top: int = 5) -> str:
     """The ``top`` completed trials, best first, and the study's trial counts."""
     space = stored_space(study)
-    sign = -1.0 if _maximize(study) else 1.0
+    maximize = _maximize(study)
     rows = sorted((r for r in _rows(study) if r.state == "COMPLETE"),
-                  key=lambda r: (sign * r.value, r.number))[:top]
+                  key=lambda r: rank_key(r.value, r.number, maximize))[:top]
     head = f"study {study.study_name!r}: {_counts(study)}"
     if not rows:
         return f"{head}\nno trial has completed yet"
@@ -165,7 +146,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise OctsearchError(f"no trial of study {study.study_name!r} has completed yet "
                              f"({_counts(study)})")
-    return study.best_trial
+    return ranked(study)[0]
 
 
 def format_best(study: optuna.Study) -> str:

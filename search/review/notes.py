@@ -18,10 +18,10 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from octtrain.errors import clip
-from search.contract import OUTPUT_TAIL_ATTR, epoch_metrics, stored_run_dir
+from search.contract import OUTPUT_TAIL_ATTR, epoch_metrics, format_value, stored_run_dir
 from search.optuna_compat import frozen as frozen_trial
 from search.review import figures
-from search.review.leaderboard import class_names, format_value, trial_row
+from search.review.leaderboard import class_names, trial_row
 
 # graph object id → figure of the study
 STUDY_FIGURES = {

@@ -40,6 +40,7 @@ from optuna.storages import RDBStorage
 
 from octtrain.errors import clip, one_line
 from search.errors import WorkerError
+from search.notices import notice
 from search.optuna_compat import RDB_PRIVATE_CALLS
 
 DEFAULT_OUTAGE_S = 120.0  # how long a worker or trial rides out an unreachable database
@@ -154,9 +155,7 @@ class Outage:
             return result
 
     def _say(self, text: str) -> None:
-        out = self.out if self.out is not None else sys.stderr
-        out.write(f"octsearch: {text}\n")
-        out.flush()
+        notice(self.out if self.out is not None else sys.stderr, text)
 
 
 def _root(err: BaseException) -> BaseException:

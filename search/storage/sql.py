@@ -36,6 +36,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from octtrain.errors import clip, one_line
 from search.contract import KEPT_ON_RETRY
 from search.errors import StorageError
+from search.notices import notice
 from search.optuna_compat import no_experimental_warning
 from search.storage.retry import Outage, RetryingStorage
 from search.storage.urls import check_shared, redact
@@ -235,6 +236,4 @@ class _Beat:
             self._say(f"heartbeat of trial id {self.trial_id} recorded again after {lasted:.0f} s")
 
     def _say(self, text: str) -> None:
-        out = self.out if self.out is not None else sys.stderr
-        out.write(f"octsearch: {text}\n")
-        out.flush()
+        notice(self.out if self.out is not None else sys.stderr, text)

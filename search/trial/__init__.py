@@ -1,12 +1,13 @@
 """One trial in a child process: request and result files, the watching parent and the child
 (``process``, run as ``python -m search.trial``), the trainer's epochs as reports and prunes
 (``reporter``), epochs not yet stored (``epoch_queue``), death with the worker (``lifeline``) and the
-devices a trial process gets (``placement``).
+devices a trial process gets (``placement``) and its W&B identity (``identity``).
 """
 
 from __future__ import annotations
 
 from search.trial.epoch_queue import deliver_queued
+from search.trial.identity import with_wandb_identity
 from search.trial.placement import Assignment, auto_parallel, host_devices, parse_parallel, plan_slots
 from search.trial.process import RESULT_FILE, Outcome, StopRequest, TrialRequest, TrialResult, run_trial_process
 from search.trial.reporter import EpochReporter, metric_value
@@ -26,4 +27,5 @@ __all__ = [
     "parse_parallel",
     "plan_slots",
     "run_trial_process",
+    "with_wandb_identity",
 ]

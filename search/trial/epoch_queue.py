@@ -10,16 +10,15 @@ once: an epoch's attribute write and intermediate value are both idempotent.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
 
+from octtrain.files import write_json_atomic
 from octtrain.tracking import json_safe
-from search.contract import epoch_attr
+from search.contract import record_epoch
 
 QUEUE_FILE = "unreported_epochs.json"
 
@@ -51,10 +50,8 @@ class EpochQueue:
         if not self._items:
             self._path.unlink(missing_ok=True)
             return
-        tmp = self._path.with_suffix(".tmp")
         records = [{"epoch": e, "metrics": json_safe(m)} for e, m in self.pending()]
-        tmp.write_text(json.dumps(records, allow_nan=False))
-        os.replace(tmp, self._path)
+        write_json_atomic(self._path, records, allow_nan=False)
 
 
 def read_queue(run_dir: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -66,15 +63,14 @@ def read_queue(run_dir: Path) -> list[tuple[int, dict[str, Any]]]:
         return []
 
 
-def deliver_queued(storage: BaseStorage, trial_id: int, run_dir: Path,
-                   value_of: Callable[[Mapping[str, Any]], float]) -> int:
-    """Write the epochs queued in ``run_dir`` to the trial; returns how many. ``value_of(metrics)``
-    is the reported value. A trial finished meanwhile (failed as stale) takes none."""
+def deliver_queued(trial: optuna.Trial, run_dir: Path, value_of: Callable[[Mapping[str, Any]], float]) -> int:
+    """Record the epochs queued in ``run_dir`` on the trial (:func:`search.contract.record_epoch`);
+    returns how many. ``value_of(metrics)`` is the reported value. A trial finished meanwhile
+    (failed as stale) takes none."""
     queued = read_queue(run_dir)
     try:
         for epoch, metrics in queued:
-            storage.set_trial_user_attr(trial_id, epoch_attr(epoch), metrics)
-            storage.set_trial_intermediate_value(trial_id, epoch, value_of(metrics))
+            record_epoch(trial, epoch, metrics, value_of(metrics))
     except optuna.exceptions.UpdateFinishedTrialError:
         return 0
     (run_dir / QUEUE_FILE).unlink(missing_ok=True)

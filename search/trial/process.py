@@ -37,6 +37,7 @@ import optuna
 
 from octtrain.config import config_from_dict
 from octtrain.errors import DivergedError, OcttrainError, describe_exit
+from octtrain.files import write_json_atomic
 from octtrain.runtime import Preempted, stop_on_signals
 from search.contract import best_step
 from search.optuna_compat import take_over
@@ -74,7 +75,7 @@ class TrialRequest:
     preempt_to: str | None = None  # on SIGTERM, write a resume checkpoint here and stop
 
     def write(self, path: Path) -> None:
-        _write_json_atomic(path, dataclasses.asdict(self))
+        write_json_atomic(path, dataclasses.asdict(self), indent=1, allow_nan=False)
 
     @classmethod
     def read(cls, path: Path) -> TrialRequest:
@@ -103,7 +104,8 @@ class TrialResult:
     epochs_done: int | None = None  # PREEMPTED: epochs validated and reported before the stop
 
     def write(self, path: Path) -> None:
-        _write_json_atomic(path, {**dataclasses.asdict(self), "state": self.state.value})
+        write_json_atomic(path, {**dataclasses.asdict(self), "state": self.state.value},
+                          indent=1, allow_nan=False)
 
     @classmethod
     def read(cls, path: Path) -> TrialResult | None:
@@ -112,12 +114,6 @@ class TrialResult:
             return cls(**{**record, "state": Outcome(record["state"])})
         except (OSError, ValueError, TypeError, KeyError):
             return None
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
-    os.replace(tmp, path)  # the reader sees the whole record or none
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.contract import write_epoch, write_prune_reason
+from search.contract import record_epoch
 from search.optuna_compat import latest_trial
 from search.pruning import prune_reason
 from search.storage import DatabaseUnreachableError, is_outage, single_attempt
@@ -61,8 +61,7 @@ class EpochReporter:
             if not is_outage(err):
                 raise
             return  # the database is unreachable: keep training, deliver at the next epoch
-        if reason is not None:
-            write_prune_reason(self._trial, reason)
+        if reason is not None:  # the worker records it with the trial's end (one writer)
             raise optuna.TrialPruned(reason)
 
     def finish(self) -> None:
@@ -73,8 +72,7 @@ class EpochReporter:
 
     def _deliver(self) -> None:
         for epoch, metrics in self._queue.pending():
-            write_epoch(self._trial, epoch, metrics)
-            self._trial.report(metric_value(metrics, self._metric_key), epoch)
+            record_epoch(self._trial, epoch, metrics, metric_value(metrics, self._metric_key))
             self._queue.delivered(epoch)
 
     def _as_stored(self) -> optuna.trial.FrozenTrial:

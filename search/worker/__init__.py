@@ -5,11 +5,14 @@ checked first (``preflight``), results not yet told (``pending``), preempted tri
 
 from __future__ import annotations
 
-from search.worker.loop import WorkerOptions, run_worker
+from search.worker.loop import TrialEndCallback, WorkerOptions, run_worker
 from search.worker.preflight import check_storage, preflight
-from search.worker.retention import kept_bytes
+from search.worker.retention import DEFAULT_KEEP_BEST, CheckpointRetention, kept_bytes
 
 __all__ = [
+    "DEFAULT_KEEP_BEST",
+    "CheckpointRetention",
+    "TrialEndCallback",
     "WorkerOptions",
     "check_storage",
     "kept_bytes",

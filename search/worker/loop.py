@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import optuna
 from optuna.storages import fail_stale_trials
@@ -35,9 +35,11 @@ from optuna.trial import TrialState
 from octtrain.errors import ConfigError, clip
 from search.contract import (
     RESUMES_TRIAL_ATTR,
+    describe_trial,
     end_reason,
+    format_value,
     resume_source,
-    runs_folder,
+    trial_dir,
     write_best_epoch,
     write_devices,
     write_failure,
@@ -46,17 +48,27 @@ from search.contract import (
     write_run,
 )
 from search.errors import StorageError, WorkerError
+from search.notices import notice
 from search.optuna_compat import no_experimental_warning, study_storage
 from search.optuna_compat import trial_id as storage_id
-from search.review import default_artifacts_dir, describe_trial, evidence, format_value
 from search.space import SearchSpace
 from search.storage import OUTAGE_ENV, DatabaseUnreachableError, RetryingStorage, StudyStorage, asking, heartbeat
 from search.study import Step, count_trials, keep_or_put_back, next_step
-from search.trial import Assignment, Outcome, StopRequest, TrialRequest, TrialResult, run_trial_process
+from search.trial import Assignment, Outcome, TrialRequest, TrialResult, run_trial_process, with_wandb_identity
 from search.worker.pending import deliver_pending, tell_or_keep
 from search.worker.requeue import checkpoint_path, interrupted_result, requeue
-from search.worker.retention import DEFAULT_KEEP_BEST, prune_checkpoints
-from search.worker.slots import Slot, SlotPool
+from search.worker.slots import Slot, SlotPool, SlotRun
+
+
+class TrialEndCallback(Protocol):
+    """Work at a trial's end that is not the worker's (review evidence, checkpoint retention),
+    as Optuna's ``callbacks=``: ``before_tell`` once the trial process returned a result (the
+    trial's attributes are still writable), ``after_tell`` after every ``tell``. Neither may
+    raise: a callback reports its own failures on ``out``."""
+
+    def before_tell(self, study: optuna.Study, trial: optuna.Trial, out: TextIO | None) -> None: ...
+
+    def after_tell(self, study: optuna.Study, trial: optuna.Trial, out: TextIO | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,11 +84,7 @@ class WorkerOptions:
     fit_target: str = "octtrain:fit"
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment of trial processes
     slots: tuple[Assignment, ...] = ()  # trials at once and their devices (none: one, all)
-    stop: StopRequest | None = None  # set per slot (search.worker.slots): stops its trial process
-    devices: str = ""  # set per slot: its devices, recorded with each trial (record.py)
-    artifacts_dir: Path | None = None  # the trials' artifact store (None: RUNS_DIR/artifacts)
-    keep_best: int = DEFAULT_KEEP_BEST  # best.pt kept for the study's top k trials (retention.py)
-    keep_last: bool = False  # keep each ended trial's last.pt
+    on_trial_end: tuple[TrialEndCallback, ...] = ()  # review, checkpoint retention (octsearch run's)
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -93,12 +101,6 @@ class WorkerSummary:
     trials: list[int] = field(default_factory=list)  # numbers of the trials this worker ran
     finished: int = 0  # finished trials in the study when the worker stopped
     stopped: str = ""  # why the worker stopped
-
-
-def _progress(out: TextIO | None, text: str) -> None:
-    if out is not None:
-        out.write(f"octsearch: {text}\n")
-        out.flush()
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -138,8 +140,8 @@ def run_worker(
                     continue
                 summary.trials.append(trial.number)
                 try:
-                    pool.start(slot, options, functools.partial(
-                        _run_in_slot, study, space, storage, trial))
+                    pool.start(slot, options.env, functools.partial(
+                        _run_in_slot, study, space, storage, options, trial))
                 finally:
                     if not slot.busy:  # interrupted before its thread took the trial over
                         _tell(study, trial, TrialResult(Outcome.FAILED,
@@ -153,9 +155,8 @@ def run_worker(
 
 
 def _run_in_slot(study: optuna.Study, space: SearchSpace, storage: StudyStorage,
-                 trial: optuna.Trial, options: WorkerOptions,
-                 out: TextIO | None) -> optuna.trial.FrozenTrial:
-    return run_one_trial(study, space, storage, options, out=out, trial=trial)
+                 options: WorkerOptions, trial: optuna.Trial, slot: SlotRun) -> optuna.trial.FrozenTrial:
+    return run_one_trial(study, space, storage, options, out=slot.out, trial=trial, slot=slot)
 
 
 class _Loop:
@@ -186,7 +187,7 @@ class _Loop:
             step = Step.STOP
         if step is Step.WAIT and not self.pool.busy():
             if not self.waiting:
-                _progress(self.out, f"{finished} finished, {running} running in other workers: "
+                notice(self.out, f"{finished} finished, {running} running in other workers: "
                           "waiting for them")
             self.waiting = True
         elif step is Step.START:
@@ -204,7 +205,7 @@ class _Loop:
         if over is None:
             return True
         finished, running = over
-        _progress(self.out, f"trial {trial.number} put back in the queue: {finished} finished and "
+        notice(self.out, f"trial {trial.number} put back in the queue: {finished} finished and "
                   f"{running} running with it, over {self.options.n_trials} (another worker "
                   "asked at the same time)")
         self.hold_until = time.monotonic() + random.uniform(0.2, 1.0) * self.options.poll_s
@@ -218,7 +219,7 @@ class _Loop:
         assert frozen is not None
         finished, _ = count_trials(self.study)
         elapsed = _duration(time.monotonic() - self.start)
-        _progress(slot.out, f"{_bar(finished, self.options.n_trials)} finished, {elapsed} | "
+        notice(slot.out, f"{_bar(finished, self.options.n_trials)} finished, {elapsed} | "
                   f"{describe_trial(frozen)}")
         if frozen.state != TrialState.FAIL:
             slot.failures_in_a_row = 0
@@ -233,7 +234,7 @@ class _Loop:
         self.failed = WorkerError(slot.retired if not self.pool.prefixed else
                                   f"every slot stopped; {slot.name}: {slot.retired}")
         if self.pool.prefixed:
-            _progress(slot.out, slot.retired)
+            notice(slot.out, slot.retired)
 
 
 def _duration(seconds: float) -> str:
@@ -250,17 +251,19 @@ def ask_trial(study: optuna.Study) -> optuna.Trial:
 
 def run_one_trial(
     study: optuna.Study, space: SearchSpace, storage: StudyStorage, options: WorkerOptions,
-    *, out: TextIO | None = None, trial: optuna.Trial | None = None,
+    *, out: TextIO | None = None, trial: optuna.Trial | None = None, slot: SlotRun | None = None,
 ) -> optuna.trial.FrozenTrial:
-    """Ask one trial (or take ``trial``, just asked), run it in a child process, tell its
-    state. Never leaves it RUNNING."""
+    """Ask one trial (or take ``trial``, just asked), run it in a child process (in ``slot``:
+    none, a worker of one slot on every device), tell its state, then call
+    ``options.on_trial_end``. Never leaves it RUNNING."""
+    slot = slot or SlotRun(env=options.env, out=out)
     if trial is None:
         trial = ask_trial(study)
     trial_id = storage_id(trial)  # how the child takes it over (optuna_compat.take_over)
     try:
         run_dir = _run_dir(study, options, trial.number)
         with heartbeat(storage, trial_id, out=out):
-            result = _run(study, space, storage, trial, options, out)
+            result = _run(study, space, storage, trial, options, slot)
     except BaseException as err:  # interrupted, or the worker itself failed
         if isinstance(err, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (named) from the CLI
             reason = f"interrupted by {err}" if str(err) else "interrupted"
@@ -273,23 +276,22 @@ def run_one_trial(
         if not isinstance(err, Exception):
             raise
     else:
-        evidence.before_tell(trial, options.artifacts_dir or default_artifacts_dir(options.runs_dir), out)
+        for callback in options.on_trial_end:
+            callback.before_tell(study, trial, out)
         # kept in run_dir if the database stays unreachable
         tell_or_keep(study, storage, trial, result, run_dir, space.objective.metric_key, _tell)
-    evidence.after_tell(study, trial, out)  # the dashboard note and figures; never fails the trial
-    try:  # disk: checkpoints of ended trials outside the top k; never fails the trial
-        prune_checkpoints(study, keep_best=options.keep_best, keep_last=options.keep_last, out=out)
-    except Exception as err:  # noqa: BLE001
-        _progress(out, f"checkpoint retention failed: {type(err).__name__}: {err}")
+    for callback in options.on_trial_end:
+        callback.after_tell(study, trial, out)
     return storage.get_trial(trial_id)
 
 
 def _run_dir(study: optuna.Study, options: WorkerOptions, number: int) -> Path:
-    return (options.runs_dir / runs_folder(study) / f"trial_{number:04d}").resolve()
+    return trial_dir(options.runs_dir, study, number)
 
 
 def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: optuna.Trial,
-         options: WorkerOptions, out: TextIO | None) -> TrialResult:
+         options: WorkerOptions, slot: SlotRun) -> TrialResult:
+    out = slot.out
     params = space.suggest(trial)
     overrides: dict[str, Any] = dict(params)
     if options.device is not None:
@@ -297,21 +299,21 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
     if options.num_processes is not None:
         overrides["runtime.num_processes"] = options.num_processes
     write_overrides(trial, overrides)
-    if options.devices:
-        write_devices(trial, options.devices)
+    if slot.devices:
+        write_devices(trial, slot.devices)
     try:
         cfg = space.trainer_config(overrides)
-        cfg = evidence.with_wandb_identity(cfg, study.study_name, trial.number, params)
+        cfg = with_wandb_identity(cfg, study.study_name, trial.number, params)
     except ConfigError as err:
         return TrialResult(Outcome.FAILED, reason=f"invalid trainer config: {err}")
     run_dir = _run_dir(study, options, trial.number)
     unfreeze = cfg.model.unfreeze_at_epoch if cfg.model.freeze_encoder else -1
     write_run(trial, unfreeze_at_epoch=unfreeze, run_dir=run_dir, host=socket.gethostname())
     shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
-    _progress(out, f"trial {trial.number} started: {shown}")
+    notice(out, f"trial {trial.number} started: {shown}")
     resume_from = resume_source(trial)
     if resume_from is not None:
-        _progress(out, f"trial {trial.number} resumes preempted trial "
+        notice(out, f"trial {trial.number} resumes preempted trial "
                   f"{trial.user_attrs.get(RESUMES_TRIAL_ATTR)} from {resume_from}")
     request = TrialRequest(
         study_name=study.study_name, trial_id=storage_id(trial), trial_number=trial.number,
@@ -321,11 +323,11 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
     )
     # On XLA, trials of one shape compile once per host (a config's runtime.xla_cache_dir wins).
     xla_cache = options.runs_dir.resolve() / "xla-cache" / socket.gethostname()
-    env = {"OCTTRAIN_XLA_CACHE_DIR": str(xla_cache), **options.env}
+    env = {"OCTTRAIN_XLA_CACHE_DIR": str(xla_cache), **slot.env}
     if isinstance(storage, RetryingStorage):  # the trial process rides out the same outage
         env[OUTAGE_ENV] = str(storage.outage.limit_s)
     return run_trial_process(request, storage.url, echo=out, prefix=f"  [trial {trial.number}] ",
-                             env=env, stop=options.stop)
+                             env=env, stop=slot.stop)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None:

@@ -14,7 +14,6 @@ so no result is counted twice and no stale FAIL is overridden.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -22,7 +21,9 @@ from typing import TextIO
 import optuna
 from optuna.storages import BaseStorage
 
-from search.contract import runs_folder
+from octtrain.files import write_json_atomic
+from search.contract import trial_dirs
+from search.notices import notice
 from search.optuna_compat import take_over
 from search.optuna_compat import trial_id as storage_id
 from search.storage import DatabaseUnreachableError
@@ -33,18 +34,12 @@ MARKER_FILE = "undelivered.json"
 Tell = Callable[[optuna.Study, optuna.Trial, TrialResult], None]
 
 
-def _say(out: TextIO | None, text: str) -> None:
-    if out is not None:
-        out.write(f"octsearch: {text}\n")
-        out.flush()
-
-
 def tell_or_keep(study: optuna.Study, storage: BaseStorage, trial: optuna.Trial,
                  result: TrialResult, run_dir: Path, metric_key: str, tell: Tell) -> None:
     """Deliver the epochs the trial process left queued, then ``tell`` the result; if the
     database stays unreachable, keep the result in ``run_dir`` and raise."""
     try:
-        deliver_queued(storage, storage_id(trial), run_dir, lambda m: metric_value(m, metric_key))
+        deliver_queued(trial, run_dir, lambda m: metric_value(m, metric_key))
         tell(study, trial, result)
     except DatabaseUnreachableError as err:
         keep(run_dir, study.study_name, storage_id(trial), trial.number, result)
@@ -57,14 +52,13 @@ def keep(run_dir: Path, study_name: str, trial_id: int, number: int, result: Tri
     """Write ``result`` and the marker that says it is not in the database yet."""
     run_dir.mkdir(parents=True, exist_ok=True)
     result.write(run_dir / RESULT_FILE)
-    tmp = run_dir / (MARKER_FILE + ".tmp")
-    tmp.write_text(json.dumps({"study": study_name, "trial_id": trial_id, "number": number}))
-    os.replace(tmp, run_dir / MARKER_FILE)
+    write_json_atomic(run_dir / MARKER_FILE,
+                      {"study": study_name, "trial_id": trial_id, "number": number})
 
 
 def pending_dirs(study: optuna.Study, runs_dir: Path) -> list[Path]:
     """Run directories of the study holding an undelivered result, by trial number."""
-    return sorted(m.parent for m in (runs_dir / runs_folder(study)).glob(f"trial_*/{MARKER_FILE}"))
+    return [d for d in trial_dirs(runs_dir, study) if (d / MARKER_FILE).exists()]
 
 
 def deliver_pending(study: optuna.Study, storage: BaseStorage, runs_dir: Path, metric_key: str,
@@ -89,13 +83,13 @@ def deliver_pending(study: optuna.Study, storage: BaseStorage, runs_dir: Path, m
         if frozen.number != number:
             continue
         if frozen.state.is_finished():
-            _say(out, f"trial {number} is already {frozen.state.name}: its kept result "
+            notice(out, f"trial {number} is already {frozen.state.name}: its kept result "
                       f"({result.state.value}) is not delivered")
         else:
             trial = take_over(study, trial_id)
             tell_or_keep(study, storage, trial, result, run_dir, metric_key, tell)
             told += 1
-            _say(out, f"delivered the kept result of trial {number} ({result.state.value}) "
+            notice(out, f"delivered the kept result of trial {number} ({result.state.value}) "
                       f"from {run_dir}")
         marker.unlink(missing_ok=True)
     return told

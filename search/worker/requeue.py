@@ -29,8 +29,8 @@ from search.contract import (
     RESUME_FROM_ATTR,
     RESUMES_TRIAL_ATTR,
     epoch_attr,
-    runs_folder,
     stored_run_dir,
+    trial_dir,
     write_failure,
     write_preempted,
 )
@@ -41,8 +41,7 @@ from search.trial import RESULT_FILE, Outcome, TrialResult
 
 def checkpoint_path(checkpoint_dir: Path, study: optuna.Study, trial_number: int) -> Path:
     """Where trial ``trial_number`` writes its resume checkpoint when preempted (absolute)."""
-    return (checkpoint_dir / runs_folder(study) / f"trial_{trial_number:04d}" /
-            RESUME_FILE).resolve()
+    return trial_dir(checkpoint_dir, study, trial_number) / RESUME_FILE
 
 
 def interrupted_result(study: optuna.Study, trial_id: int) -> TrialResult | None:

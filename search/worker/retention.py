@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TextIO
 
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contract import stored_run_dir
+from search.contract import ranked, stored_run_dir
+from search.notices import notice
 
 DEFAULT_KEEP_BEST = 3
 CHECKPOINTS = ("best.pt", "last.pt")
@@ -42,11 +42,7 @@ def _delete(path: Path) -> int:
 
 def top_trials(study: optuna.Study, keep_best: int) -> set[int]:
     """Numbers of the study's best ``keep_best`` COMPLETE trials (ties: the earlier first)."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None]
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    done.sort(key=lambda t: (sign * float(t.value or 0.0), t.number))
-    return {t.number for t in done[:keep_best]}
+    return {t.number for t in ranked(study)[:keep_best]}
 
 
 def _run_dir(trial: FrozenTrial) -> Path | None:
@@ -86,3 +82,22 @@ def kept_bytes(study: optuna.Study) -> int:
         if run_dir is not None:
             total += sum(_size(run_dir / name) for name in CHECKPOINTS)
     return total
+
+
+class CheckpointRetention:
+    """The worker's trial-end callback for disk: after each ``tell``, :func:`prune_checkpoints`
+    (a failure is one line; it never fails the trial)."""
+
+    def __init__(self, keep_best: int = DEFAULT_KEEP_BEST, keep_last: bool = False) -> None:
+        if keep_best < 0:
+            raise ValueError(f"keep_best must be at least 0, but got keep_best={keep_best}.")
+        self.keep_best, self.keep_last = keep_best, keep_last
+
+    def before_tell(self, study: optuna.Study, trial: optuna.Trial, out: TextIO | None) -> None:
+        pass
+
+    def after_tell(self, study: optuna.Study, trial: optuna.Trial, out: TextIO | None) -> None:
+        try:
+            prune_checkpoints(study, keep_best=self.keep_best, keep_last=self.keep_last, out=out)
+        except Exception as err:  # noqa: BLE001 - disk housekeeping never fails a trial
+            notice(out, f"checkpoint retention failed: {type(err).__name__}: {err}")

@@ -17,20 +17,29 @@ Every line a slot writes (progress, the trial's output) starts with ``[slot I]``
 
 from __future__ import annotations
 
-import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO, cast
+from typing import TextIO, cast
 
 import optuna
 
 from search.trial import Assignment, StopRequest
 
-if TYPE_CHECKING:
-    from search.worker.loop import WorkerOptions
 
-TrialFn = Callable[["WorkerOptions", "TextIO | None"], optuna.trial.FrozenTrial]
+@dataclass(frozen=True)
+class SlotRun:
+    """What a slot gives the trial it runs: the trial processes' environment (the worker's and the
+    slot's devices), the stop request the slot's thread watches, the devices' label recorded with
+    the trial (empty for a worker of one slot on every device), and the slot's output."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    stop: StopRequest | None = None
+    devices: str = ""
+    out: TextIO | None = None
+
+
+TrialFn = Callable[[SlotRun], optuna.trial.FrozenTrial]
 
 
 class SlotOut:
@@ -95,17 +104,17 @@ class SlotPool:
     def all_retired(self) -> bool:
         return all(s.retired for s in self.slots)
 
-    def start(self, slot: Slot, options: WorkerOptions, run: TrialFn) -> None:
-        """Run ``run(slot_options, slot_out)`` in the slot's thread; its end is :meth:`done`."""
-        env = {**options.env, **slot.assignment.env}
+    def start(self, slot: Slot, env: Mapping[str, str], run: TrialFn) -> None:
+        """Run ``run(slot_run)`` in the slot's thread (``env``: the worker's environment of trial
+        processes, to which the slot adds its devices'); its end is :meth:`done`."""
         slot.stop = StopRequest()
         label = slot.assignment.label if slot.assignment.devices else ""
-        slot_options = dataclasses.replace(options, env=env, stop=slot.stop, devices=label)
+        slot_run = SlotRun({**env, **slot.assignment.env}, slot.stop, label, slot.out)
         slot.result, slot.error = None, None
 
         def body() -> None:
             try:
-                slot.result = run(slot_options, slot.out)
+                slot.result = run(slot_run)
             except BaseException as err:  # noqa: BLE001 - handed to the main thread
                 slot.error = err
             finally:

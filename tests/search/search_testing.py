@@ -21,8 +21,9 @@ import pytest
 import sqlalchemy
 import yaml
 
+from search.cli import trial_end_callbacks
 from search.storage.sql import open_storage
-from search.worker.loop import WorkerOptions
+from search.worker import DEFAULT_KEEP_BEST, WorkerOptions
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent  # the venv's console scripts
@@ -77,12 +78,15 @@ def secret_url() -> str:
     return url.set(password=PASSWORD).render_as_string(hide_password=False)
 
 
-def fake_options(tmp_path: Path, n_trials: int, **kwargs: Any) -> WorkerOptions:
-    """Worker options that run trials with the fake trainer, fast."""
+def fake_options(tmp_path: Path, n_trials: int, *, keep_best: int = DEFAULT_KEEP_BEST, keep_last: bool = False,
+                 artifacts_dir: Path | None = None, **kwargs: Any) -> WorkerOptions:
+    """Worker options that run trials with the fake trainer, fast, with the trial-end callbacks
+    of ``octsearch run`` (review evidence, checkpoint retention)."""
     return WorkerOptions(
         n_trials=n_trials, runs_dir=tmp_path / "runs", fit_target="fake_fit:fit",
         env={"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
-        poll_s=0.2, **kwargs,
+        poll_s=0.2, on_trial_end=trial_end_callbacks(tmp_path / "runs", artifacts_dir, keep_best, keep_last),
+        **kwargs,
     )
 
 

@@ -91,9 +91,8 @@ def test_evidence_that_cannot_be_written_never_fails_a_trial(tmp_path: Path) -> 
     study, _ = open_study(space, storage, "blocked")
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    options = fake_options(tmp_path, 1)
-    options = dataclasses.replace(options, artifacts_dir=blocker,
-                                  env={**options.env, "FAKE_FIT_RUN_FILES": "1"})
+    options = fake_options(tmp_path, 1, artifacts_dir=blocker)
+    options = dataclasses.replace(options, env={**options.env, "FAKE_FIT_RUN_FILES": "1"})
     out = io.StringIO()
     run_worker(study, space, storage, options, out=out)
     assert [t.state.name for t in study.trials] in (["COMPLETE"], ["PRUNED"])
