@@ -30,25 +30,15 @@ def octtrain(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def scenario_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default phantom set (720 volumes, 70/10/10/10), as the README's command writes it."""
-    out = tmp_path_factory.mktemp("scenario") / "synthetic"
-    proc = octtrain("make-synthetic", "--out", str(out), "--seed", "0")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"wrote {out / 'manifest.csv'}"
-    return out / "manifest.csv"
-
-
 def _train(config: str, manifest: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return octtrain("train", "--config", str(REPO / "configs" / config),
-                    "--set", f"data.manifest={manifest}", "--set", f"data.cache_dir={manifest.parent / 'cache'}",
+                    "--set", f"data.manifest={manifest}",
                     "--set", "runtime.device=cpu", "--out", str(out), *extra)
 
 
 @pytest.mark.slow
-def test_scenario_a_baseline_collapses(scenario_data: Path, tmp_path: Path) -> None:
-    proc = _train("scenario_a_baseline.yaml", scenario_data, tmp_path / "run")
+def test_scenario_a_baseline_collapses(demo_manifest: Path, tmp_path: Path) -> None:
+    proc = _train("scenario_a_baseline.yaml", demo_manifest, tmp_path / "run")
     assert proc.returncode == 0, proc.stderr
     epochs = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert len(epochs) == 10
@@ -60,8 +50,8 @@ def test_scenario_a_baseline_collapses(scenario_data: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_scenario_a_fixed_learns(scenario_data: Path, tmp_path: Path) -> None:
-    proc = _train("scenario_a_fixed.yaml", scenario_data, tmp_path / "run")
+def test_scenario_a_fixed_learns(demo_manifest: Path, tmp_path: Path) -> None:
+    proc = _train("scenario_a_fixed.yaml", demo_manifest, tmp_path / "run")
     assert proc.returncode == 0, proc.stderr
     epochs = read_metrics(tmp_path / "run" / "metrics.jsonl")
     best = max(m["val/balanced_accuracy"] for m in epochs)

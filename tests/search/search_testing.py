@@ -90,9 +90,11 @@ def fake_options(tmp_path: Path, n_trials: int, *, keep_best: int = DEFAULT_KEEP
     )
 
 
-def signal_when_written(path: Path, sig: signal.Signals, timeout: float = 60.0) -> None:
+def signal_when_written(path: Path, sig: signal.Signals, timeout: float = 300.0) -> None:
     """In the background: send ``sig`` to this process once ``path`` exists (e.g. a hanging
-    trial's pid file), a real signal as from a terminal or a scheduler."""
+    trial's pid file), a real signal as from a terminal or a scheduler; after ``timeout`` s
+    without it, anyway. (60 s was too short on a loaded 2-core machine: the trial process was
+    still importing torch, the signal came before its pid file, and its hang outlived the test.)"""
     def wait_and_signal() -> None:
         deadline = time.monotonic() + timeout
         while not path.exists() and time.monotonic() < deadline:

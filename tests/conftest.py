@@ -1,0 +1,49 @@
+"""Fixtures of the whole suite: the demo's data set, built once, and nothing a test runs
+writing outside the session's temporary directory. The trainer's data cache
+(``$XDG_CACHE_HOME/octtrain``), W&B's folders and every other per-user cache point into one
+session directory, set before the first test so that the processes the tests start (workers,
+trial processes, rank processes) inherit it; the data stores built there are shared by every
+test of the session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Environment variables of per-user folders a test run would otherwise write to under $HOME.
+CACHE_ENV = ("XDG_CACHE_HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR",
+             "MPLCONFIGDIR", "TRITON_CACHE_DIR")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every per-user cache of this session (and of the processes it starts) in its tmp dir."""
+    root = tmp_path_factory.mktemp("home-cache")
+    saved = {name: os.environ.get(name) for name in CACHE_ENV}
+    for name in CACHE_ENV:
+        os.environ[name] = str(root / name.lower())
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's data set as the README's command writes it (``octtrain make-synthetic --seed
+    0``: 720 phantom volumes, class 0 = 70 %), written once per session and shared read-only
+    by the end-to-end tests (Scenario A baseline and fix, the smoke search). Their data stores
+    are built once too, in the session's cache."""
+    out = tmp_path_factory.mktemp("demo") / "synthetic"
+    proc = subprocess.run([sys.executable, "-m", "octtrain.cli", "make-synthetic", "--out", str(out), "--seed", "0"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out / 'manifest.csv'}"
+    return out / "manifest.csv"
