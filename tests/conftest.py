@@ -8,12 +8,19 @@ test of the session."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# A shell starts a background job with SIGINT ignored, and an ignored signal stays ignored in
+# every process started from it: the tests that send Ctrl-C (to a worker, a trial process, the
+# dashboard) would wait on processes that never get it. Ctrl-C acts here as at a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Environment variables of per-user folders a test run would otherwise write to under $HOME.
 CACHE_ENV = ("XDG_CACHE_HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR",
