@@ -46,3 +46,27 @@ def test_no_experimental_warning_silences_only_that_warning() -> None:
             warnings.warn("x", optuna.exceptions.ExperimentalWarning, stacklevel=1)
             warnings.warn("y", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["y"]
+
+
+def test_private_names_lists_every_private_name_the_module_uses() -> None:
+    """Each ``._name`` the compatibility module reaches (attributes, modules, imported names)
+    is in PRIVATE_NAMES, so that missing() checks it."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(compat))
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            used.add(node.attr)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("optuna"):
+            used.update(part for part in node.module.split(".") if part.startswith("_"))
+            used.update(a.name for a in node.names if a.name.startswith("_"))
+        elif isinstance(node, ast.FunctionDef):
+            for const in ast.walk(node):  # getattr(obj, "_name", ...)
+                if isinstance(const, ast.Constant) and isinstance(const.value, str) \
+                        and const.value.startswith("_") and not const.value.startswith("__") \
+                        and const.value.isidentifier():
+                    used.add(const.value)
+    listed = {part for module, path in compat.PRIVATE_NAMES for part in (*module.split("."), *path.split("."))}
+    assert used - listed == set(), f"private Optuna names used but not in PRIVATE_NAMES: {used - listed}"
