@@ -42,8 +42,9 @@ def make_dashboard_server(storage_url: str, host: str, port: int,
 
 
 def serve(storage_url: str, host: str, port: int, *, artifacts_dir: Path | None = None,
-          out: TextIO = sys.stderr) -> None:
+          out: TextIO | None = None) -> None:
     """Serve the dashboard until interrupted."""
+    out = out if out is not None else sys.stderr  # the current one (tests capture it)
     server = make_dashboard_server(storage_url, host, port, artifacts_dir)
     bound_port = server.server_address[1]
     out.write(f"octsearch: optuna-dashboard for {redact(storage_url)} on "

@@ -87,8 +87,10 @@ def _run_dir(study: optuna.Study, runs_dir: Path) -> Path:
     return (base / ("final" if n == 1 else f"final_{n}")).resolve()
 
 
-def finalize(study: optuna.Study, options: FinalizeOptions, *, out: TextIO = sys.stdout) -> dict[str, Any]:
-    """Retrain the best trial, evaluate it on the test split, print, write and store the result."""
+def finalize(study: optuna.Study, options: FinalizeOptions, *, out: TextIO | None = None) -> dict[str, Any]:
+    """Retrain the best trial, evaluate it on the test split, print (on ``out``, default the
+    current ``sys.stdout``), write and store the result."""
+    out = out if out is not None else sys.stdout
     from octtrain import fit
     from octtrain.train import evaluate_checkpoint
 

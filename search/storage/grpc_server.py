@@ -140,9 +140,10 @@ def _make_server(storage: _HeartbeatRelay, host: str, port: int) -> Any:
     return server
 
 
-def serve(storage_url: str, host: str, port: int, *, out: TextIO = sys.stderr) -> None:
+def serve(storage_url: str, host: str, port: int, *, out: TextIO | None = None) -> None:
     """Serve the storage at ``storage_url`` on ``host:port`` until interrupted (Ctrl-C or
     SIGTERM raise KeyboardInterrupt in this thread); in-flight calls get a short grace."""
+    out = out if out is not None else sys.stderr  # the current one (tests capture it)
     if is_grpc_url(storage_url):
         raise StorageError("serve-storage needs the database URL (sqlite:///FILE, "
                            "postgresql+psycopg://... or mysql+pymysql://...), not a proxy's")
