@@ -21,9 +21,9 @@ import optuna
 from optuna.storages import BaseStorage, _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 
-__all__ = ["PRIVATE_NAMES", "RDB_PRIVATE_CALLS", "BaseHeartbeat", "CachedStorage", "add_proxy_service", "frozen",
-           "latest_trial", "missing", "no_experimental_warning", "put_back", "study_storage", "take_over",
-           "trial_id"]
+__all__ = ["PRIVATE_NAMES", "RDB_PRIVATE_CALLS", "BaseHeartbeat", "CachedStorage", "StaleTrialsFailedElsewhere",
+           "add_proxy_service", "frozen", "latest_trial", "missing", "no_experimental_warning", "put_back",
+           "study_storage", "take_over", "trial_id"]
 
 # (module, attribute path): every private Optuna name used below.
 PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
@@ -121,6 +121,14 @@ class CachedStorage(_CachedStorage):
 
     def read_trials(self, study_id: int) -> None:
         super()._read_trials_from_remote_storage(study_id)
+
+
+class StaleTrialsFailedElsewhere(BaseHeartbeat):
+    """Optuna's heartbeat protocol for a client whose stale trials another process fails (the
+    gRPC proxy sweeps them): Optuna's ``fail_stale_trials`` finds none through this storage."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return []
 
 
 def add_proxy_service(server: Any, storage: BaseStorage) -> None:

@@ -38,7 +38,8 @@ LAYERS = {
 }
 # Optuna names that are private (a leading underscore anywhere in the dotted path or attribute).
 PRIVATE_OPTUNA = re.compile(r"\._storage\b|\._trial_id\b|_get_latest_trial|optuna\.storages\._|"
-                            r"_CachedStorage|_read_trials_from_remote_storage|optuna\._|optuna\.trial\._")
+                            r"_CachedStorage|_read_trials_from_remote_storage|_get_stale_trial_ids|optuna\._|"
+                            r"optuna\.trial\._")
 COMPAT = "search/optuna_compat.py"
 
 

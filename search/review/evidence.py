@@ -18,6 +18,7 @@ import optuna
 
 from octtrain.errors import clip
 from search.contract import stored_run_dir
+from search.notices import notice
 from search.optuna_compat import trial_id
 from search.review.artifacts import artifact_store, upload_run_files
 from search.review.notes import refresh_study_figures, save_trial_note
@@ -29,10 +30,8 @@ def _never_fails(what: str, trial: optuna.Trial, out: TextIO | None) -> Iterator
     try:
         yield
     except Exception as err:  # noqa: BLE001 - review evidence must never fail a trial
-        if out is not None:
-            out.write(f"octsearch: warning: trial {trial.number}: cannot write {what}: "
-                      f"{clip(f'{type(err).__name__}: {err}')}\n")
-            out.flush()
+        notice(out, f"warning: trial {trial.number}: cannot write {what}: "
+                    f"{clip(f'{type(err).__name__}: {err}')}")
 
 
 def before_tell(trial: optuna.Trial, artifacts_dir: Path, out: TextIO | None = None) -> None:

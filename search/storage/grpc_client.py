@@ -16,14 +16,14 @@ from optuna.storages import GrpcStorageProxy
 from optuna.trial import FrozenTrial
 
 from search.errors import StorageError
-from search.optuna_compat import BaseHeartbeat, no_experimental_warning
+from search.optuna_compat import StaleTrialsFailedElsewhere, no_experimental_warning
 from search.storage.urls import grpc_url, parse_grpc_url
 
 READY_TIMEOUT_S = 10.0  # how long a client waits for the proxy to answer before giving up
 HEARTBEAT_ATTR = "octsearch:heartbeat"  # a client's heartbeat, relayed to the database's
 
 
-class GrpcStorage(GrpcStorageProxy, BaseHeartbeat):
+class GrpcStorage(GrpcStorageProxy, StaleTrialsFailedElsewhere):
     """Optuna's proxy client, with heartbeats (see the module docstring) and a ``url``."""
 
     def __init__(self, *, host: str, port: int, heartbeat_interval: int | None) -> None:
@@ -34,9 +34,6 @@ class GrpcStorage(GrpcStorageProxy, BaseHeartbeat):
 
     def record_heartbeat(self, trial_id: int) -> None:
         self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        return []  # the proxy fails stale trials itself
 
     def get_heartbeat_interval(self) -> int | None:
         return self._heartbeat_interval

@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from octtrain.errors import clip, one_line
 from search.errors import OctsearchError, StorageError
+from search.notices import notice
 from search.optuna_compat import CachedStorage, add_proxy_service, no_experimental_warning
 from search.storage.grpc_client import HEARTBEAT_ATTR
 from search.storage.sql import HEARTBEAT_INTERVAL_S, open_storage
@@ -108,8 +109,7 @@ def _sweep_stale_trials(storage: _HeartbeatRelay, out: TextIO) -> None:
             with no_experimental_warning():
                 fail_stale_trials(study)
     except Exception as err:  # noqa: BLE001 - any storage failure: the next sweep tries again
-        out.write(f"octsearch: stale-trial sweep failed, retrying: {clip(one_line(err))}\n")
-        out.flush()
+        notice(out, f"stale-trial sweep failed, retrying: {clip(one_line(err))}")
 
 
 def _refuse_a_busy_port(host: str, port: int) -> None:

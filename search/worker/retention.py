@@ -69,8 +69,8 @@ def prune_checkpoints(study: optuna.Study, *, keep_best: int = DEFAULT_KEEP_BEST
             size = _delete(path) if path.exists() else 0
             freed, files = freed + size, files + (size > 0)
     if files and out is not None:
-        print(f"octsearch: checkpoints: deleted {files} file(s), {freed / 1e6:.1f} MB; "
-              f"{kept_bytes(study) / 1e6:.1f} MB kept", file=out, flush=True)
+        notice(out, f"checkpoints: deleted {files} file(s), {freed / 1e6:.1f} MB; "
+                    f"{kept_bytes(study) / 1e6:.1f} MB kept")
     return freed
 
 
