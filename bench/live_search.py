@@ -111,14 +111,15 @@ def main(argv: list[str] | None = None) -> int:
                   "epochs": space.base.train.epochs, "space_file": str(space_path)}
         full = as_recording(nop_study, header, "live-nop")
         ref = rp.recording_best(full)
+        tol = rp.validation_tolerance(full)
         pruned = live_outcomes(cfg_study, full)
         scores = {
-            "nop": [rp.score(live_outcomes(nop_study, full), full, ref)],
-            "configured": [rp.score(pruned, full, ref)],
+            "nop": [rp.score(live_outcomes(nop_study, full), full, tol)],
+            "configured": [rp.score(pruned, full, tol)],
         }
         print(f"\nlive searches on {space_path}: {args.trials} trials, seed {args.seed}; "
               f"wall {nop_wall / 60:.1f} min unpruned, {cfg_wall / 60:.1f} min with the configured pruner")
-        print(rp.format_table(rp.summarize(scores, full.maximize)))
+        print(rp.format_table(rp.summarize(scores, tol, full.maximize)))
         predicted = rp.replay(full, space.pruner.build, list(range(len(full.configs))))
         live = {_key(o.config.params): o for o in pruned}
         print("\nreplay of the unpruned curves through the configured pruner vs the live pruned search:")

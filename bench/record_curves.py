@@ -20,6 +20,10 @@ manifest, seeds, versions, host); every other line is one configuration::
 Resumable: finished configurations are appended, one flushed line each, to ``OUT.partial``;
 a rerun with the same arguments skips them (the sampler is replayed, so configuration ``i`` is
 the same) and the gzipped ``OUT`` is written when all are done.
+
+Sharded: ``--shard K/N`` records only the configurations whose index is K modulo N, into
+``OUT.partial.K``, so N processes (one torch thread each) share the cores. Every shard skips what
+any shard has finished, and the shard that finds all configurations done writes ``OUT``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import Any
 import optuna
 
 from octtrain.errors import DivergedError, OcttrainError
-from search.contract import UNFREEZE_ATTR, epoch_metrics
+from search.contract import epoch_metrics, write_schedule
 from search.space.search_space import SearchSpace, load_space
 from search.trial.reporter import EpochReporter
 
@@ -57,7 +61,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output .jsonl.gz")
     parser.add_argument("--device", default="cpu", help="runtime.device for every configuration")
     parser.add_argument("--no-enqueued", action="store_true", help="skip the space's enqueued trials")
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
+                        help="record only configurations with index %% N == K (default 0/1: all)")
     args = parser.parse_args(argv)
+    try:
+        args.shard_k, args.shard_n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        parser.error(f"--shard must be K/N, got {args.shard!r}")
+    if not 0 <= args.shard_k < args.shard_n:
+        parser.error(f"--shard K/N needs 0 <= K < N, got {args.shard!r}")
     if args.configs < 1 or args.epochs < 1:
         parser.error(f"--configs and --epochs must be >= 1, got {args.configs} and {args.epochs}")
     if not Path(args.manifest).is_file():
@@ -96,6 +108,20 @@ def make_header(args: argparse.Namespace, space: SearchSpace) -> dict[str, Any]:
 
 # Keys that must match for a rerun to continue a partial recording.
 _RESUME_KEYS = ("format", "space", "manifest_sha256", "configs", "enqueued", "seed", "epochs", "device")
+# (the shard is not among them: a recording may be resumed with another number of shards)
+
+
+def partial_paths(out: Path) -> list[Path]:
+    """Every partial file of a recording: unsharded (``OUT.partial``) and sharded (``OUT.partial.K``)."""
+    return sorted(out.parent.glob(out.name + ".partial*")) if out.parent.is_dir() else []
+
+
+def read_partials(out: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Finished configurations of every partial file of ``out``, by index."""
+    done: dict[int, dict[str, Any]] = {}
+    for path in partial_paths(out):
+        done.update(read_partial(path, header))
+    return done
 
 
 def read_partial(path: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -155,7 +181,7 @@ def record_one(study: optuna.Study, trial: optuna.Trial, name: str | None, space
         cfg = space.trainer_config(overrides)
         unfreeze = cfg.model.unfreeze_at_epoch if cfg.model.freeze_encoder else -1
         row["unfreeze_at_epoch"] = unfreeze
-        trial.set_user_attr(UNFREEZE_ATTR, unfreeze)
+        write_schedule(trial, unfreeze_at_epoch=unfreeze, epochs=args.epochs)
         fit(cfg, out_dir=run_root / f"config_{trial.number:04d}",
             on_epoch_end=EpochReporter(trial, space.objective.metric_key), progress=False)
     except DivergedError as err:  # octsearch run prunes these, with the reason
@@ -177,11 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     space = load_space(args.space)
     header = make_header(args, space)
     out = Path(args.out)
-    partial = out.with_name(out.name + ".partial")
-    done = read_partial(partial, header)
+    partial = out.with_name(out.name + ".partial" + (f".{args.shard_k}" if args.shard_n > 1 else ""))
+    done = read_partials(out, header)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not partial.exists():
         partial.write_text(json.dumps({"header": header}) + "\n")
+    elif not partial.read_text().endswith("\n"):  # the line being written when the run was killed
+        with partial.open("a") as f:
+            f.write("\n")
     total = args.configs + (0 if args.no_enqueued else len(space.enqueue))
     print(f"record_curves: {total} configurations x {args.epochs} epochs -> {out}"
           f"{f' (resuming: {len(done)} done)' if done else ''}", flush=True)
@@ -189,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ran = 0
     with tempfile.TemporaryDirectory(prefix="octsearch-curves-") as tmp, partial.open("a") as sink:
         for study, trial, name in configurations(space, args):
-            if trial.number in done:
+            if trial.number in done or trial.number % args.shard_n != args.shard_k:
                 space.suggest(trial)  # advance the sampler exactly as the first run did
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 continue
@@ -199,18 +228,25 @@ def main(argv: list[str] | None = None) -> int:
             done[row["index"]] = row
             ran += 1
             elapsed = time.monotonic() - t_start
-            eta = elapsed / ran * (total - len(done))
+            mine = sum(1 for i in range(total) if i % args.shard_n == args.shard_k and i not in done)
+            eta = elapsed / ran * mine
             best = max((e.get(space.objective.metric_key) or 0.0 for e in row["epochs"]), default=float("nan"))
             print(f"[{len(done)}/{total}] config {row['index']}{' ' + name if name else ''}: {row['state']}, "
                   f"{len(row['epochs'])} epochs, best {best:.3f}, {row['fit_s']:.0f}s "
                   f"(elapsed {elapsed / 60:.1f} min, eta {eta / 60:.1f} min)", flush=True)
+    done = {**read_partials(out, header), **done}  # other shards' work too
+    if len(done) < total:
+        print(f"record_curves: shard {args.shard} done; {total - len(done)} configurations are left "
+              f"to other shards (the last one to finish writes {out})", flush=True)
+        return 0
     header["wall_s_this_run"] = round(time.monotonic() - t_start, 1)
     header["fit_s_total"] = round(sum(r["fit_s"] for r in done.values()), 1)
     with gzip.open(out, "wt") as f:
         f.write(json.dumps({"header": header}) + "\n")
         for index in sorted(done):
             f.write(json.dumps(done[index]) + "\n")
-    partial.unlink()
+    for path in partial_paths(out):
+        path.unlink(missing_ok=True)  # two shards may finish together
     print(f"record_curves: wrote {out} ({len(done)} configurations, "
           f"{header['fit_s_total'] / 60:.1f} min of training)", flush=True)
     return 0

@@ -24,6 +24,7 @@ process starts; the reporter writes one per epoch; the worker writes how the tri
                           stale trial is re-queued)
 ``overrides``             the dotted trainer overrides of the trial: sampled params (+ device)
 ``unfreeze_at_epoch``     the epoch the encoder unfreezes (``-1``: never)
+``epochs``                the trial's epoch budget (``train.epochs``); none in older studies
 ``run_dir``               the trial's run directory (absolute)
 ``host``                  the host name of the worker that ran it
 ``devices``               the devices its worker's slot gave it (``tpu:2,3``, ``cuda:1``,
@@ -64,6 +65,7 @@ CREATION_ID_ATTR = "octsearch:creation_id"
 ENQUEUED_ATTR = "enqueued"
 OVERRIDES_ATTR = "overrides"
 UNFREEZE_ATTR = "unfreeze_at_epoch"
+EPOCHS_ATTR = "epochs"
 RUN_DIR_ATTR = "run_dir"
 HOST_ATTR = "host"
 DEVICES_ATTR = "devices"
@@ -143,11 +145,17 @@ def write_overrides(trial: optuna.Trial, overrides: Mapping[str, Any]) -> None:
     trial.set_user_attr(OVERRIDES_ATTR, dict(overrides))
 
 
-def write_run(trial: optuna.Trial, *, unfreeze_at_epoch: int, run_dir: Path, host: str) -> None:
-    """What the trial process is about to run: warm-up length, run directory and host."""
-    trial.set_user_attr(UNFREEZE_ATTR, unfreeze_at_epoch)
+def write_run(trial: optuna.Trial, *, unfreeze_at_epoch: int, epochs: int, run_dir: Path, host: str) -> None:
+    """What the trial process is about to run: warm-up length, epoch budget, run directory, host."""
+    write_schedule(trial, unfreeze_at_epoch=unfreeze_at_epoch, epochs=epochs)
     trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
     trial.set_user_attr(HOST_ATTR, host)
+
+
+def write_schedule(trial: optuna.Trial, *, unfreeze_at_epoch: int, epochs: int) -> None:
+    """What the pruners read of the trial's plan: the unfreeze epoch and the epoch budget."""
+    trial.set_user_attr(UNFREEZE_ATTR, unfreeze_at_epoch)
+    trial.set_user_attr(EPOCHS_ATTR, epochs)
 
 
 def write_devices(trial: optuna.Trial, label: str) -> None:
@@ -205,6 +213,12 @@ def unfreeze_at_epoch(trial: BaseTrial) -> int:
     """The epoch the trial's encoder unfreezes; ``-1`` (never) where none is stored."""
     value = trial.user_attrs.get(UNFREEZE_ATTR, -1)
     return value if isinstance(value, int) else -1
+
+
+def epoch_budget(trial: BaseTrial) -> int | None:
+    """The trial's epoch budget (``train.epochs``); ``None`` where none is stored."""
+    value = trial.user_attrs.get(EPOCHS_ATTR)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def stored_best_epoch(trial: BaseTrial) -> int | None:

@@ -1,19 +1,24 @@
 """Pruning: the collapse rule as pure functions over each epoch's evidence (``collapse``) and the
 ``CollapsePruner`` with the ``ExplainingPruner`` protocol and reasons for Optuna's own pruners
-(``pruner``).
+(``pruner``), and the reach rule, the default inner pruner (``reach``).
 """
 
 from __future__ import annotations
 
 from search.pruning.collapse import EpochEvidence, collapse_reason, effective_grace, stuck_reason
 from search.pruning.pruner import CollapsePruner, ExplainingPruner, prune_reason
+from search.pruning.reach import Reach, ReachPruner, reach, resolution
 
 __all__ = [
     "CollapsePruner",
     "EpochEvidence",
     "ExplainingPruner",
+    "Reach",
+    "ReachPruner",
     "collapse_reason",
     "effective_grace",
     "prune_reason",
+    "reach",
+    "resolution",
     "stuck_reason",
 ]

@@ -20,7 +20,7 @@ import optuna
 from octtrain.config import unknown_keys, yaml_number
 from octtrain.errors import Problems
 from search.optuna_compat import no_experimental_warning
-from search.pruning import CollapsePruner
+from search.pruning import CollapsePruner, ReachPruner
 
 # Options a space file may pass to each sampler and inner pruner, with their kinds.
 SAMPLERS: dict[str, tuple[type, dict[str, str]]] = {
@@ -33,6 +33,9 @@ _PERCENTILE_OPTIONS = {"n_startup_trials": "int", "n_warmup_steps": "int", "inte
                        "n_min_trials": "int"}
 INNER_PRUNERS: dict[str, tuple[type | None, dict[str, str]]] = {
     "none": (None, {}),
+    "reach": (ReachPruner, {
+        "settle_epochs": "int", "grace_epochs": "int", "window": "int", "optimism": "float",
+        "tolerance_volumes": "float", "n_startup_trials": "int"}),
     "median": (optuna.pruners.MedianPruner, _PERCENTILE_OPTIONS),
     "percentile": (optuna.pruners.PercentilePruner, {"percentile": "float", **_PERCENTILE_OPTIONS}),
     "hyperband": (optuna.pruners.HyperbandPruner, {

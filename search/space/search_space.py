@@ -149,6 +149,9 @@ def space_from_dict(raw: Any, source: str | None = None,
     enqueue = _parse_enqueue(raw.get("enqueue"), params, base, p)
     sampler = parse_sampler(raw.get("sampler"), p)
     pruner = parse_pruner(raw.get("pruner"), p)
+    if pruner.inner == "reach" and not objective.maximize:
+        p.append(("pruner.inner.type", f"reach judges a maximized objective; objective.metric {objective.metric} "
+                  "is minimized (use median, percentile, hyperband or successive_halving)"))
     if p:
         raise SearchSpaceError(p, source)
     assert base is not None

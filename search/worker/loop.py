@@ -308,7 +308,8 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
         return TrialResult(Outcome.FAILED, reason=f"invalid trainer config: {err}")
     run_dir = _run_dir(study, options, trial.number)
     unfreeze = cfg.model.unfreeze_at_epoch if cfg.model.freeze_encoder else -1
-    write_run(trial, unfreeze_at_epoch=unfreeze, run_dir=run_dir, host=socket.gethostname())
+    write_run(trial, unfreeze_at_epoch=unfreeze, epochs=cfg.train.epochs, run_dir=run_dir,
+              host=socket.gethostname())
     shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
     notice(out, f"trial {trial.number} started: {shown}")
     resume_from = resume_source(trial)

@@ -24,22 +24,39 @@ def tiny_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_replay_of_a_slice_writes_every_pruner_and_column(tiny_slice: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_of_a_slice_writes_every_pruner_and_statistic(tiny_slice: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "summary.json"
-    assert rp.main(["--curves", str(tiny_slice), "--trials", "6", "--seeds", "2", "--json", str(out),
-                    "--space", "spaces/scenario_a.yaml"]) == 0
+    assert rp.main(["--curves", str(tiny_slice), "--trials", "6", "--orders", "3", "--jobs", "1",
+                    "--json", str(out), "--space", "spaces/scenario_a.yaml"]) == 0
     doc = json.loads(out.read_text())
-    names = ("nop", "median", "percentile25", "hyperband", "successive_halving", "collapse",
-             "collapse+median", "collapse+hyperband", "configured")
+    rows = doc["recordings"][str(tiny_slice)]
+    names = ("nop", "median", "percentile25", "hyperband", "successive_halving", "patient(median)", "reach",
+             "collapse", "collapse+median", "collapse+hyperband", "collapse+patient(median)", "collapse+reach",
+             "configured", rp.HINDSIGHT)
+    assert list(rows) == list(names)
+    tol = 1 / (4 * 10)  # the tuning recording's validation set: 76/10/10/10 volumes
     for name in names:
-        assert set(doc[name]) == {"epochs_fraction", "regret", "false_prunes", "collapsed_run_to_end",
-                                  "median_stop_epoch"}
-    assert doc["nop"]["epochs_fraction"] == 1.0 and doc["nop"]["regret"] == 0.0
-    assert doc["nop"]["false_prunes"] == 0.0
-    assert doc["configured"]["epochs_fraction"] <= 1.0
+        assert set(rows[name]) == set(rp.JSON_KEYS) and rows[name]["tol"] == pytest.approx(tol)
+        assert 0.0 <= rows[name]["p_regret"] <= 1.0 and 0.0 <= rows[name]["best_lost"] <= 1.0
+    assert rows["nop"]["epochs_fraction"] == 1.0 and rows["nop"]["regret"] == 0.0
+    assert rows["nop"]["best_lost"] == 0.0 and rows[rp.HINDSIGHT]["best_lost"] == 0.0
+    assert rows[rp.HINDSIGHT]["epochs_fraction"] < 1.0 and rows[rp.HINDSIGHT]["regret"] == 0.0
+    assert doc["subsets"][str(tiny_slice)]["trials"] == 6
     printed = capsys.readouterr().out
-    assert rp.COLLAPSED_DEFINITION in printed and "configured" in printed
+    assert rp.COLLAPSED_DEFINITION in printed and "tol 0.0250" in printed
+    assert "3 orders of all configurations" in printed
+
+
+def test_best_lost_counts_orders_where_every_near_best_configuration_was_pruned(tiny_slice: Path) -> None:
+    rec = rp.load_recording(tiny_slice)
+    order = list(range(len(rec.configs)))
+    nop = rp.replay(rec, rp.optuna.pruners.NopPruner, order)
+    best = max(rp.full_curve_best(c, rec) for c in rec.configs)
+    near = {o.config.index for o in nop if rp.full_curve_best(o.config, rec) >= best - 0.025}
+    assert not rp.score(nop, rec, 0.025).best_lost
+    lost = [rp.dataclasses.replace(o, state="pruned") if o.config.index in near else o for o in nop]
+    assert rp.score(lost, rec, 0.025).best_lost
 
 
 def test_every_pruner_sees_the_same_trials_in_the_same_order(tiny_slice: Path) -> None:

@@ -76,8 +76,13 @@ def with_param(path: str, spec: Any) -> dict[str, Any]:
         (with_changes(sampler={"type": "tpe", "multivariate": "yes"}), "sampler.multivariate",
          "must be bool, got 'yes'"),
         (with_changes(pruner={"inner": {"type": "wilcoxon"}}), "pruner.inner.type",
-         "unknown pruner 'wilcoxon' (known: none, median, percentile, hyperband, "
+         "unknown pruner 'wilcoxon' (known: none, reach, median, percentile, hyperband, "
          "successive_halving)"),
+        (with_changes(pruner={"inner": {"type": "reach", "window": 0}}), "pruner.inner", "window=0"),
+        (with_changes(pruner={"inner": {"type": "reach", "optimism": "high"}}), "pruner.inner.optimism",
+         "must be float, got 'high'"),
+        (with_changes(objective={"metric": "loss", "direction": "minimize"}, pruner={"inner": {"type": "reach"}}),
+         "pruner.inner.type", "reach judges a maximized objective; objective.metric loss is minimized"),
         (with_changes(pruner={"inner": {"type": "percentile"}}), "pruner.inner.percentile",
          "is required for the percentile pruner"),
         (with_changes(pruner={"inner": {"type": "percentile", "percentile": 120}}),
