@@ -5,8 +5,9 @@ startup trials and, when most trials collapse, compare a collapsed trial with a 
 median and never fire (measured here: Optuna 5.0's ``MedianPruner`` keeps a trial reporting
 0.25 at every epoch when six completed trials also reported 0.25). :class:`CollapsePruner`
 instead judges a trial by its own per-epoch record, from the first trial of a study, with the
-rule of :mod:`search.pruning.collapse`, and wraps an optional inner Optuna pruner for the usual "worse
-than the others" rule.
+rule of :mod:`search.pruning.collapse`, and wraps an optional inner pruner for trials that learn
+but not well enough: by default the reach rule (:mod:`search.pruning.reach`: "can it still reach
+the best completed trial?"), or one of Optuna's ("is it worse than the others now?").
 
 The per-epoch evidence is what :mod:`search.trial.reporter` stores for every epoch (see
 :mod:`search.contract`): the trial's intermediate value (the objective) plus the trainer's
@@ -129,7 +130,8 @@ class CollapsePruner(BasePruner):
         stuck_patience: Consecutive stuck epochs needed to prune in criterion 1; ``0`` turns it off.
         max_prediction_change: Largest share of validation predictions that may change class
             between two epochs that still count as stuck, in ``[0, 1]``.
-        inner: An Optuna pruner consulted after the grace period, or ``None``.
+        inner: A pruner consulted after the grace period (:class:`~search.pruning.reach.ReachPruner`
+            or one of Optuna's), or ``None``.
     """
 
     def __init__(

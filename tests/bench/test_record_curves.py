@@ -100,3 +100,28 @@ def test_a_partial_file_of_other_arguments_is_refused(tiny_space: tuple[Path, Pa
     with pytest.raises(SystemExit, match="other .*seed"):
         record_curves.main(_args(space, manifest, out))
     assert partial.exists()  # nothing lost
+
+
+def test_shards_record_their_share_and_the_last_one_writes_the_recording(
+        tiny_space: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space, manifest = tiny_space
+    out = tmp_path / "sharded.jsonl.gz"
+    assert record_curves.main([*_args(space, manifest, out), "--shard", "1/2"]) == 0
+    assert "shard 1/2 done; 2 configurations are left to other shards" in capsys.readouterr().out
+    assert not out.exists() and out.with_name(out.name + ".partial.1").exists()
+    assert record_curves.main([*_args(space, manifest, out), "--shard", "0/2"]) == 0
+    _, *rows = _read(out)
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert not list(tmp_path.glob("sharded.jsonl.gz.partial*"))
+    # Each shard replays the sampler: configuration i has the parameters an unsharded run gives it.
+    args = record_curves.parse_args(_args(space, manifest, out))
+    loaded = record_curves.load_space(str(space))
+    expected = [loaded.suggest(trial) for _, trial, _ in record_curves.configurations(loaded, args)]
+    assert [r["params"] for r in rows] == expected
+
+
+def test_a_bad_shard_is_refused(tiny_space: tuple[Path, Path], tmp_path: Path) -> None:
+    space, manifest = tiny_space
+    for bad in ("2/2", "1", "a/b"):
+        with pytest.raises(SystemExit):
+            record_curves.parse_args([*_args(space, manifest, tmp_path / "x.jsonl.gz"), "--shard", bad])
