@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from search.contract import best_step
+from search.pruning import resolution
 from search.trial.reporter import metric_value
 
 COLLAPSE_MARGIN = 0.10  # a collapsed trial never gets above chance + this, in any epoch
@@ -96,17 +97,16 @@ def is_collapsed(config: Config) -> bool:
 
 def validation_tolerance(rec: Recording) -> float:
     """One validation volume of the smallest class in balanced accuracy, ``1 / (C * n_min)``, from
-    the recording's validation class counts (the rows of a stored confusion matrix)."""
+    the recording's validation class counts: the reach rule's own :func:`search.pruning.resolution`."""
     for config in rec.configs:
         for m in config.epochs:
-            counts = [sum(row) for row in m.get("val/confusion") or [] if isinstance(row, list)]
-            present = [c for c in counts if c > 0]
-            if present:
-                return 1.0 / (len(counts) * min(present))
+            if not math.isnan(tol := resolution(m)):
+                return tol
     raise SystemExit(f"replay_pruners: {rec.path} stores no validation confusion matrix; pass --tol")
 
 
 def validation_counts(rec: Recording) -> list[int]:
+    """Validation volumes per class (the rows of the first stored confusion matrix)."""
     for config in rec.configs:
         for m in config.epochs:
             if m.get("val/confusion"):

@@ -16,7 +16,7 @@ A space file (every key but ``base`` and ``params`` may be left out)::
     sampler: {type: tpe, n_startup_trials: 10, multivariate: true, group: true}
     pruner:
       collapse: {max_class_share: 0.9, margin: 0.05, patience: 2, grace_epochs: 1}
-      inner: {type: median, n_startup_trials: 5}
+      inner: {type: reach, window: 2}         # or median, percentile, hyperband, successive_halving
 
 Relative paths are relative to the folder of the file they are written in: ``base`` and the
 path-valued trainer keys of the space (``data.manifest``, ``data.root``, ``data.cache_dir``,
