@@ -203,6 +203,13 @@ def resume_source(trial: BaseTrial) -> str | None:
     return str(value) if value else None
 
 
+def runs_first(trial: FrozenTrial) -> bool:
+    """A WAITING trial every worker takes before the others, whatever its number: the continuation
+    of a preempted trial (its resume checkpoint waits on disk) or the retry of a trial failed as
+    stale (Optuna's retry callback marks it with the ``failed_trial`` system attribute)."""
+    return resume_source(trial) is not None or trial.system_attrs.get("failed_trial") is not None
+
+
 def epoch_metrics(trial: BaseTrial, epoch: int) -> dict[str, Any] | None:
     """The stored metrics of ``epoch``, or ``None`` where none were stored."""
     metrics = trial.user_attrs.get(epoch_attr(epoch))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,8 +22,8 @@ from optuna.storages import BaseStorage, _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 
 __all__ = ["PRIVATE_NAMES", "RDB_PRIVATE_CALLS", "BaseHeartbeat", "CachedStorage", "StaleTrialsFailedElsewhere",
-           "add_proxy_service", "frozen", "latest_trial", "missing", "no_experimental_warning", "put_back",
-           "study_storage", "take_over", "trial_id"]
+           "add_proxy_service", "claim_waiting", "frozen", "latest_trial", "missing", "no_experimental_warning",
+           "put_back", "study_storage", "take_over", "trial_id"]
 
 # (module, attribute path): every private Optuna name used below.
 PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
@@ -96,6 +96,24 @@ def latest_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
     pruner (no database read); None if this Optuna has no such method."""
     latest = getattr(trial, "_get_latest_trial", None)
     return latest() if callable(latest) else None
+
+
+def claim_waiting(study: optuna.Study,
+                  first: Callable[[optuna.trial.FrozenTrial], bool]) -> optuna.Trial | None:
+    """Take the lowest-numbered WAITING trial for which ``first`` holds, as ``study.ask`` takes a
+    WAITING trial: a compare-and-set to RUNNING that fails when another worker took it first (a row
+    lock on PostgreSQL and MySQL; on SQLite callers hold :func:`search.storage.asking`). None when no
+    such trial could be taken; ``study.ask`` then takes the rest in Optuna's order."""
+    storage = study_storage(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    waiting = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    for candidate in sorted((t for t in waiting if first(t)), key=lambda t: t.number):
+        try:
+            if storage.set_trial_state_values(trial_id(candidate), optuna.trial.TrialState.RUNNING):
+                return take_over(study, trial_id(candidate))
+        except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile (failed as stale)
+            continue
+    return None
 
 
 def put_back(study: optuna.Study, trial: optuna.Trial) -> None:

@@ -39,6 +39,7 @@ from search.contract import (
     end_reason,
     format_value,
     resume_source,
+    runs_first,
     trial_dir,
     write_best_epoch,
     write_devices,
@@ -49,7 +50,7 @@ from search.contract import (
 )
 from search.errors import StorageError, WorkerError
 from search.notices import notice
-from search.optuna_compat import no_experimental_warning, study_storage
+from search.optuna_compat import claim_waiting, no_experimental_warning, study_storage
 from search.optuna_compat import trial_id as storage_id
 from search.space import SearchSpace
 from search.storage import OUTAGE_ENV, DatabaseUnreachableError, RetryingStorage, StudyStorage, asking, heartbeat
@@ -243,10 +244,13 @@ def _duration(seconds: float) -> str:
 
 
 def ask_trial(study: optuna.Study) -> optuna.Trial:
+    """The next trial: a continuation of a preempted trial or a stale trial's retry first
+    (:func:`search.contract.runs_first`), then what ``study.ask`` takes (the other WAITING trials
+    by number, then a new one)."""
     with asking(study_storage(study)), warnings.catch_warnings():
         # We ask and tell ourselves and keep the heartbeat in storage.heartbeat().
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        return study.ask()
+        return claim_waiting(study, runs_first) or study.ask()
 
 
 def run_one_trial(

@@ -8,7 +8,8 @@ process, which stops at its next optimizer step and writes a resume checkpoint
    towards ``--trials``;
 2. adds a WAITING trial with the same parameters, the intermediate values and ``epoch_NNN``
    attributes of the epochs done, and ``resume_from`` = the checkpoint. The next ``ask`` of any
-   worker takes it (WAITING trials come first) and its trial process continues the run
+   worker takes it before any other WAITING trial, whatever its number
+   (:func:`search.worker.loop.ask_trial`), and its trial process continues the run
    (``fit(resume_from=...)``): every epoch is reported exactly once across the two trials'
    records, and the resumed trial holds all of them.
 
