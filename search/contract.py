@@ -190,6 +190,19 @@ def write_failure(trial: optuna.Trial, reason: str | None, output_tail: str | No
         trial.set_user_attr(OUTPUT_TAIL_ATTR, output_tail)
 
 
+def write_stale_failure(storage: Any, trial_id: int, grace_s: float, retries: int) -> None:
+    """Why a RUNNING trial is about to be failed as stale (no heartbeat for ``grace_s``), written
+    as its ``fail_reason`` through ``storage`` (the trial is another process's)."""
+    trial = storage.get_trial(trial_id)
+    host = trial.user_attrs.get(HOST_ATTR)
+    retried = len(trial.system_attrs.get("retry_history") or [])
+    again = ("re-queued with the same parameters" if retried < retries
+             else f"not re-queued again (a retry of trial {trial.system_attrs.get('failed_trial')})")
+    storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, (
+        f"failed as stale: no heartbeat for {grace_s:g} s (its worker{f' on {host}' if host else ''} was killed, "
+        f"its host went down, or it lost the database); {again}"))
+
+
 def write_preempted(trial: optuna.Trial, info: Mapping[str, Any]) -> None:
     trial.set_user_attr(PREEMPTED_ATTR, dict(info))
 

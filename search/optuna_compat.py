@@ -11,6 +11,7 @@ than somewhere in a worker. :data:`PRIVATE_NAMES` lists them all.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,8 +23,8 @@ from optuna.storages import BaseStorage, _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 
 __all__ = ["PRIVATE_NAMES", "RDB_PRIVATE_CALLS", "BaseHeartbeat", "CachedStorage", "StaleTrialsFailedElsewhere",
-           "add_proxy_service", "claim_waiting", "frozen", "latest_trial", "missing", "no_experimental_warning",
-           "put_back", "study_storage", "take_over", "trial_id"]
+           "add_proxy_service", "claim_waiting", "fail_stale_trials", "frozen", "latest_trial", "missing",
+           "no_experimental_warning", "put_back", "study_storage", "take_over", "trial_id"]
 
 # (module, attribute path): every private Optuna name used below.
 PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
@@ -114,6 +115,28 @@ def claim_waiting(study: optuna.Study,
         except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile (failed as stale)
             continue
     return None
+
+
+def fail_stale_trials(study: optuna.Study, before_fail: Callable[[int], None]) -> None:
+    """Optuna's ``fail_stale_trials``, step for step (the storage's stale trials set FAIL, then its
+    stale-trial callback on each), calling ``before_fail(trial_id)`` while a stale trial is still
+    RUNNING: the attributes of a FAIL trial can no longer be written, so this is where it records
+    why it failed."""
+    storage = study_storage(study)
+    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
+        return
+    failed: list[int] = []
+    for stale_id in storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)):
+        try:
+            before_fail(stale_id)
+            if storage.set_trial_state_values(stale_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(stale_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another process failed it first
+            continue
+    callback = storage.get_heartbeat_stale_trial_callback()
+    if callback is not None:
+        for failed_id in failed:
+            callback(study, copy.deepcopy(storage.get_trial(failed_id)))
 
 
 def put_back(study: optuna.Study, trial: optuna.Trial) -> None:

@@ -17,7 +17,7 @@ from search.storage.retry import (
     outage_limit_from_env,
     single_attempt,
 )
-from search.storage.sql import DEFAULT_STORAGE, StudyStorage, asking, heartbeat, open_storage
+from search.storage.sql import DEFAULT_STORAGE, StudyStorage, asking, fail_stale, heartbeat, open_storage
 from search.storage.urls import check_shared, is_grpc_url, redact
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "StudyStorage",
     "asking",
     "check_shared",
+    "fail_stale",
     "heartbeat",
     "is_grpc_url",
     "is_outage",

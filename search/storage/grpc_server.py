@@ -28,15 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
 import optuna
-from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from octtrain.errors import clip, one_line
 from search.errors import OctsearchError, StorageError
 from search.notices import notice
-from search.optuna_compat import CachedStorage, add_proxy_service, no_experimental_warning
+from search.optuna_compat import CachedStorage, add_proxy_service
 from search.storage.grpc_client import HEARTBEAT_ATTR
-from search.storage.sql import HEARTBEAT_INTERVAL_S, open_storage
+from search.storage.sql import HEARTBEAT_INTERVAL_S, fail_stale, open_storage
 from search.storage.urls import grpc_url, is_grpc_url, redact
 
 PROXY_THREADS = 16  # concurrent calls the proxy serves; also its database connections
@@ -106,8 +106,7 @@ def _sweep_stale_trials(storage: _HeartbeatRelay, out: TextIO) -> None:
     try:
         for name in optuna.study.get_all_study_names(storage):
             study = optuna.load_study(study_name=name, storage=storage)
-            with no_experimental_warning():
-                fail_stale_trials(study)
+            fail_stale(study)
     except Exception as err:  # noqa: BLE001 - any storage failure: the next sweep tries again
         notice(out, f"stale-trial sweep failed, retrying: {clip(one_line(err))}")
 

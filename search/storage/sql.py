@@ -34,10 +34,10 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from octtrain.errors import clip, one_line
-from search.contract import KEPT_ON_RETRY
+from search.contract import KEPT_ON_RETRY, write_stale_failure
 from search.errors import StorageError
 from search.notices import notice
-from search.optuna_compat import no_experimental_warning
+from search.optuna_compat import fail_stale_trials, no_experimental_warning, study_storage
 from search.storage.retry import Outage, RetryingStorage
 from search.storage.urls import check_shared, redact
 
@@ -66,6 +66,15 @@ def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
     with no_experimental_warning():
         RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES)(study, trial)
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the study's stale trials (no heartbeat for :data:`GRACE_PERIOD_S`), each with its
+    ``fail_reason``, and re-queue each once (:func:`_retry_stale`, the storage's callback)."""
+    storage = study_storage(study)
+    with no_experimental_warning():
+        fail_stale_trials(study, lambda trial_id: write_stale_failure(storage, trial_id, GRACE_PERIOD_S,
+                                                                      STALE_TRIAL_RETRIES))
 
 
 def _enable_wal(url: str, create: bool) -> None:

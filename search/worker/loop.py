@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import optuna
-from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from octtrain.errors import ConfigError, clip
@@ -50,10 +49,18 @@ from search.contract import (
 )
 from search.errors import StorageError, WorkerError
 from search.notices import notice
-from search.optuna_compat import claim_waiting, no_experimental_warning, study_storage
+from search.optuna_compat import claim_waiting, study_storage
 from search.optuna_compat import trial_id as storage_id
 from search.space import SearchSpace
-from search.storage import OUTAGE_ENV, DatabaseUnreachableError, RetryingStorage, StudyStorage, asking, heartbeat
+from search.storage import (
+    OUTAGE_ENV,
+    DatabaseUnreachableError,
+    RetryingStorage,
+    StudyStorage,
+    asking,
+    fail_stale,
+    heartbeat,
+)
 from search.study import Step, count_trials, keep_or_put_back, next_step
 from search.trial import Assignment, Outcome, TrialRequest, TrialResult, run_trial_process, with_wandb_identity
 from search.worker.pending import deliver_pending, tell_or_keep
@@ -173,8 +180,7 @@ class _Loop:
 
     def next(self) -> Step:
         """:func:`next_step` for this worker; STOP also when time is up or every slot retired."""
-        with no_experimental_warning():
-            fail_stale_trials(self.study)
+        fail_stale(self.study)
         finished, running = count_trials(self.study)
         self.summary.finished = finished
         step = next_step(finished, running, self.options.n_trials)

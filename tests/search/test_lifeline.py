@@ -136,7 +136,9 @@ def test_after_a_sigkilled_worker_another_reruns_its_trial_and_the_study_ends_at
     assert [failed.state, rerun.state] == [TrialState.FAIL, TrialState.COMPLETE]
     assert summary.finished == 1 and summary.trials == [1]
     assert failed.intermediate_values == dead.intermediate_values  # nothing written after
-    assert failed.user_attrs == dead.user_attrs
+    reason = failed.user_attrs.get("fail_reason", "")
+    assert reason.startswith("failed as stale: no heartbeat for 2 s (its worker on "), reason
+    assert {k: v for k, v in failed.user_attrs.items() if k != "fail_reason"} == dead.user_attrs  # nothing else
     assert rerun.params == failed.params == learns
     assert rerun.system_attrs["failed_trial"] == failed.number
 

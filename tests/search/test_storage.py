@@ -18,7 +18,7 @@ from search.contract import ENQUEUED_ATTR
 from search.errors import StorageError
 from search.space.search_space import space_from_dict
 from search.storage import sql as storage_mod
-from search.storage.sql import heartbeat, open_storage
+from search.storage.sql import fail_stale, heartbeat, open_storage
 from search.storage.urls import check_shared, normalize_url
 from search.study.join import open_study
 
@@ -108,14 +108,18 @@ def test_heartbeat_keeps_a_trial_alive_and_a_stale_one_is_retried(
         trial = study.ask()
         space.suggest(trial)
         trial.set_user_attr("epoch_000", {"val/balanced_accuracy": 0.5})
+        trial.set_user_attr("host", "worker-7")
         with heartbeat(storage, trial._trial_id):
             time.sleep(2.5)
-            optuna.storages.fail_stale_trials(study)  # beating: not stale
+            fail_stale(study)  # beating: not stale
             assert study.get_trials()[0].state == TrialState.RUNNING
         time.sleep(3.0)  # no beat for longer than the grace period
-        optuna.storages.fail_stale_trials(study)
+        fail_stale(study)
     stale, retry = study.get_trials()
     assert stale.state == TrialState.FAIL
+    assert stale.user_attrs["fail_reason"] == (
+        "failed as stale: no heartbeat for 2 s (its worker on worker-7 was killed, its host went down, "
+        "or it lost the database); re-queued with the same parameters")
     assert retry.state == TrialState.WAITING
     assert retry.params == stale.params == {"model.head.hidden": 64, "train.lr_head": 1e-3}
     assert retry.user_attrs == {ENQUEUED_ATTR: "seed"}  # not the dead run's epochs
