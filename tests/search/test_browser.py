@@ -81,7 +81,7 @@ class Page:
     def evaluate(self, expression: str) -> Any:
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
-    def open(self, url: str, ready_js: str, min_plots: int, timeout_s: float = 30) -> dict[str, int]:
+    def open(self, url: str, ready_js: str, min_plots: int, timeout_s: float = 120) -> dict[str, int]:
         """Navigate to ``url``; wait until ``ready_js`` holds and ``min_plots`` plots all have marks."""
         self.call("Page.navigate", url=url)
         deadline = time.monotonic() + timeout_s
@@ -166,7 +166,7 @@ def test_dashboard_trial_note_and_study_figures_render_in_a_browser(
         page.screenshot(screenshots(tmp_path) / "dashboard-trial.png")
         # the three study figures, all drawn (one stayed blank past 30 s once, in a CI run on a
         # loaded machine; the page draws seven plots)
-        page.open(base, has(json.dumps("majority")), 3, timeout_s=60)
+        page.open(base, has(json.dumps("majority")), 3)
         page.screenshot(tmp_path / "dashboard-study.png")
         assert page.errors == []
     finally:
