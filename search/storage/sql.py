@@ -51,6 +51,9 @@ GRACE_PERIOD_S = 120  # a RUNNING trial without a heartbeat for this long is fai
 STALE_TRIAL_RETRIES = 1  # times a stale trial is re-queued with the same parameters
 POOL = {"pool_size": 2, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 1800}
 CONNECT_TIMEOUT_S = 10
+# MySQL drivers bound only the TCP connect with connect_timeout; the handshake and every later
+# read wait forever on a server that accepts and never answers. These bound each read and write.
+MYSQL_IO_TIMEOUT_S = 60
 StudyStorage = Union[RDBStorage, "GrpcStorage"]  # a database, or the gRPC proxy in front of one
 
 def _engine_kwargs(url: str, pool_size: int | None = None) -> dict[str, Any]:
@@ -58,7 +61,10 @@ def _engine_kwargs(url: str, pool_size: int | None = None) -> dict[str, Any]:
     if backend == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     pool = POOL if pool_size is None else {**POOL, "pool_size": pool_size}
-    return {**pool, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    connect: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if backend in ("mysql", "mariadb"):
+        connect.update(read_timeout=MYSQL_IO_TIMEOUT_S, write_timeout=MYSQL_IO_TIMEOUT_S)
+    return {**pool, "connect_args": connect}
 
 
 def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -163,3 +165,34 @@ def test_heartbeat_survives_storage_errors_and_reports_the_outage_once(
                     "beat: An exception is raised during the commit.")
     assert re.fullmatch(rf"octsearch: heartbeat of trial id {trial._trial_id} recorded again "
                         r"after [3-9] s", back)
+
+
+def test_a_mysql_server_that_accepts_and_never_answers_is_one_error_not_a_hang(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymysql's connect_timeout bounds the TCP connect only: the handshake read waited forever
+    (``octsearch run`` killed after 400 s). A listener on loopback that accepts and stays silent."""
+    monkeypatch.setattr(storage_mod, "MYSQL_IO_TIMEOUT_S", 2, raising=False)  # raising: the code before had none
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        accepted: list[socket.socket] = []
+        threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+        errors: list[BaseException] = []
+
+        def open_it() -> None:
+            try:
+                open_storage(f"mysql+pymysql://root@127.0.0.1:{port}/test", heartbeat=False)
+            except BaseException as err:  # noqa: BLE001 - what it raised is checked below
+                errors.append(err)
+
+        opener = threading.Thread(target=open_it, daemon=True)
+        start = time.monotonic()
+        opener.start()
+        opener.join(timeout=30)
+        assert not opener.is_alive(), "open_storage still waits on a silent MySQL server after 30 s"
+        assert time.monotonic() - start < 20
+        for conn in accepted:
+            conn.close()
+    assert len(errors) == 1 and isinstance(errors[0], StorageError), errors
+    assert str(errors[0]).startswith(f"cannot open storage 'mysql+pymysql://root@127.0.0.1:{port}/test'")
