@@ -31,7 +31,6 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import replay_pruners as rp  # noqa: E402  (a sibling script)
 
-from octtrain.config import resolve_dotted, resolve_paths
 from search.contract import end_reason, enqueued_name, epoch_metrics, unfreeze_at_epoch
 from search.space.search_space import load_space
 from search.study.counting import FINISHED
@@ -102,16 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="octsearch-live-") as tmp:
         workdir = Path(args.workdir or tmp).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        raw = yaml.safe_load(space_path.read_text())
-        raw["pruner"] = "none"
-        # The copy lives in the work directory: its relative paths must keep pointing where the
-        # original's do (relative to the original space file's folder).
-        folder = space_path.resolve().parent
-        if isinstance(raw.get("base"), str):
-            raw["base"] = str((folder / raw["base"]).resolve())
-        elif isinstance(raw.get("base"), dict):
-            raw["base"] = resolve_paths(raw["base"], folder)
-        raw["overrides"] = resolve_dotted(raw.get("overrides") or {}, folder)
+        # The canonical form holds every path absolute, so the copy in the work directory finds
+        # the same files as the original.
+        raw = {**space.to_dict(), "pruner": "none"}
         nop_space = workdir / "space-nop.yaml"
         nop_space.write_text(yaml.safe_dump(raw, sort_keys=False))
         nop_study, nop_wall = run_search(nop_space, "live-nop", args, workdir)

@@ -197,7 +197,7 @@ def write_stale_failure(storage: Any, trial_id: int, grace_s: float, retries: in
     host = trial.user_attrs.get(HOST_ATTR)
     retried = len(trial.system_attrs.get("retry_history") or [])
     again = ("re-queued with the same parameters" if retried < retries
-             else f"not re-queued again (a retry of trial {trial.system_attrs.get('failed_trial')})")
+             else f"not re-queued again (a retry of trial {retried_trial(trial)})")
     storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, (
         f"failed as stale: no heartbeat for {grace_s:g} s (its worker{f' on {host}' if host else ''} was killed, "
         f"its host went down, or it lost the database); {again}"))
@@ -220,7 +220,14 @@ def runs_first(trial: FrozenTrial) -> bool:
     """A WAITING trial every worker takes before the others, whatever its number: the continuation
     of a preempted trial (its resume checkpoint waits on disk) or the retry of a trial failed as
     stale (Optuna's retry callback marks it with the ``failed_trial`` system attribute)."""
-    return resume_source(trial) is not None or trial.system_attrs.get("failed_trial") is not None
+    return resume_source(trial) is not None or retried_trial(trial) is not None
+
+
+def retried_trial(trial: FrozenTrial) -> int | None:
+    """The number of the stale trial this one retries (Optuna's retry callback stores it as the
+    ``failed_trial`` system attribute); None for a trial that retries none."""
+    value = trial.system_attrs.get("failed_trial")
+    return value if isinstance(value, int) else None
 
 
 def epoch_metrics(trial: BaseTrial, epoch: int) -> dict[str, Any] | None:
