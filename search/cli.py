@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from octtrain.errors import OcttrainError, one_line
 from search.errors import OctsearchError, WorkerError
+from search.interrupts import Terminated, exit_status, stop_signals
 from search.storage import DEFAULT_OUTAGE_S, DEFAULT_STORAGE, check_shared, open_storage, redact
+from search.trial import STOP_GRACE_S
 from search.worker import DEFAULT_KEEP_BEST, CheckpointRetention, TrialEndCallback
+
+if TYPE_CHECKING:
+    from search.space import SearchSpace
+    from search.storage import StudyStorage
+    from search.trial import Assignment
 
 DEVICES = ("auto", "xla", "cuda", "cpu")
 
@@ -171,39 +175,10 @@ def _study_name(args: argparse.Namespace) -> str | None:
     return space.stem if space is not None else None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the running trial is stopped (preempted: it is re-queued
-    to resume from its checkpoint, see search.worker.requeue)."""
-
-    def __init__(self, which: int | str) -> None:  # a number, or a name (copies by args)
-        sig = signal.Signals[which] if isinstance(which, str) else signal.Signals(which)
-        super().__init__(sig.name)
-        self.signum = int(sig)
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Within the block SIGTERM raises :class:`Terminated` (a KeyboardInterrupt), as
-    ``octsearch run`` handles it: a scheduler's stop ends the trial like Ctrl-C. Once: a second
-    SIGTERM must not cut short the stop of the trial process the first one started."""
-    def handler(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signum, signal.SIG_IGN)
-        raise Terminated(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.contract import runs_folder
-    from search.review import format_leaderboard
     from search.space import load_space
-    from search.study import count_trials, open_study
     from search.trial import auto_parallel, host_devices, parse_parallel, plan_slots
-    from search.worker import WorkerOptions, check_storage, kept_bytes, preflight, run_worker
+    from search.worker import check_host, check_storage, preflight
 
     if args.trials < 1:
         raise OctsearchError(f"--trials must be at least 1, got {args.trials}")
@@ -226,9 +201,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     kind, available = host_devices(args.device or space.base.runtime.device)
     slots = plan_slots(kind, available, parallel or auto_parallel(kind, available, per_trial),
                        per_trial)
+    check_host(space.base, host_folders(args), trials_at_once=len(slots))
     storage = open_storage(url, outage_s=args.db_outage_s, out=sys.stderr)
     name = _study_name(args)
     assert name is not None
+    with stop_signals(STOPPING):
+        return _run(args, space, storage, name, slots)
+
+
+STOPPING = ("already stopping: the running trials write their resume checkpoints and are "
+            f"re-queued (up to {STOP_GRACE_S:g} s)")
+
+
+def _run(args: argparse.Namespace, space: SearchSpace, storage: StudyStorage, name: str,
+         slots: list[Assignment]) -> int:
+    from search.contract import runs_folder
+    from search.review import format_leaderboard
+    from search.study import count_trials, open_study
+    from search.worker import WorkerOptions, kept_bytes, run_worker
+
     study, created = open_study(space, storage, name, seed=args.seed)
     finished, running = count_trials(study)
     print(f"octsearch: {'created' if created else 'joined'} study {name!r} in "
@@ -244,12 +235,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                             fit_target=args.fit_target, slots=tuple(slots),
                             on_trial_end=trial_end_callbacks(args.runs_dir, args.artifacts_dir,
                                                              args.keep_best, args.keep_last))
-    with sigterm_interrupts():
-        summary = run_worker(study, space, storage, options, out=sys.stderr)
+    summary = run_worker(study, space, storage, options, out=sys.stderr)
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "
           f"trials; checkpoints kept: {kept_bytes(study) / 1e6:.1f} MB", file=sys.stderr)
     print(format_leaderboard(study))
     return 0
+
+
+def host_folders(args: argparse.Namespace) -> dict[str, Path]:
+    """The folders a worker's trials write to, by the option that names them."""
+    from search.review import default_artifacts_dir
+
+    folders = {"--runs-dir": args.runs_dir,
+               "--artifacts-dir": args.artifacts_dir or default_artifacts_dir(args.runs_dir)}
+    if args.checkpoint_dir is not None:
+        folders["--checkpoint-dir"] = args.checkpoint_dir
+    return folders
 
 
 def trial_end_callbacks(runs_dir: Path, artifacts_dir: Path | None = None, keep_best: int = DEFAULT_KEEP_BEST,
@@ -339,11 +340,11 @@ def cmd_serve_storage(args: argparse.Namespace) -> int:
     from search.storage import serve
 
     try:
-        with sigterm_interrupts():
+        with stop_signals("already stopping"):
             serve(_storage_url(args), args.host, args.port)
     except KeyboardInterrupt as err:
         print("octsearch: storage proxy stopped", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
+        return exit_status(err)
     return 0
 
 
@@ -362,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         what = f" by {err}" if isinstance(err, Terminated) else ""
         print(f"octsearch: interrupted{what}", file=sys.stderr)
-        return 128 + (err.signum if isinstance(err, Terminated) else signal.SIGINT)
+        return exit_status(err)
     except BrokenPipeError:  # `octsearch trials | head`: the reader left; no traceback
         sys.stderr.close()
         return 0

@@ -34,13 +34,16 @@ process starts; the reporter writes one per epoch; the worker writes how the tri
 ``prune_reason``          PRUNED: why, one line
 ``fail_reason``           FAIL: why, one line
 ``output_tail``           FAIL of a process that died without a result: its last lines
-``preempted``             FAIL by preemption: ``{"reason", "epochs_done", "checkpoint"}``
-``resume_from``           a re-queued preempted trial: the resume checkpoint it continues
-``resumes_trial``         a re-queued preempted trial: the number of the trial it continues
+``preempted``             stopped by a signal: ``{"reason", "epochs_done", "checkpoint"}``
+                          (``checkpoint`` null when none was written); stored by the trial
+                          process as it stops, so a sweep of stale trials finds it
+``resume_from``           a continuation: the resume checkpoint it continues
+``resumes_trial``         a continuation: the number of the stopped trial it continues
 ========================  ==================================================================
 
-A re-queued preempted trial also carries the ``epoch_NNN`` attributes and the intermediate
-values of the epochs done before (:mod:`search.worker.requeue`), so every epoch is stored exactly once.
+A continuation with a checkpoint also carries the ``epoch_NNN`` attributes and the intermediate
+values of the epochs done before (:mod:`search.storage.continuation`), so every epoch is stored
+exactly once.
 """
 
 from __future__ import annotations
@@ -196,8 +199,12 @@ def write_stale_failure(storage: Any, trial_id: int, grace_s: float, retries: in
     trial = storage.get_trial(trial_id)
     host = trial.user_attrs.get(HOST_ATTR)
     retried = len(trial.system_attrs.get("retry_history") or [])
-    again = ("re-queued with the same parameters" if retried < retries
-             else f"not re-queued again (a retry of trial {retried_trial(trial)})")
+    if preempted_checkpoint(trial) is not None:
+        again = "its trial process had stopped with a resume checkpoint: re-queued to resume from it"
+    elif retried < retries:
+        again = "re-queued with the same parameters"
+    else:
+        again = f"not re-queued again (a retry of trial {retried_trial(trial)})"
     storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, (
         f"failed as stale: no heartbeat for {grace_s:g} s (its worker{f' on {host}' if host else ''} was killed, "
         f"its host went down, or it lost the database); {again}"))
@@ -218,9 +225,25 @@ def resume_source(trial: BaseTrial) -> str | None:
 
 def runs_first(trial: FrozenTrial) -> bool:
     """A WAITING trial every worker takes before the others, whatever its number: the continuation
-    of a preempted trial (its resume checkpoint waits on disk) or the retry of a trial failed as
-    stale (Optuna's retry callback marks it with the ``failed_trial`` system attribute)."""
-    return resume_source(trial) is not None or retried_trial(trial) is not None
+    of a trial stopped by a signal (its resume checkpoint, if any, waits on disk) or the retry of a
+    trial failed as stale (Optuna's retry callback marks it with the ``failed_trial`` system
+    attribute)."""
+    return (resume_source(trial) is not None or retried_trial(trial) is not None
+            or trial.user_attrs.get(RESUMES_TRIAL_ATTR) is not None)
+
+
+def was_preempted(trial: BaseTrial) -> bool:
+    """Whether the trial was stopped by a signal (and its configuration re-queued)."""
+    return PREEMPTED_ATTR in trial.user_attrs
+
+
+def preempted_checkpoint(trial: BaseTrial) -> tuple[str, int] | None:
+    """A stopped trial's resume checkpoint and the epochs done before it, from its ``preempted``
+    record; None when it has no record or the record names no checkpoint."""
+    info = trial.user_attrs.get(PREEMPTED_ATTR)
+    if not isinstance(info, Mapping) or not isinstance(info.get("checkpoint"), str):
+        return None
+    return info["checkpoint"], int(info.get("epochs_done") or 0)
 
 
 def retried_trial(trial: FrozenTrial) -> int | None:

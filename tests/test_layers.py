@@ -27,7 +27,7 @@ LAYERS = {
         ["octtrain.cli", "octtrain.__init__"],
     ],
     "search": [
-        ["search.errors", "search.contract", "search.optuna_compat", "search.notices"],
+        ["search.errors", "search.contract", "search.optuna_compat", "search.notices", "search.interrupts"],
         ["search.storage", "search.pruning"],
         ["search.space"],
         ["search.study"],

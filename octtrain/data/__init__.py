@@ -17,6 +17,7 @@ from octtrain.data.dataset import (
     replaced_note,
     replaced_volumes,
 )
+from octtrain.data.preprocess import default_cache_dir
 from octtrain.data.readers import read_volume
 from octtrain.data.records import (
     SPLITS,
@@ -39,6 +40,7 @@ __all__ = [
     "build_datasets",
     "build_loaders",
     "class_table",
+    "default_cache_dir",
     "index_folder",
     "load_class_to_idx",
     "read_manifest",

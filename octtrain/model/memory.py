@@ -17,7 +17,9 @@ encoder runs without autograd: one layer's activations at a time.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,6 +52,32 @@ class MemoryEstimate:
             ("weights", self.weights), ("gradients", self.gradients),
             ("optimizer", self.optimizer), ("activations", self.activations)))
         return f"about {self.total / GIB:.1f} GiB ({parts})"
+
+
+# transformers' VJEPA2Config() defaults (ViT-L/16), for the estimate below that does without it
+_DEFAULT_SIZE = {"hidden_size": 1024, "num_hidden_layers": 24, "mlp_ratio": 4.0}
+
+
+def approx_encoder_parameters(name: str) -> int | None:
+    """The encoder's parameters from its size alone, without importing transformers: each ViT
+    layer holds about ``(4 + 2·mlp_ratio)·D²`` weights (attention's q, k, v and output; the MLP's
+    two matrices), within 1 % for ViT-L and ViT-g. For a preset or a local ``save_pretrained``
+    directory (its ``config.json``); None for a hub id (nothing to read without the hub)."""
+    from octtrain.model.classifier import PRESETS
+
+    if name in PRESETS:
+        size = {**_DEFAULT_SIZE, **PRESETS[name]}
+    else:
+        config = Path(name) / "config.json"
+        try:
+            size = {**_DEFAULT_SIZE, **json.loads(config.read_text())}
+        except (OSError, ValueError):
+            return None
+    try:
+        dim, layers, ratio = int(size["hidden_size"]), int(size["num_hidden_layers"]), float(size["mlp_ratio"])
+    except (TypeError, ValueError):
+        return None
+    return int(layers * (4 + 2 * ratio) * dim * dim)
 
 
 def parameter_count(config: VJEPA2Config) -> int:

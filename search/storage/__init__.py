@@ -1,10 +1,12 @@
 """Where a study is stored: SQL storage opened with WAL, pools, heartbeats and stale-trial retry
-(``sql``), storage URLs (``urls``), riding out a database outage (``retry``), and Optuna's gRPC
-storage proxy: the ``grpc://`` client (``grpc_client``) and ``octsearch serve-storage`` (``grpc_server``).
+(``sql``), storage URLs (``urls``), the continuation of a stopped trial (``continuation``), riding
+out a database outage (``retry``), and Optuna's gRPC storage proxy: the ``grpc://`` client
+(``grpc_client``) and ``octsearch serve-storage`` (``grpc_server``).
 """
 
 from __future__ import annotations
 
+from search.storage.continuation import queue_continuation
 from search.storage.grpc_client import open_grpc_storage
 from search.storage.grpc_server import serve
 from search.storage.retry import (
@@ -37,6 +39,7 @@ __all__ = [
     "open_grpc_storage",
     "open_storage",
     "outage_limit_from_env",
+    "queue_continuation",
     "redact",
     "serve",
     "single_attempt",

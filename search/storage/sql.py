@@ -34,10 +34,11 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from octtrain.errors import clip, one_line
-from search.contract import KEPT_ON_RETRY, write_stale_failure
+from search.contract import KEPT_ON_RETRY, preempted_checkpoint, write_stale_failure
 from search.errors import StorageError
 from search.notices import notice
 from search.optuna_compat import fail_stale_trials, no_experimental_warning, study_storage
+from search.storage.continuation import queue_continuation
 from search.storage.retry import Outage, RetryingStorage
 from search.storage.urls import check_shared, redact
 
@@ -68,7 +69,13 @@ def _engine_kwargs(url: str, pool_size: int | None = None) -> dict[str, Any]:
 
 
 def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Re-queue a stale trial with its parameters, not the per-epoch attributes of its run."""
+    """Re-queue a stale trial: its continuation when its trial process stopped with a resume
+    checkpoint (its worker died before it could queue it), else its parameters without the
+    per-epoch attributes of its run, once."""
+    stopped = preempted_checkpoint(trial)
+    if stopped is not None:
+        queue_continuation(study, trial, *stopped)
+        return
     trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
     with no_experimental_warning():
         RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES)(study, trial)

@@ -16,6 +16,7 @@ import optuna
 
 from search.contract import ENQUEUED_ATTR, stored_space_dict, write_space
 from search.errors import SearchSpaceError, StorageError
+from search.interrupts import shielded
 from search.optuna_compat import no_experimental_warning
 from search.space import SearchSpace, diff_spaces, space_from_dict, trainer_defaults
 from search.storage import StudyStorage, redact
@@ -35,23 +36,32 @@ def open_study(
     pruner = space.pruner.build()
     canonical = space.to_dict()
     try:
-        study = optuna.create_study(
-            storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
-            direction=optuna.study.StudyDirection.MAXIMIZE if space.objective.maximize
-            else optuna.study.StudyDirection.MINIMIZE,
-        )
+        with shielded():  # a stop signal waits until a new study is whole (its space stored last)
+            return _create(space, storage, study_name, sampler, pruner, canonical), True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
                                   pruner=pruner)
         _wait_for_space(study)
         _check_same_space(study, canonical, storage)
         return study, False
+
+
+def _create(space: SearchSpace, storage: StudyStorage, study_name: str,
+            sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+            canonical: dict[str, Any]) -> optuna.Study:
+    """A new study: created (DuplicatedStudyError when another worker was first), its trials
+    enqueued, its space stored last."""
+    study = optuna.create_study(
+        storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
+        direction=optuna.study.StudyDirection.MAXIMIZE if space.objective.maximize
+        else optuna.study.StudyDirection.MINIMIZE,
+    )
     with no_experimental_warning():
         study.set_metric_names([space.objective.metric])  # the dashboard's name for the value
     for entry in space.enqueue:
         study.enqueue_trial(entry.params, user_attrs={ENQUEUED_ATTR: entry.name})
     write_space(study, canonical, space.source)  # last: publishes the study to joiners
-    return study, True
+    return study
 
 
 SPACE_WAIT_S = 30.0  # how long a joiner waits for a just-created study to store its space

@@ -9,7 +9,15 @@ from __future__ import annotations
 from search.trial.epoch_queue import deliver_queued
 from search.trial.identity import with_wandb_identity
 from search.trial.placement import Assignment, auto_parallel, host_devices, parse_parallel, plan_slots
-from search.trial.process import RESULT_FILE, Outcome, StopRequest, TrialRequest, TrialResult, run_trial_process
+from search.trial.process import (
+    RESULT_FILE,
+    STOP_GRACE_S,
+    Outcome,
+    StopRequest,
+    TrialRequest,
+    TrialResult,
+    run_trial_process,
+)
 from search.trial.reporter import EpochReporter, metric_value
 
 __all__ = [
@@ -17,6 +25,7 @@ __all__ = [
     "EpochReporter",
     "Outcome",
     "RESULT_FILE",
+    "STOP_GRACE_S",
     "StopRequest",
     "TrialRequest",
     "TrialResult",

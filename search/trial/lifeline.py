@@ -85,11 +85,19 @@ def _watch(fd: int) -> None:
 
 
 def _stop_group(why: str) -> None:
-    """SIGTERM this process's group (only itself when it leads none), SIGKILL if it lingers."""
-    # stderr may be a pipe to the worker, which is gone: nobody reads it any more
-    with contextlib.suppress(OSError):
+    """SIGTERM this process's group (only itself when it leads none), SIGKILL if it lingers.
+
+    The trial process stops on SIGTERM as on any stop (a resume checkpoint at its next step, see
+    :mod:`search.trial.process`); its output went to a pipe the worker read, and a write to that
+    pipe now fails (EPIPE) and would turn the stop into a crash: from here on it goes nowhere.
+    """
+    with contextlib.suppress(OSError):  # nobody reads stderr any more, but a terminal might
         print(f"octsearch: trial process {os.getpid()}: {why}; stopping", file=sys.stderr,
               flush=True)
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
     leads_group = os.getpgrp() == os.getpid()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if leads_group:

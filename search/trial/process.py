@@ -39,7 +39,7 @@ from octtrain.config import config_from_dict
 from octtrain.errors import DivergedError, OcttrainError, describe_exit
 from octtrain.files import write_json_atomic
 from octtrain.runtime import Preempted, stop_on_signals
-from search.contract import best_step
+from search.contract import best_step, write_preempted
 from search.optuna_compat import take_over
 from search.storage import Outage, open_storage, outage_limit_from_env
 from search.study import stored_space
@@ -55,6 +55,11 @@ KILL_GRACE_S = 10.0  # after SIGKILL, how long to wait for the child and its out
 STOP_GRACE_S = 25.0  # after SIGTERM, how long a child may take to stop (finish its optimizer
 # step, write its resume checkpoint) before SIGKILL: within a spot VM's ~30 s notice
 STORAGE_ENV = "OCTSEARCH_TRIAL_STORAGE"
+# Signals that ask a trial process to stop (a worker's SIGTERM, a scheduler's SIGTERM or SIGINT):
+# it writes a resume checkpoint at its next optimizer step and the trial is re-queued; one that
+# ends the process before its handler is in place re-queues the trial to start again. SIGKILL is
+# not among them: the kernel's OOM killer sends it, and a trial that dies of it failed.
+STOPPED_BY = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,8 @@ class Outcome(str, Enum):
     COMPLETE = "complete"  # with a value
     PRUNED = "pruned"  # by the pruner, or because training diverged
     FAILED = "failed"
-    PREEMPTED = "preempted"  # stopped by SIGTERM with a resume checkpoint: re-queued to resume
+    PREEMPTED = "preempted"  # stopped by a signal (with a resume checkpoint, if it could write
+    # one): re-queued to resume from it, or to start again
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,9 @@ def run_trial_process(
         return result  # even if the child crashed afterwards (e.g. in runtime teardown)
     lines = [line.rstrip() for line in tail if line.strip()]
     last = lines[-1].strip() if lines else "no output"
+    if -returncode in STOPPED_BY:  # before it could catch the signal (still starting): a stop
+        return TrialResult(Outcome.PREEMPTED, reason=f"trial process {describe_exit(returncode)} "
+                           "before it wrote a resume checkpoint", output_tail="\n".join(lines))
     return TrialResult(Outcome.FAILED, reason=f"trial process {describe_exit(returncode)} "
                        f"without a result: {last}", output_tail="\n".join(lines))
 
@@ -226,6 +235,11 @@ def _import_target(target: str) -> Callable[..., Any]:
 def run_child(request_path: Path) -> TrialResult:
     """Run the trial described by ``request_path``; write and return its result."""
     request = TrialRequest.read(request_path)
+    with stop_on_signals(STOPPED_BY):  # a stop from here on: resumable, at the next optimizer step
+        return _run_child(request)
+
+
+def _run_child(request: TrialRequest) -> TrialResult:
     run_dir = Path(request.run_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     outage_s = outage_limit_from_env()  # the worker reached the database just now: an
@@ -238,15 +252,20 @@ def run_child(request_path: Path) -> TrialResult:
     study.pruner = space.pruner.build()  # Study.pruner is a plain attribute
     trial = take_over(study, request.trial_id)
     try:
-        with stop_on_signals():  # SIGTERM: stop at the next optimizer step, resumable
-            result = _fit(request, trial, space.objective.metric_key, space.objective.maximize)
+        result = _fit(request, trial, space.objective.metric_key, space.objective.maximize)
     except BaseException as err:  # noqa: BLE001 - a record for the parent, then re-raise
         failed = TrialResult(Outcome.FAILED, reason=f"{type(err).__name__}: {err}")
         failed.write(run_dir / RESULT_FILE)
         raise
-    if request.resume_from is not None and result.state is not Outcome.PREEMPTED:
-        Path(request.resume_from).unlink(missing_ok=True)  # the trial it resumed has ended
+    if request.resume_from is not None and result.checkpoint != request.resume_from:
+        # the trial it resumed has ended, or its own stop wrote a newer checkpoint
+        Path(request.resume_from).unlink(missing_ok=True)
     result.write(run_dir / RESULT_FILE)
+    if result.state is Outcome.PREEMPTED:
+        # Also in the study: if the worker dies before it re-queues the trial, the sweep of stale
+        # trials queues the continuation from this record (search.storage.continuation).
+        write_preempted(trial, {"reason": result.reason, "epochs_done": result.epochs_done,
+                                "checkpoint": result.checkpoint})
     return result
 
 

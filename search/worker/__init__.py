@@ -6,7 +6,7 @@ checked first (``preflight``), results not yet told (``pending``), preempted tri
 from __future__ import annotations
 
 from search.worker.loop import TrialEndCallback, WorkerOptions, run_worker
-from search.worker.preflight import check_storage, preflight
+from search.worker.preflight import check_host, check_storage, preflight
 from search.worker.retention import DEFAULT_KEEP_BEST, CheckpointRetention, kept_bytes
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointRetention",
     "TrialEndCallback",
     "WorkerOptions",
+    "check_host",
     "check_storage",
     "kept_bytes",
     "preflight",

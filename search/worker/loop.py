@@ -40,6 +40,7 @@ from search.contract import (
     resume_source,
     runs_first,
     trial_dir,
+    was_preempted,
     write_best_epoch,
     write_devices,
     write_failure,
@@ -48,6 +49,7 @@ from search.contract import (
     write_run,
 )
 from search.errors import StorageError, WorkerError
+from search.interrupts import shielded
 from search.notices import notice
 from search.optuna_compat import claim_waiting, study_storage
 from search.optuna_compat import trial_id as storage_id
@@ -124,7 +126,8 @@ def run_worker(
     up to one per slot at once (``options.slots``; none: one slot on every device)."""
     summary = WorkerSummary()
     pool = SlotPool(list(options.slots) or [Assignment(0, "any", ())], out)
-    deliver_pending(study, storage, options.runs_dir, space.objective.metric_key, _tell, out=out)
+    with shielded():  # a stop signal waits for the results being told (search.interrupts)
+        deliver_pending(study, storage, options.runs_dir, space.objective.metric_key, _tell, out=out)
     loop = _Loop(study, options, summary, pool, out, time.monotonic())
     try:
         while True:
@@ -143,17 +146,20 @@ def run_worker(
                 return summary
             slot = pool.free() if step is Step.START and loop.may_ask() else None
             if slot is not None:
-                trial = ask_trial(study)
-                if not loop.keep(trial):
-                    continue
-                summary.trials.append(trial.number)
-                try:
-                    pool.start(slot, options.env, functools.partial(
-                        _run_in_slot, study, space, storage, options, trial))
-                finally:
-                    if not slot.busy:  # interrupted before its thread took the trial over
-                        _tell(study, trial, TrialResult(Outcome.FAILED,
-                                                        reason="worker: stopped at its start"))
+                # From ask to the slot's thread taking the trial over, a stop signal waits: cut
+                # in between, the trial would stay RUNNING with no heartbeat (search.interrupts).
+                with shielded():
+                    trial = ask_trial(study)
+                    if not loop.keep(trial):
+                        continue
+                    summary.trials.append(trial.number)
+                    try:
+                        pool.start(slot, options.env, functools.partial(
+                            _run_in_slot, study, space, storage, options, trial))
+                    finally:
+                        if not slot.busy:  # failed before its thread took the trial over
+                            _tell(study, trial, TrialResult(Outcome.FAILED,
+                                                            reason="worker: stopped at its start"))
                 continue
             held = loop.hold_until - time.monotonic()
             pool.wait(min(options.poll_s, held) if step is Step.START and held > 0 else options.poll_s)
@@ -180,7 +186,8 @@ class _Loop:
 
     def next(self) -> Step:
         """:func:`next_step` for this worker; STOP also when time is up or every slot retired."""
-        fail_stale(self.study)
+        with shielded():  # each stale trial failed and re-queued whole
+            fail_stale(self.study)
         finished, running = count_trials(self.study)
         self.summary.finished = finished
         step = next_step(finished, running, self.options.n_trials)
@@ -231,6 +238,8 @@ class _Loop:
         if frozen.state != TrialState.FAIL:
             slot.failures_in_a_row = 0
             return
+        if was_preempted(frozen):  # stopped by a signal and re-queued: not a failure of the setup
+            return
         slot.failures_in_a_row += 1
         if slot.failures_in_a_row < self.options.max_consecutive_failures:
             return
@@ -275,14 +284,7 @@ def run_one_trial(
         with heartbeat(storage, trial_id, out=out):
             result = _run(study, space, storage, trial, options, slot)
     except BaseException as err:  # interrupted, or the worker itself failed
-        if isinstance(err, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (named) from the CLI
-            reason = f"interrupted by {err}" if str(err) else "interrupted"
-        else:
-            reason = f"{type(err).__name__}: {err}"
-        # Stopped by the worker, the trial process may have ended on its own terms: preempted
-        # with a resume checkpoint (search.worker.requeue), or just finished.
-        ended = interrupted_result(study, trial_id) if isinstance(err, KeyboardInterrupt) else None
-        _tell(study, trial, ended or TrialResult(Outcome.FAILED, reason=f"worker: {reason}"))
+        _tell(study, trial, _stopped_result(study, trial_id, err))
         if not isinstance(err, Exception):
             raise
     else:
@@ -293,6 +295,21 @@ def run_one_trial(
     for callback in options.on_trial_end:
         callback.after_tell(study, trial, out)
     return storage.get_trial(trial_id)
+
+
+def _stopped_result(study: optuna.Study, trial_id: int, err: BaseException) -> TrialResult:
+    """How a trial ends whose worker stopped it (``err``): interrupted (Ctrl-C, or SIGTERM named
+    by the CLI), the trial process may have ended on its own terms, preempted with a resume
+    checkpoint or just finished (its result file says so); one that wrote no result is re-queued
+    to start again (:mod:`search.worker.requeue`). A worker that failed fails the trial."""
+    if not isinstance(err, KeyboardInterrupt):
+        return TrialResult(Outcome.FAILED, reason=f"worker: {type(err).__name__}: {err}")
+    how = f"interrupted by {err}" if str(err) else "interrupted"
+    ended = interrupted_result(study, trial_id)
+    if ended is not None:
+        return ended
+    return TrialResult(Outcome.PREEMPTED, reason=f"worker: {how} before its trial process wrote "
+                       "a resume checkpoint")
 
 
 def _run_dir(study: optuna.Study, options: WorkerOptions, number: int) -> Path:
@@ -323,9 +340,12 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
     shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
     notice(out, f"trial {trial.number} started: {shown}")
     resume_from = resume_source(trial)
+    stopped = trial.user_attrs.get(RESUMES_TRIAL_ATTR)
     if resume_from is not None:
-        notice(out, f"trial {trial.number} resumes preempted trial "
-                  f"{trial.user_attrs.get(RESUMES_TRIAL_ATTR)} from {resume_from}")
+        notice(out, f"trial {trial.number} resumes preempted trial {stopped} from {resume_from}")
+    elif stopped is not None:
+        notice(out, f"trial {trial.number} starts preempted trial {stopped} again (it wrote no "
+                    "resume checkpoint)")
     request = TrialRequest(
         study_name=study.study_name, trial_id=storage_id(trial), trial_number=trial.number,
         run_dir=str(run_dir), config=cfg.to_dict(), fit_target=options.fit_target,

@@ -6,21 +6,31 @@ this worker's working directory, volumes that cannot be read (a small sample of 
 device this host does not have. Without these checks every trial would fail after its set-up
 and the worker would give up after a few, having created the study and its failed trials.
 
+The host is checked too (:func:`check_host`): every folder a trial writes to (run directories,
+resume checkpoints, artifacts, the data set store) must be a folder this worker can create a file
+in, and each file system must have room for what the trials will write there. Without it a
+``--runs-dir`` that is a file failed every enqueued trial, and their configurations were lost.
+
 The checks are cheap: the manifest is indexed (every listed volume must exist), at most
-:data:`SAMPLE_VOLUMES` volumes are read, torch is imported only for ``cuda`` and torch_xla is
-never imported (only looked up).
+:data:`SAMPLE_VOLUMES` volumes are read, a probe file is created and removed in each folder,
+torch is imported only for ``cuda`` and torch_xla and transformers are never imported.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from octtrain.config import DataSection, TrainConfig
-from octtrain.data import Entry, index_folder, read_manifest, read_volume
+from octtrain.data import Entry, default_cache_dir, index_folder, read_manifest, read_volume
 from octtrain.errors import DataError
+from octtrain.model import approx_encoder_parameters
 from search.errors import PreflightError, StorageError
 
 SAMPLE_VOLUMES = 3  # volumes read before the first trial: the first, one in the middle, the last
@@ -60,7 +70,7 @@ def check_data(data: DataSection) -> str:
     assert given is not None  # DataSection holds exactly one of the two
     key = "data.manifest" if data.manifest is not None else "data.root"
     try:
-        entries = read_manifest(given) if data.manifest is not None else index_folder(given)
+        entries = _entries(data)
         if not entries:
             raise DataError(f"{given}: no volumes")
         checked = sample(entries)
@@ -72,11 +82,91 @@ def check_data(data: DataSection) -> str:
     return f"{len(entries)} volumes in {given}; {len(checked)} of them read"
 
 
+def _entries(data: DataSection) -> list[Entry]:
+    if data.manifest is not None:
+        return read_manifest(data.manifest)
+    assert data.root is not None  # DataSection holds exactly one of the two
+    return index_folder(data.root)
+
+
 def preflight(cfg: TrainConfig, device: str | None = None) -> list[str]:
     """Every check for trials of the base config ``cfg`` (``device``: the ``--device`` that
     replaces its ``runtime.device``); what was checked, one line each, or a PreflightError."""
     return [f"data: {check_data(cfg.data)}",
             f"device: {check_device(device or cfg.runtime.device)} (available)"]
+
+
+# A trial's checkpoints, in bytes per encoder parameter (an upper estimate): best.pt and last.pt
+# hold the float32 weights, and last.pt and the resume checkpoint also AdamW's two moments.
+CHECKPOINT_BYTES_PER_PARAMETER = 4 + (4 + 8) + (4 + 8)
+GB = 1e9
+
+
+def check_writable(folder: Path, what: str) -> str:
+    """``folder``, or the nearest of its parents that exists (the worker makes the rest), is a
+    folder in which this worker can create and remove a file; a PreflightError naming it and the
+    cause otherwise. Creates nothing that stays."""
+    existing = _nearest_existing(folder)
+    where = "" if existing == folder.absolute() else f" (its parent {str(existing)!r})"
+    if not existing.is_dir():
+        raise PreflightError(f"{what} {str(folder)!r}{where}: not a folder")
+    probe = existing / f".octsearch-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"octsearch pre-flight probe\n")
+        probe.unlink()
+    except OSError as err:
+        cause = err.strerror or type(err).__name__
+        raise PreflightError(f"{what} {str(folder)!r}{where}: cannot write a file there ({cause})") from None
+    return f"{what} {folder}: writable"
+
+
+def _nearest_existing(folder: Path) -> Path:
+    path = folder.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def needed_bytes(cfg: TrainConfig, volumes: int, trials_at_once: int) -> dict[str, int]:
+    """What trials of ``cfg`` write, by place: the checkpoints of ``trials_at_once`` running
+    trials (``checkpoints``; none when the encoder's size is unknown: a hub id) and the data set
+    store of ``volumes`` volumes (``store``)."""
+    shape = cfg.data.shape
+    store = volumes * math.prod(shape) * np.dtype(cfg.data.store).itemsize
+    params = approx_encoder_parameters(cfg.model.encoder)
+    checkpoints = trials_at_once * CHECKPOINT_BYTES_PER_PARAMETER * params if params else 0
+    return {"checkpoints": checkpoints, "store": store}
+
+
+def check_host(cfg: TrainConfig, folders: Mapping[str, Path], *, trials_at_once: int) -> list[str]:
+    """Every folder in ``folders`` (what -> path: ``--runs-dir``, ``--checkpoint-dir``,
+    ``--artifacts-dir``) and the data set store's (``data.cache_dir``) writable, and room on
+    each file system for what the trials write there; one line each, or a PreflightError.
+    Run after :func:`preflight` (the data set is readable)."""
+    volumes = len(_entries(cfg.data))
+    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir is not None else default_cache_dir()
+    places = {**folders, "data.cache_dir": cache}
+    lines = [check_writable(path, what) for what, path in places.items()]
+    need = needed_bytes(cfg, volumes, trials_at_once)
+    store_built = any((cache / "consolidated").glob("*/index.json"))  # perhaps this one: no charge
+    wants = {("--checkpoint-dir" if "--checkpoint-dir" in places else "--runs-dir"): need["checkpoints"],
+             "data.cache_dir": 0 if store_built else need["store"]}
+    by_device: dict[int, list[str]] = {}
+    for what in wants:
+        by_device.setdefault(os.stat(_nearest_existing(places[what])).st_dev, []).append(what)
+    for whats in by_device.values():
+        total = sum(wants[w] for w in whats)
+        free = shutil.disk_usage(_nearest_existing(places[whats[0]])).free
+        parts = ", ".join(f"{w} {wants[w] / GB:.2f} GB" for w in whats if wants[w])
+        if total > free:
+            raise PreflightError(
+                f"not enough disk space for the trials: {free / GB:.2f} GB free where "
+                f"{' and '.join(str(places[w]) for w in whats)} {'is' if len(whats) == 1 else 'are'}, "
+                f"about {total / GB:.2f} GB needed ({parts}: the checkpoints of {trials_at_once} "
+                "trial(s) at once and the data set store); free some space or choose another folder")
+        if total:
+            lines.append(f"disk: {free / GB:.2f} GB free for about {total / GB:.2f} GB ({parts})")
+    return lines
 
 
 def check_storage(url: str) -> str:

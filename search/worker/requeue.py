@@ -1,14 +1,16 @@
-"""Preempted trials: recorded, re-queued with their parameters, and resumed by any worker.
+"""Trials stopped by a signal: recorded, re-queued with their parameters, resumed by any worker.
 
 When a worker gets SIGTERM (a spot VM's notice) or Ctrl-C, it sends SIGTERM to its trial
 process, which stops at its next optimizer step and writes a resume checkpoint
-(:mod:`octtrain.runtime.preempt`) to :func:`checkpoint_path`. The worker then (:func:`requeue`):
+(:mod:`octtrain.runtime.preempt`) to :func:`checkpoint_path`. The same happens when a scheduler
+sends SIGTERM or SIGINT to the trial process itself. The worker then (:func:`requeue`):
 
 1. records on the trial how it stopped (``preempted``) and tells it FAIL, so it does not count
    towards ``--trials``;
-2. adds a WAITING trial with the same parameters, the intermediate values and ``epoch_NNN``
-   attributes of the epochs done, and ``resume_from`` = the checkpoint. The next ``ask`` of any
-   worker takes it before any other WAITING trial, whatever its number
+2. queues its continuation (:func:`search.storage.queue_continuation`): a WAITING trial with the
+   same parameters that resumes from the checkpoint with the epochs done, or, when the process
+   wrote none (stopped before training began, or killed after its grace), starts again. The next
+   ``ask`` of any worker takes it before any other WAITING trial, whatever its number
    (:func:`search.worker.loop.ask_trial`), and its trial process continues the run
    (``fit(resume_from=...)``): every epoch is reported exactly once across the two trials'
    records, and the resumed trial holds all of them.
@@ -25,18 +27,10 @@ import optuna
 from optuna.trial import TrialState
 
 from octtrain.train import RESUME_FILE
-from search.contract import (
-    KEPT_ON_RETRY,
-    RESUME_FROM_ATTR,
-    RESUMES_TRIAL_ATTR,
-    epoch_attr,
-    stored_run_dir,
-    trial_dir,
-    write_failure,
-    write_preempted,
-)
+from search.contract import stored_run_dir, trial_dir, write_failure, write_preempted
 from search.optuna_compat import frozen as frozen_trial
-from search.optuna_compat import no_experimental_warning, study_storage
+from search.optuna_compat import study_storage
+from search.storage import queue_continuation
 from search.trial import RESULT_FILE, Outcome, TrialResult
 
 
@@ -53,21 +47,14 @@ def interrupted_result(study: optuna.Study, trial_id: int) -> TrialResult | None
 
 
 def requeue(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None:
-    """Record a preempted trial, tell it FAIL, and queue its continuation (WAITING)."""
-    assert result.state is Outcome.PREEMPTED and result.checkpoint is not None
+    """Record a trial stopped by a signal, tell it FAIL, and queue its continuation (WAITING):
+    from its resume checkpoint, or from the start when it wrote none."""
+    assert result.state is Outcome.PREEMPTED
     done = result.epochs_done or 0
     frozen = frozen_trial(study, trial)
-    carried = {k: v for k, v in frozen.user_attrs.items()
-               if k in KEPT_ON_RETRY or k in {epoch_attr(e) for e in range(done)}}
     write_preempted(trial, {"reason": result.reason, "epochs_done": done,
                             "checkpoint": result.checkpoint})
-    write_failure(trial, f"{result.reason}; re-queued to resume")
+    again = "resume from its checkpoint" if result.checkpoint else "start again"
+    write_failure(trial, f"{result.reason}; re-queued to {again}")
     study.tell(trial, state=TrialState.FAIL)  # first: a crash after it loses a resume, not a count
-    with no_experimental_warning():
-        study.add_trial(optuna.create_trial(
-            state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
-            user_attrs={**carried, RESUME_FROM_ATTR: result.checkpoint,
-                        RESUMES_TRIAL_ATTR: frozen.number},
-            system_attrs=frozen.system_attrs,
-            intermediate_values={s: v for s, v in frozen.intermediate_values.items() if s < done},
-        ))
+    queue_continuation(study, frozen, result.checkpoint, done)

@@ -196,3 +196,25 @@ def storage_proxy(database_url: str, folder: Path) -> Iterator[str]:
         returncode = proc.wait(timeout=30)
     assert returncode == 128 + signal.SIGTERM, log.read_text()
     assert log.read_text().splitlines()[-1] == "octsearch: storage proxy stopped"
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (dead, not yet reaped by its new parent) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def trial_pids(root: Path) -> list[int]:
+    """Pids of the trial processes running a request under ``root``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"search.trial" in args and any(a.startswith(str(root).encode()) for a in args):
+            pids.append(int(cmdline.parent.name))
+    return [p for p in pids if alive(p)]

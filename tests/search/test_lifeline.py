@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fake_fit import HANG
 from optuna.trial import TrialState
-from search_testing import fake_env, fake_options, octsearch_command, write_cli_space
+from search_testing import alive, fake_env, fake_options, octsearch_command, trial_pids, write_cli_space
 
 from search.space.search_space import load_space
 from search.storage import sql as storage_mod
@@ -22,15 +22,6 @@ from search.trial.lifeline import WORKER_PID_ENV, lifeline
 from search.worker.loop import run_worker
 
 GONE_WITHIN_S = 10.0
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs; a zombie (dead, not yet reaped by its new parent) does not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def seconds_until_gone(pids: list[int], limit: float = 30.0) -> float:
@@ -83,24 +74,13 @@ def test_a_sigkilled_worker_takes_its_trial_process_with_it(tmp_path: Path) -> N
     assert took < GONE_WITHIN_S
 
 
-def trial_pids(root: Path) -> list[int]:
-    """Pids of the trial processes running a request under ``root``."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"search.trial" in args and any(a.startswith(str(root).encode()) for a in args):
-            pids.append(int(cmdline.parent.name))
-    return [p for p in pids if alive(p)]
-
-
-def test_after_a_sigkilled_worker_another_reruns_its_trial_and_the_study_ends_at_n(
+def test_after_a_sigkilled_worker_another_resumes_its_trial_and_the_study_ends_at_n(
     storage_url: str, study_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The killed worker's trial process is gone at once, so the dead trial gets no write after
-    it is failed as stale; the next worker re-runs it and the study ends with N finished."""
+    """The killed worker's trial process gets SIGTERM from its lifeline: it stops at its next step
+    with a resume checkpoint and stores that it did, then is gone. No write reaches the trial after
+    it is failed as stale; the next worker resumes it from the checkpoint (nothing orphaned) and the
+    study ends with N finished."""
     learns = {"model.head.hidden": 64, "train.lr_head": 1e-3}
     space_file = write_cli_space(tmp_path / "space.yaml",
                                  enqueue=[{"name": "learns", "params": learns}])
@@ -130,17 +110,25 @@ def test_after_a_sigkilled_worker_another_reruns_its_trial_and_the_study_ends_at
     study, created = open_study(space, storage, study_name)
     assert not created
     (dead,) = study.get_trials()
-    assert dead.state == TrialState.RUNNING and len(dead.intermediate_values) >= 2
+    done = len(dead.intermediate_values)
+    assert dead.state == TrialState.RUNNING and done >= 2
+    checkpoint = Path(dead.user_attrs["preempted"]["checkpoint"])
+    assert checkpoint.is_file() and dead.user_attrs["preempted"]["epochs_done"] == done
     summary = run_worker(study, space, storage, fake_options(tmp_path, 1))
-    failed, rerun = study.get_trials()
-    assert [failed.state, rerun.state] == [TrialState.FAIL, TrialState.COMPLETE]
+    failed, resumed = study.get_trials()
+    assert [failed.state, resumed.state] == [TrialState.FAIL, TrialState.COMPLETE]
     assert summary.finished == 1 and summary.trials == [1]
     assert failed.intermediate_values == dead.intermediate_values  # nothing written after
     reason = failed.user_attrs.get("fail_reason", "")
     assert reason.startswith("failed as stale: no heartbeat for 2 s (its worker on "), reason
+    assert reason.endswith("its trial process had stopped with a resume checkpoint: re-queued to "
+                           "resume from it"), reason
     assert {k: v for k, v in failed.user_attrs.items() if k != "fail_reason"} == dead.user_attrs  # nothing else
-    assert rerun.params == failed.params == learns
-    assert rerun.system_attrs["failed_trial"] == failed.number
+    assert resumed.params == failed.params == learns
+    assert resumed.user_attrs["resumes_trial"] == failed.number
+    assert resumed.user_attrs["enqueued"] == "learns"
+    assert sorted(resumed.intermediate_values) == list(range(6))  # every epoch once, old and new
+    assert not checkpoint.exists()  # resumed and removed, not orphaned
 
 
 PARENT = """

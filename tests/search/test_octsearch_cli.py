@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -24,7 +22,7 @@ from search_testing import (
     write_cli_space,
 )
 
-from search.cli import Terminated, main, sigterm_interrupts
+from search.cli import main
 from search.errors import SearchSpaceError
 from search.storage.sql import open_storage
 
@@ -122,13 +120,6 @@ def test_review_of_a_missing_study(reviewed_study: tuple[str, str],
     open_storage(f"sqlite:///{empty}", heartbeat=False).engine.dispose()
     assert main(["trials", "--storage", f"sqlite:///{empty}"]) == 2
     assert "holds 0 studies (none): name one with --study or --space" in one_error_line(capsys)
-
-
-def test_sigterm_interrupts_like_ctrl_c() -> None:
-    with pytest.raises(Terminated, match="SIGTERM"), sigterm_interrupts():
-        os.kill(os.getpid(), signal.SIGTERM)
-        signal.sigtimedwait([], 1)  # let the handler run
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_console_script_is_installed() -> None:

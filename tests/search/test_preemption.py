@@ -110,7 +110,7 @@ def test_sigterm_preempts_and_the_next_worker_resumes(study_url: tuple[str, str]
         / "trial_0000" / "resume.pt"
     assert checkpoint.is_file() and info["epochs_done"] == 1
     assert first.user_attrs["fail_reason"].startswith("preempted by SIGTERM at epoch 1")
-    assert first.user_attrs["fail_reason"].endswith("; re-queued to resume")
+    assert first.user_attrs["fail_reason"].endswith("; re-queued to resume from its checkpoint")
     assert queued.params == first.params
     assert queued.user_attrs["resume_from"] == str(checkpoint)
     assert queued.user_attrs["resumes_trial"] == 0

@@ -7,18 +7,28 @@ no study (the SQLite file is never created) and no run directory left behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from search_testing import fake_env, octsearch_command, write_cli_space, write_dataset
 
 from octtrain.config.sections import DataSection
 from octtrain.config.train_config import config_from_dict
 from search.errors import PreflightError
-from search.worker.preflight import check_data, check_device, preflight, sample
+from search.worker.preflight import (
+    CHECKPOINT_BYTES_PER_PARAMETER,
+    check_data,
+    check_device,
+    check_host,
+    needed_bytes,
+    preflight,
+    sample,
+)
 
 
 @pytest.mark.parametrize(("n", "picked"), [(0, []), (2, [0, 1]), (3, [0, 1, 2]),
@@ -169,3 +179,40 @@ def test_a_worker_started_from_another_directory_runs_the_space(tmp_path: Path) 
     (request,) = (elsewhere / "runs").glob("space-*/trial_0000/request.json")
     config = json.loads(request.read_text())["config"]
     assert config["data"]["manifest"] == str(space.parent / "data" / "manifest.csv")
+
+
+def test_a_runs_dir_that_is_a_file_is_refused_before_the_study(tmp_path: Path) -> None:
+    """The reported case: the study was created and its three enqueued trials failed one after
+    the other (NotADirectoryError), their configurations lost."""
+    (tmp_path / "runs-file").write_text("not a folder")
+    assert refused(tmp_path, "run", "--runs-dir", "runs-file/sub") == (
+        f"--runs-dir 'runs-file/sub' (its parent '{tmp_path / 'runs-file'}'): not a folder")
+
+
+def test_a_data_cache_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
+    space = write_cli_space(tmp_path / "space.yaml")
+    raw = yaml.safe_load(space.read_text())
+    raw["base"]["data"]["cache_dir"] = str(tmp_path / "cache")
+    space.write_text(yaml.safe_dump(raw))
+    (tmp_path / "cache").write_text("a file where the cache should be")
+    assert refused(tmp_path, "run", space=space) == f"data.cache_dir '{tmp_path / 'cache'}': not a folder"
+
+
+def test_the_host_check_names_each_folder_and_the_room_needed(tmp_path: Path) -> None:
+    manifest = write_dataset(tmp_path / "data")  # 4 volumes
+    cfg = config_from_dict({"data": {"manifest": str(manifest), "cache_dir": str(tmp_path / "cache")},
+                            "model": {"encoder": "vitl-random"}})
+    need = needed_bytes(cfg, 4, 2)
+    params = 24 * (4 + 8) * 1024 ** 2  # ViT-L: within 1 % of its 303 M encoder parameters
+    assert need == {"checkpoints": 2 * CHECKPOINT_BYTES_PER_PARAMETER * params,
+                    "store": 4 * math.prod(cfg.data.shape) * 2}  # float16 store
+    lines = check_host(cfg, {"--runs-dir": tmp_path / "runs"}, trials_at_once=2)
+    assert lines[:2] == [f"--runs-dir {tmp_path / 'runs'}: writable",
+                         f"data.cache_dir {tmp_path / 'cache'}: writable"]
+    total = (need["checkpoints"] + need["store"]) / 1e9
+    assert lines[2].startswith("disk: ") and lines[2].endswith(f" GB free for about {total:.2f} GB "
+                                                              f"(--runs-dir {need['checkpoints'] / 1e9:.2f} GB, "
+                                                              f"data.cache_dir {need['store'] / 1e9:.2f} GB)")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()  # nothing made
+    with pytest.raises(PreflightError, match=r"^not enough disk space for the trials: .* GB free where "):
+        check_host(cfg, {"--runs-dir": tmp_path / "runs"}, trials_at_once=10**7)  # petabytes

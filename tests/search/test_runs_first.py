@@ -16,8 +16,8 @@ import pytest
 from optuna.trial import TrialState
 from search_testing import drop_study, fake_options, reachable_server, signal_when_written, storage_proxy
 
-from search.cli import sigterm_interrupts
 from search.contract import RESUME_FROM_ATTR, runs_first, runs_folder
+from search.interrupts import stop_signals
 from search.optuna_compat import no_experimental_warning
 from search.space.search_space import space_from_dict
 from search.storage.sql import open_storage
@@ -82,7 +82,7 @@ def test_a_search_that_reaches_n_resumes_its_preempted_trial_first(fake_space: d
     options = fake_options(tmp_path, 2, checkpoint_dir=tmp_path / "ckpt")
     options = dataclasses.replace(options, env={**options.env, "FAKE_FIT_EPOCH_S": "0.3"})
     signal_when_written(tmp_path / "runs" / runs_folder(study) / "trial_0000" / "started_1", signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
+    with pytest.raises(KeyboardInterrupt), stop_signals():
         run_one_trial(study, space, storage, options)
     checkpoint = Path(study.get_trials()[0].user_attrs["preempted"]["checkpoint"])
     assert checkpoint.is_file()

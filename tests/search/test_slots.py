@@ -22,8 +22,9 @@ from optuna.trial import FrozenTrial, TrialState
 from search_testing import fake_env, fake_options, octsearch_command, write_cli_space
 
 import search.storage.sql as storage_mod
-from search.cli import main, sigterm_interrupts
+from search.cli import main
 from search.contract import runs_folder
+from search.interrupts import stop_signals
 from search.space.search_space import space_from_dict
 from search.storage.sql import open_storage
 from search.study.join import open_study
@@ -103,7 +104,7 @@ def test_two_slots_finish_n_trials_two_at_a_time_each_on_its_own_core(
     assert any("[trial 3] fake epoch 5" in line for line in lines)
 
 
-def test_sigterm_stops_both_running_trials_and_fails_them(
+def test_sigterm_stops_both_running_trials_and_requeues_them(
     fake_space: dict[str, Any], sqlite_url: str, tmp_path: Path,
 ) -> None:
     hang = {"model.head.hidden": 64, "train.lr_head": HANG}
@@ -119,11 +120,14 @@ def test_sigterm_stops_both_running_trials_and_fails_them(
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=terminate_when_both_hang, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
+    with pytest.raises(KeyboardInterrupt), stop_signals():
         run_worker(study, space, storage, two_slots(tmp_path, 4))
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
-    assert {t.user_attrs["fail_reason"] for t in trials} == {"worker: interrupted by SIGTERM"}
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
+    assert {t.user_attrs["fail_reason"] for t in trials[:2]} == {
+        "worker: interrupted by SIGTERM before its trial process wrote a resume checkpoint; "
+        "re-queued to start again"}
+    assert sorted(t.user_attrs["resumes_trial"] for t in trials[2:]) == [0, 1]
     for pid_file in pid_files:
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid_file.read_text()), 0)  # both trial processes are gone

@@ -13,9 +13,9 @@ from fake_fit import CRASH, DIVERGE, HANG, RAISE
 from optuna.trial import TrialState
 from search_testing import STUCK_REASON, fake_options, run_threads, signal_when_written
 
-from search.cli import sigterm_interrupts
 from search.contract import CREATION_ID_ATTR, SPACE_ATTR, epoch_attr, runs_folder, stored_space_dict
 from search.errors import SearchSpaceError, WorkerError
+from search.interrupts import stop_signals
 from search.space.search_space import SearchSpace, space_from_dict
 from search.storage.sql import open_storage
 from search.study.counting import Step, next_step
@@ -172,22 +172,26 @@ def test_workers_share_one_trial_count(fake_space: dict[str, Any], storage_url: 
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
 
 
-@pytest.mark.parametrize(("sig", "reason"), [(signal.SIGINT, "worker: interrupted"),
-                                           (signal.SIGTERM, "worker: interrupted by SIGTERM")])
-def test_interrupt_stops_the_trial_process_and_fails_the_trial(
-    sig: signal.Signals, reason: str, fake_space: dict[str, Any], sqlite_url: str,
+@pytest.mark.parametrize(("sig", "how"), [(signal.SIGINT, "interrupted"),
+                                        (signal.SIGTERM, "interrupted by SIGTERM")])
+def test_interrupt_stops_the_trial_process_and_requeues_the_trial(
+    sig: signal.Signals, how: str, fake_space: dict[str, Any], sqlite_url: str,
     tmp_path: Path,
 ) -> None:
-    """Ctrl-C, or SIGTERM as ``octsearch run`` handles it: no trial is left RUNNING."""
+    """Ctrl-C, or SIGTERM as ``octsearch run`` handles it: no trial is left RUNNING. This trial
+    process wrote no resume checkpoint (it hung until stopped): its configuration starts again."""
     raw = enqueue(fake_space, {"model.head.hidden": 64, "train.lr_head": HANG})
     study, space, storage = worker(raw, sqlite_url, "hang")
     pid_file = tmp_path / "runs" / runs_folder(study) / "trial_0000" / "pid"
     signal_when_written(pid_file, sig)
-    with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
+    with pytest.raises(KeyboardInterrupt), stop_signals():
         run_one_trial(study, space, storage, fake_options(tmp_path, 1))
-    trial = study.get_trials()[0]
-    assert trial.state == TrialState.FAIL
-    assert trial.user_attrs["fail_reason"] == reason
+    trial, again = study.get_trials()
+    assert (trial.state, again.state) == (TrialState.FAIL, TrialState.WAITING)
+    assert trial.user_attrs["fail_reason"] == (
+        f"worker: {how} before its trial process wrote a resume checkpoint; re-queued to start again")
+    assert again.params == trial.params and again.user_attrs["resumes_trial"] == 0
+    assert "resume_from" not in again.user_attrs and not again.intermediate_values
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the hanging trial process is gone

@@ -1,0 +1,44 @@
+"""A trial's continuation: the WAITING trial that takes over a trial stopped by a signal.
+
+A trial stopped by SIGTERM or Ctrl-C (its worker's, a scheduler's, or one sent to the trial
+process itself) ends FAIL, which does not count towards ``--trials``, and its configuration is
+queued again as a new WAITING trial with the same parameters and distributions:
+
+- with the resume checkpoint the trial process wrote (``resume_from``), also the ``epoch_NNN``
+  attributes and intermediate values of the epochs it had done, so that every epoch is stored
+  exactly once and the continuation goes on from where the trial stopped;
+- without one (the process was stopped before it could write one, or killed after its grace),
+  none of them: the configuration starts again from epoch 0.
+
+Either way it carries ``resumes_trial`` (the stopped trial's number), so every worker asks it
+before any other WAITING trial (:func:`search.contract.runs_first`). Two paths queue one: the
+worker that stopped the trial (:mod:`search.worker.requeue`), and, when that worker died before
+it could, the stale-trial sweep, from the ``preempted`` record the trial process stored
+(:func:`search.storage.sql.fail_stale`).
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.contract import KEPT_ON_RETRY, RESUME_FROM_ATTR, RESUMES_TRIAL_ATTR, epoch_attr
+from search.optuna_compat import no_experimental_warning
+
+
+def queue_continuation(study: optuna.Study, stopped: FrozenTrial, checkpoint: str | None,
+                       epochs_done: int) -> None:
+    """Add the WAITING trial that continues ``stopped`` from ``checkpoint`` (after its
+    ``epochs_done`` epochs), or starts its configuration again when ``checkpoint`` is None."""
+    done = epochs_done if checkpoint is not None else 0
+    kept = {epoch_attr(e) for e in range(done)}
+    user_attrs = {k: v for k, v in stopped.user_attrs.items() if k in KEPT_ON_RETRY or k in kept}
+    user_attrs[RESUMES_TRIAL_ATTR] = stopped.number
+    if checkpoint is not None:
+        user_attrs[RESUME_FROM_ATTR] = checkpoint
+    with no_experimental_warning():
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=stopped.params, distributions=stopped.distributions,
+            user_attrs=user_attrs, system_attrs=stopped.system_attrs,
+            intermediate_values={s: v for s, v in stopped.intermediate_values.items() if s < done},
+        ))
