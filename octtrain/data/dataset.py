@@ -31,7 +31,7 @@ from octtrain.config import AugmentSection, DataSection, TrainSection
 from octtrain.data.augment import Augment
 from octtrain.data.consolidated import open_store
 from octtrain.data.preprocess import default_cache_dir
-from octtrain.data.records import Record, split_records
+from octtrain.data.records import SPLITS, Record, split_records
 from octtrain.errors import ConfigError
 
 
@@ -114,38 +114,63 @@ def build_datasets(
     )
 
 
-def blank_volumes(splits: Splits, rank: int, world: int) -> list[str]:
-    """The paths of share ``rank`` of ``world`` of the train and val volumes that are constant
-    (blank after the intensity clip).
+def blank_volumes(splits: Splits, rank: int, world: int) -> list[tuple[str, str]]:
+    """``(split, path)`` of share ``rank`` of ``world`` of the volumes of the train, val and test
+    splits (each volume once) that are constant (blank after the intensity clip).
 
     Run once before the first epoch, so that every blank one is counted (a DataLoader worker
     could not report it); the consolidated store answers from its index. A preprocessed volume
     is all zeros exactly when its clipped intensity range is empty (see
     :func:`octtrain.data.preprocess.clip_and_scale`).
     """
-    records = [*splits.train.records, *splits.val.records][rank::world]
-    return [r.path for r in records if splits.train.cache.is_blank(r.path)]
+    return [(split, r.path) for split, r in _volume_shares(splits, rank, world)
+            if splits.train.cache.is_blank(r.path)]
 
 
-def replaced_volumes(splits: Splits, rank: int, world: int) -> list[str]:
-    """Of share ``rank`` of ``world`` of the train and val volumes (as :func:`blank_volumes`),
-    those whose NaN/inf values were replaced by 0 (``data.nonfinite: replace``)."""
-    records = [*splits.train.records, *splits.val.records][rank::world]
-    return [r.path for r in records if splits.train.cache.was_replaced(r.path)]
+def replaced_volumes(splits: Splits, rank: int, world: int) -> list[tuple[str, str]]:
+    """Of share ``rank`` of ``world`` of the volumes of every split (as :func:`blank_volumes`),
+    ``(split, path)`` of those whose NaN/inf values were replaced by 0 (``data.nonfinite: replace``)."""
+    return [(split, r.path) for split, r in _volume_shares(splits, rank, world)
+            if splits.train.cache.was_replaced(r.path)]
 
 
-def replaced_note(paths: Sequence[str], shown: int = 3) -> str:
-    """One line counting the volumes whose NaN/inf values were replaced, naming up to ``shown``."""
-    more = f", ... ({len(paths) - shown} more)" if len(paths) > shown else ""
-    return (f"{len(paths)} volume(s) held NaN or infinite values, replaced by 0 "
-            f"(data.nonfinite: replace): {', '.join(paths[:shown])}{more}")
+def _volume_shares(splits: Splits, rank: int, world: int) -> list[tuple[str, Record]]:
+    """Share ``rank`` of ``world`` of the volumes of the train, val and test splits, each with its
+    split and each once: the ranks of a run together visit every volume once (a val volume
+    that ``data.train_on_val`` also trains on counts as train's)."""
+    seen: set[str] = set()
+    out: list[tuple[str, Record]] = []
+    for split in SPLITS:
+        for r in getattr(splits, split).records:
+            if r.path not in seen:
+                seen.add(r.path)
+                out.append((split, r))
+    return out[rank::world]
 
 
-def blank_warning(paths: Sequence[str], shown: int = 3) -> str:
-    """One line naming up to ``shown`` of the blank volumes ``paths`` and counting them all."""
-    more = f", ... ({len(paths) - shown} more)" if len(paths) > shown else ""
-    return (f"warning: {len(paths)} volume(s) are constant (blank after the intensity clip: "
-            f"they train as all zeros): {', '.join(paths[:shown])}{more}")
+def replaced_note(volumes: Sequence[tuple[str, str]], shown: int = 3) -> str:
+    """One line counting the volumes whose NaN/inf values were replaced, naming up to ``shown``
+    of each split (``volumes``: ``(split, path)``)."""
+    return (f"{len(volumes)} volume(s) held NaN or infinite values, replaced by 0 "
+            f"(data.nonfinite: replace): {_by_split(volumes, shown)}")
+
+
+def blank_warning(volumes: Sequence[tuple[str, str]], shown: int = 3) -> str:
+    """One line counting the blank ``volumes`` (``(split, path)``), naming up to ``shown`` of each split."""
+    return (f"warning: {len(volumes)} volume(s) are constant (blank after the intensity clip: "
+            f"they are read as all zeros): {_by_split(volumes, shown)}")
+
+
+def _by_split(volumes: Sequence[tuple[str, str]], shown: int) -> str:
+    """``train: a.npy, b.npy, ... (2 more); test: c.npy``: up to ``shown`` paths of each split, in
+    split order, and how many more."""
+    parts = []
+    for split in SPLITS:
+        paths = [path for s, path in volumes if s == split]
+        if paths:
+            more = f", ... ({len(paths) - shown} more)" if len(paths) > shown else ""
+            parts.append(f"{split}: {', '.join(paths[:shown])}{more}")
+    return "; ".join(parts)
 
 
 class PaddedDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):

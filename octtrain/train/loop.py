@@ -260,13 +260,13 @@ def _set_up(runtime: Runtime, cfg: TrainConfig, run_dir: Path, clock: StartupClo
         raise DataError("the validation split is empty: add patients or raise data.val_fraction")
     shares = runtime.all_gather_object(blank_volumes(splits, runtime.rank, runtime.world_size),
                                        "octtrain.blank_volumes")
-    blank = [path for share in shares for path in share]
+    blank = [volume for share in shares for volume in share]  # (split, path)
     if blank and runtime.is_master:
         print(f"octtrain: {blank_warning(blank)}", file=sys.stderr, flush=True)
     if cfg.data.nonfinite == "replace":
         mine = replaced_volumes(splits, runtime.rank, runtime.world_size)
         shares = runtime.all_gather_object(mine, "octtrain.nonfinite")
-        replaced = [path for share in shares for path in share]
+        replaced = [volume for share in shares for volume in share]
         if replaced and runtime.is_master:
             print(f"octtrain: {replaced_note(replaced)}", file=sys.stderr, flush=True)
     if runtime.is_master:

@@ -146,7 +146,8 @@ def space_from_dict(raw: Any, source: str | None = None,
     base = _parse_base(raw.get("base"), raw.get("overrides"), folder, p)
     objective = _parse_objective(raw.get("objective"), p)
     params = _parse_params(raw.get("params"), base, p)
-    enqueue = _parse_enqueue(raw.get("enqueue"), params, base, p)
+    declared = [str(path) for path in raw["params"]] if isinstance(raw.get("params"), Mapping) else []
+    enqueue = _parse_enqueue(raw.get("enqueue"), params, declared, base, p)
     sampler = parse_sampler(raw.get("sampler"), p)
     pruner = parse_pruner(raw.get("pruner"), p)
     if pruner.inner == "reach" and not objective.maximize:
@@ -231,8 +232,14 @@ def _parse_params(raw: Any, base: TrainConfig | None, p: Problems) -> list[Param
     return params
 
 
-def _parse_enqueue(raw: Any, params: list[Param], base: TrainConfig | None,
-                   p: Problems) -> list[Enqueued]:
+def _parse_enqueue(raw: Any, params: list[Param], declared: list[str],
+                   base: TrainConfig | None, p: Problems) -> list[Enqueued]:
+    """The enqueued trials of ``raw``, checked against the valid ``params``.
+
+    A value of a parameter written under ``params`` (``declared``) that is invalid is skipped,
+    not blamed: its problem is reported once, under ``params``, not once per enqueued trial.
+    With no parameter written at all, names are not checked (``params`` is the problem).
+    """
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -251,8 +258,9 @@ def _parse_enqueue(raw: Any, params: list[Param], base: TrainConfig | None,
         before = len(p)
         for path, value in values.items():
             if path not in by_path:
-                p.append((f"{key}.params.{path}", "not a searched parameter (searched: "
-                          f"{', '.join(by_path) or 'none'})"))
+                if declared and path not in declared:
+                    p.append((f"{key}.params.{path}",
+                              f"not a searched parameter (searched: {', '.join(declared)})"))
             elif not by_path[path].contains(value):
                 p.append((f"{key}.params.{path}",
                           f"{value!r} is outside its distribution {by_path[path].describe()}"))

@@ -31,11 +31,12 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from octtrain.errors import clip, one_line
+from octtrain.errors import one_line
 from search.errors import OctsearchError, StorageError
 from search.notices import notice
 from search.optuna_compat import CachedStorage, add_proxy_service
 from search.storage.grpc_client import HEARTBEAT_ATTR
+from search.storage.retry import describe_cause
 from search.storage.sql import HEARTBEAT_INTERVAL_S, fail_stale, open_storage
 from search.storage.urls import grpc_url, is_grpc_url, redact
 
@@ -108,7 +109,7 @@ def _sweep_stale_trials(storage: _HeartbeatRelay, out: TextIO) -> None:
             study = optuna.load_study(study_name=name, storage=storage)
             fail_stale(study)
     except Exception as err:  # noqa: BLE001 - any storage failure: the next sweep tries again
-        notice(out, f"stale-trial sweep failed, retrying: {clip(one_line(err))}")
+        notice(out, f"stale-trial sweep failed, retrying: {describe_cause(err)}")
 
 
 def _refuse_a_busy_port(host: str, port: int) -> None:

@@ -120,7 +120,7 @@ class Outage:
                 self._since = now
                 once = getattr(_local, "once", False)  # the reporter: it queues and goes on
                 queued = "epoch reports queued, training goes on; " if once else ""
-                self._say(f"database unreachable ({what}: {clip(one_line(_root(err)))}); "
+                self._say(f"database unreachable ({what}: {describe_cause(err)}); "
                           f"{queued}retrying for up to {self.limit_s:g} s")
             return self._since + self.limit_s - now
 
@@ -147,7 +147,7 @@ class Outage:
                 if left <= 0:
                     raise DatabaseUnreachableError(
                         f"the database was unreachable for more than {self.limit_s:g} s "
-                        f"({what}: {clip(one_line(_root(err)))})") from err
+                        f"({what}: {describe_cause(err)})") from err
                 time.sleep(min(wait, left))
                 wait = min(wait * 2, MAX_WAIT_S)
                 continue
@@ -156,6 +156,13 @@ class Outage:
 
     def _say(self, text: str) -> None:
         notice(self.out if self.out is not None else sys.stderr, text)
+
+
+def describe_cause(err: BaseException) -> str:
+    """What a one-line notice quotes for a failed storage call: the driver's error (not Optuna's
+    ``StorageInternalError``, which blames "invalid data in the commit" for a lost connection
+    too), on one line, clipped."""
+    return clip(one_line(_root(err)))
 
 
 def _root(err: BaseException) -> BaseException:

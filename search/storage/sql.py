@@ -33,13 +33,12 @@ import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from octtrain.errors import clip, one_line
 from search.contract import KEPT_ON_RETRY, preempted_checkpoint, write_stale_failure
 from search.errors import StorageError
 from search.notices import notice
 from search.optuna_compat import fail_stale_trials, no_experimental_warning, study_storage
 from search.storage.continuation import queue_continuation
-from search.storage.retry import Outage, RetryingStorage
+from search.storage.retry import Outage, RetryingStorage, describe_cause
 from search.storage.urls import check_shared, redact
 
 if TYPE_CHECKING:
@@ -250,7 +249,7 @@ class _Beat:
             if self.failing_since is None:
                 self.failing_since = time.monotonic()
                 self._say(f"heartbeat of trial id {self.trial_id} failed, retrying every beat: "
-                          f"{clip(one_line(err))}")
+                          f"{describe_cause(err)}")
             return
         if self.failing_since is not None:
             lasted = time.monotonic() - self.failing_since

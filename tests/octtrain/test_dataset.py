@@ -3,6 +3,7 @@ data set."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,14 @@ from octtrain.data.dataset import (
     blank_warning,
     build_datasets,
     build_loaders,
+    replaced_note,
+    replaced_volumes,
 )
 from octtrain.data.preprocess import preprocess
 from octtrain.data.records import Record
 from octtrain.errors import ConfigError, DataError
 from octtrain.synthetic.phantom import CLASS_NAMES
+from octtrain.synthetic.writer import write_volume
 
 SHAPE = (4, 16, 16)  # the phantoms are 4 × 32 × 32: B-scans get resized
 
@@ -188,12 +192,14 @@ def test_a_batch_larger_than_the_training_split_names_batch_size(
     assert str(info.value) == message.format(n=n, half=n // 2, batches=n // 2)
 
 
-def _manifest(tmp_path: Path, volumes: dict[str, np.ndarray]) -> Path:
-    """A manifest of ``volumes`` (name → array), one patient each, every class 'a' and 'b'."""
+def _manifest(tmp_path: Path, volumes: dict[str, np.ndarray],
+              splits: Sequence[str] = ("train", "train", "val", "val")) -> Path:
+    """A manifest of ``volumes`` (name → array, written as .npy), one patient each, in
+    ``splits``, every class 'a' and 'b'."""
     rows = ["path,label,patient_id,split"]
-    for i, (name, array) in enumerate(volumes.items()):
-        np.save(tmp_path / f"{name}.npy", array)
-        rows.append(f"{name}.npy,{'ab'[i % 2]},p{i},{'train' if i < 2 else 'val'}")
+    for i, ((name, array), split) in enumerate(zip(volumes.items(), splits, strict=True)):
+        write_volume(tmp_path / name, array, "npy")
+        rows.append(f"{name}.npy,{'ab'[i % 2]},p{i},{split}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     return tmp_path / "m.csv"
 
@@ -209,21 +215,61 @@ def test_a_two_d_volume_is_refused_unless_single_bscans_are_allowed(tmp_path: Pa
     assert volume.shape == SHAPE and label == 1
 
 
-def test_blank_volumes_are_the_constant_ones_of_train_and_val(tmp_path: Path) -> None:
+def _spike() -> np.ndarray:
+    spike = np.zeros((4, 8, 8), np.uint8)
+    spike[0, 0, 0] = 9  # one bright voxel: the 1-99 % clip range is empty, so blank too
+    return spike
+
+
+def test_blank_volumes_are_the_constant_ones_of_every_split(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    spike = np.zeros((4, 8, 8))
-    spike[0, 0, 0] = 9.0  # one bright voxel: the 1-99 % clip range is empty, so blank too
-    manifest = _manifest(tmp_path, {"v0": rng.random((4, 8, 8)), "const": np.full((4, 8, 8), 7.0),
-                                    "spike": spike, "v3": rng.random((4, 8, 8))})
+    manifest = _manifest(tmp_path, {"v0": rng.integers(0, 255, (4, 8, 8), np.uint8),
+                                    "const": np.full((4, 8, 8), 7, np.uint8),
+                                    "spike": _spike(),
+                                    "v3": rng.integers(0, 255, (4, 8, 8), np.uint8),
+                                    "v4": rng.integers(0, 255, (4, 8, 8), np.uint8),
+                                    "flat": np.full((4, 8, 8), 200, np.uint8)},
+                         splits=("train", "train", "val", "val", "test", "test"))
     splits = build_datasets(_cfg(tmp_path, manifest))
-    blank = [str(tmp_path / "const.npy"), str(tmp_path / "spike.npy")]
+    blank = [("train", str(tmp_path / "const.npy")), ("val", str(tmp_path / "spike.npy")),
+             ("test", str(tmp_path / "flat.npy"))]
     assert blank_volumes(splits, 0, 1) == blank
-    assert blank_volumes(splits, 0, 2) + blank_volumes(splits, 1, 2) == [blank[1], blank[0]]
+    assert blank_volumes(splits, 0, 2) == [blank[1]]  # every other volume of all splits
+    assert blank_volumes(splits, 1, 2) == [blank[0], blank[2]]
     assert not splits.train[1][0].any()  # served as zeros from the store
+    assert blank_warning(blank) == (
+        "warning: 3 volume(s) are constant (blank after the intensity clip: they are read as all "
+        f"zeros): train: {tmp_path / 'const.npy'}; val: {tmp_path / 'spike.npy'}; "
+        f"test: {tmp_path / 'flat.npy'}")
 
 
-def test_blank_warning_names_a_few_and_counts_all() -> None:
-    assert blank_warning(["a.npy"]) == ("warning: 1 volume(s) are constant (blank after the "
-                                        "intensity clip: they train as all zeros): a.npy")
-    assert blank_warning([f"{i}.npy" for i in range(5)]).endswith(
-        ": 0.npy, 1.npy, 2.npy, ... (2 more)")
+def test_a_volume_trained_on_and_validated_on_is_counted_once(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    manifest = _manifest(tmp_path, {"v0": rng.integers(0, 255, (4, 8, 8), np.uint8),
+                                    "v1": rng.integers(0, 255, (4, 8, 8), np.uint8),
+                                    "spike": _spike(),
+                                    "v3": rng.integers(0, 255, (4, 8, 8), np.uint8)})
+    splits = build_datasets(_cfg(tmp_path, manifest, train_on_val=True))
+    assert blank_volumes(splits, 0, 1) == [("train", str(tmp_path / "spike.npy"))]
+
+
+def test_replaced_volumes_of_every_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    volumes = {f"v{i}": rng.random((4, 8, 8)).astype(np.float32) for i in range(6)}
+    volumes["v1"][0, 0, 0] = np.nan
+    volumes["v5"][1, 2, 3] = np.inf
+    manifest = _manifest(tmp_path, volumes, splits=("train", "train", "val", "val", "test", "test"))
+    splits = build_datasets(_cfg(tmp_path, manifest, nonfinite="replace"))
+    replaced = [("train", str(tmp_path / "v1.npy")), ("test", str(tmp_path / "v5.npy"))]
+    assert replaced_volumes(splits, 0, 1) == replaced
+    assert replaced_note(replaced) == (
+        "2 volume(s) held NaN or infinite values, replaced by 0 (data.nonfinite: replace): "
+        f"train: {tmp_path / 'v1.npy'}; test: {tmp_path / 'v5.npy'}")
+
+
+def test_blank_warning_names_a_few_of_each_split_and_counts_all() -> None:
+    assert blank_warning([("test", "a.npy")]) == (
+        "warning: 1 volume(s) are constant (blank after the intensity clip: they are read as all "
+        "zeros): test: a.npy")
+    assert blank_warning([("test", "t.npy"), *[("train", f"{i}.npy") for i in range(5)]]).endswith(
+        "zeros): train: 0.npy, 1.npy, 2.npy, ... (2 more); test: t.npy")

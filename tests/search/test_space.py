@@ -134,6 +134,40 @@ def test_enqueued_value_of_an_inactive_conditional_parameter() -> None:
         "is not sampled because 'model.unfreeze_at_epoch >= 0' is false for this trial: remove it")
 
 
+BAD_LR = {"type": "float", "low": 0.01, "high": 0.001}  # an invalid distribution
+SEEDS = [{"name": f"seed_{i}", "params": {"model.head.hidden": 64, "train.lr_head": 3e-3}}
+         for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("path", "spec", "seeds", "expected"),
+    [
+        ("train.lr_head", BAD_LR, SEEDS,
+         [("params.train.lr_head", "low 0.01 > high 0.001")]),
+        ("train.lr_hed", FAKE_SPACE["params"]["train.lr_head"],
+         [{"params": {"train.lr_hed": 3e-3}}] * 3,
+         [("params.train.lr_hed", "unknown key: not a trainer config setting (did you mean train.lr_head?)")]),
+        ("train.lr_head", BAD_LR,  # the seeds' other problems are still found
+         [*SEEDS[:2], {"params": {"model.head.hidden": 100, "train.lr_head": 3e-3,
+                                  "train.epochs": 3}}],
+         [("params.train.lr_head", "low 0.01 > high 0.001"),
+          ("enqueue[2].params.model.head.hidden",
+           "100 is outside its distribution categorical [0, 64]"),
+          ("enqueue[2].params.train.epochs",
+           "not a searched parameter (searched: model.head.hidden, train.lr_head)")]),
+    ],
+)
+def test_a_bad_parameter_is_reported_once_not_once_per_enqueued_trial(
+    path: str, spec: dict[str, Any], seeds: list[dict[str, Any]],
+    expected: list[tuple[str, str]],
+) -> None:
+    raw = with_param(path, spec)
+    raw["enqueue"] = seeds
+    with pytest.raises(SearchSpaceError) as info:
+        space_from_dict(raw, source="space.yaml")
+    assert info.value.problems == expected
+
+
 def test_all_problems_of_a_file_are_reported_at_once() -> None:
     raw = with_param("train.lr_head", {"type": "float", "low": 0.0, "high": -1.0, "log": True})
     raw["params"]["model.head.hiden"] = {"type": "int", "low": 0, "high": 3}

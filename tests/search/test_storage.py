@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import socket
 import threading
@@ -165,6 +166,39 @@ def test_heartbeat_survives_storage_errors_and_reports_the_outage_once(
                     "beat: An exception is raised during the commit.")
     assert re.fullmatch(rf"octsearch: heartbeat of trial id {trial._trial_id} recorded again "
                         r"after [3-9] s", back)
+
+
+def test_heartbeat_outage_line_quotes_the_database_not_optunas_wrapper(
+    tmp_path: Path, fake_space: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database that cannot be reached makes Optuna raise StorageInternalError("... typically
+    happens due to invalid data in the commit ...") from SQLAlchemy's OperationalError: the line
+    quotes the driver's error. Here the folder of the SQLite file is moved away (its pooled
+    connections closed), so SQLite cannot open it, and moved back."""
+    monkeypatch.setattr(storage_mod, "HEARTBEAT_INTERVAL_S", 1)
+    folder = tmp_path / "db"
+    folder.mkdir()
+    storage = open_storage(f"sqlite:///{folder / 'study.db'}")
+    study, _ = open_study(space_from_dict(fake_space), storage, "outage")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trial = study.ask()
+    folder.rename(tmp_path / "away")
+    storage.engine.dispose()
+    out = io.StringIO()
+
+    def lines(n: int) -> list[str]:
+        deadline = time.monotonic() + 30
+        while len(out.getvalue().splitlines()) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return out.getvalue().splitlines()
+
+    with heartbeat(storage, trial._trial_id, out=out):
+        assert lines(1) == [f"octsearch: heartbeat of trial id {trial._trial_id} failed, retrying "
+                            "every beat: unable to open database file"]
+        (tmp_path / "away").rename(folder)
+        assert re.fullmatch(rf"octsearch: heartbeat of trial id {trial._trial_id} recorded again "
+                            r"after \d+ s", lines(2)[1])
 
 
 def test_a_mysql_server_that_accepts_and_never_answers_is_one_error_not_a_hang(
