@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig, config_from_dict, load_config
-from octtrain.errors import ConfigError, DataError, DivergedError, OcttrainError
+from octtrain.errors import ConfigError, DataError, DivergedError, HostError, OcttrainError
 from octtrain.runtime import Preempted
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ __all__ = [
     "DivergedError",
     "EpochCallback",
     "FitResult",
+    "HostError",
     "OcttrainError",
     "Preempted",
     "TrainConfig",

@@ -3,8 +3,10 @@ synthetic OCT dataset.
 
 The command line is the edge: options become a config (``--set``) or ``make_synthetic``
 arguments here, and errors the user can cause are printed as one line (``--debug``: traceback).
-Exit status: 0 done, 2 an error the user can cause, 1 any other failure (a traceback), 128 + N
-stopped by signal N (SIGTERM 143: a resume checkpoint was written; SIGINT 130).
+Exit status: 0 done, 2 an error the user can cause, 1 any other failure: the host's (HostError:
+a full disk, a read-only file system, ...; one line, the same command may succeed on another
+host or later) or a bug (a traceback), 128 + N stopped by signal N (SIGTERM 143: a resume
+checkpoint was written; SIGINT 130).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from octtrain.errors import DataError, OcttrainError, RunExistsError, one_line
+from octtrain.errors import DataError, HostError, OcttrainError, RunExistsError, host_errors, one_line
 from octtrain.runtime import Preempted
 
 if TYPE_CHECKING:
@@ -163,8 +165,9 @@ def _clear_run_dir(out: Path, *, overwrite: bool) -> None:
         resume = ", --resume to continue it" if RESUME_FILE in found else ""
         raise RunExistsError(f"--out {str(out)!r} already holds a run ({', '.join(found)}): "
                              f"pass --overwrite to replace it{resume}, or choose another --out")
-    for name in found:
-        (out / name).unlink()
+    with host_errors("the run directory", out):
+        for name in found:
+            (out / name).unlink()
 
 
 def _make_synthetic(args: argparse.Namespace) -> int:
@@ -228,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"octtrain: error: {one_line(err)}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, HostError) else 2  # the host failed it, not the user
     except KeyboardInterrupt:
         print("octtrain: interrupted", file=sys.stderr)
         return 130

@@ -1,13 +1,18 @@
-"""Errors a user can cause, and how both CLIs put a problem into words.
+"""Errors a user can cause, errors the host causes, and how both CLIs put a problem into words.
 
 The CLIs print an error as one line and exit non-zero. Validators collect :data:`Problems`
-(dotted key path, message) and raise them all at once in a :class:`ProblemsError`.
+(dotted key path, message) and raise them all at once in a :class:`ProblemsError`. A write that
+the host fails (a full disk, a read-only file system, ...) is a :class:`HostError`
+(:func:`host_errors`): the same config may well succeed on another host or later.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 Problems = list[tuple[str, str]]  # (dotted key path in the file, message); "" for the file
 
@@ -76,3 +81,64 @@ class DivergedError(OcttrainError):
         self.epoch = epoch
         self.loss = loss
         super().__init__(f"training diverged: loss is {loss} in epoch {epoch}")
+
+
+class HostError(OcttrainError):
+    """The host failed the run, not the configuration: a full disk or quota, a read-only file
+    system, permission denied on an output path, a directory that vanished, an I/O error. The
+    same config may succeed on another host or later (a search re-queues it rather than failing
+    it). ``path``: the file or directory being written."""
+
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+# errno of an OSError that the host causes, not the configuration → how a message names it
+HOST_ERRNOS: dict[int, str] = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "directory missing",
+    errno.EIO: "I/O error",
+}
+
+
+def _host_cause(err: BaseException) -> OSError | None:
+    """The host's OSError (errno in :data:`HOST_ERRNOS`) that ``err`` is, or that an OSError or
+    RuntimeError ``err`` was raised from or while handling: ``torch.save`` reports a failed write
+    as a RuntimeError raised while the write's OSError was handled, and a file's close fails
+    again while the failed write is handled. Any other exception (a ValueError, the package's
+    own DataError for a missing volume) is not the host's, whatever OSError it replaced."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while isinstance(current, (OSError, RuntimeError)) and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in HOST_ERRNOS:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return None
+
+
+def _host_message(err: OSError, what: str, path: str | os.PathLike[str]) -> str:
+    """``disk full (No space left on device) writing the last checkpoint /runs/x/last.pt``."""
+    cause = HOST_ERRNOS.get(err.errno or 0, "cannot write")
+    detail = err.strerror or ""
+    said = cause if detail.lower() in ("", cause.lower()) else f"{cause} ({detail})"
+    return f"{said} writing {what} {os.fspath(path)}"
+
+
+@contextlib.contextmanager
+def host_errors(what: str, path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an exception of the block that the host caused (:func:`_host_cause`) into one
+    :class:`HostError` naming ``what`` was written and ``path``; others pass unchanged."""
+    try:
+        yield
+    except Exception as err:
+        cause = _host_cause(err)
+        if cause is None:
+            raise
+        raise HostError(_host_message(cause, what, path), path=path) from err

@@ -42,7 +42,7 @@ from octtrain.data import readers
 from octtrain.data.preprocess import preprocess, source_stamp
 from octtrain.data.preprocess import replace_nonfinite as zero_nonfinite
 from octtrain.data.records import Record
-from octtrain.errors import DataError
+from octtrain.errors import DataError, host_errors
 
 STORE_VERSION = 1  # bump when the layout or the preprocessing changes
 _CRC_CHUNK = 64 << 20  # bytes hashed at a time
@@ -115,8 +115,9 @@ def open_store(cache_dir: Path, records: Sequence[Record], names: Mapping[int, s
     if store is not None:
         return store
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
+        with host_errors("the data set cache", final.parent):
+            final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # not the host's (e.g. data.cache_dir is a file): the config's
         raise DataError(f"{final.parent}: cannot create the data set cache ({err.strerror}); "
                         "set data.cache_dir to a writable folder") from None
     with _locked(final.with_suffix(".lock")):
@@ -133,7 +134,9 @@ def open_store(cache_dir: Path, records: Sequence[Record], names: Mapping[int, s
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
+    with host_errors("the data set cache's lock", path):
+        handle = open(path, "a")  # noqa: SIM115 - closed by the with below
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
         yield
 
@@ -160,32 +163,45 @@ def _crc32(array: np.ndarray) -> int:
     return crc
 
 
+def _allocate(path: Path) -> None:
+    """Give the (sparse) file at ``path`` its disk blocks now: a full disk is then an OSError
+    (ENOSPC) here, where a write through the memory map to a block the disk has no room for
+    would kill the process with SIGBUS."""
+    with open(path, "r+b") as handle:
+        os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+
+
 def _build(final: Path, key: str, records: Sequence[Record], names: Mapping[int, str],
            shape: Sequence[int], clip: Sequence[float], dtype: str, allow_single_bscan: bool,
            replace_nonfinite: bool) -> None:
-    """Read, preprocess and write every volume into a temporary directory, then rename it."""
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    """Read, preprocess and write every volume into a temporary directory, then rename it. A
+    write the host fails (full disk, ...) is a HostError, any other OSError a DataError."""
+    tmp: Path | None = None
     try:
-        out = np.lib.format.open_memmap(tmp / "volumes.npy", mode="w+", dtype=np.dtype(dtype),
-                                        shape=(len(records), *(int(s) for s in shape)))
-        blank, replaced = [], []
-        for i, record in enumerate(records):
-            volume = readers.read_volume(record.path, allow_single_bscan=allow_single_bscan,
-                                         check_finite=not replace_nonfinite)
-            replaced.append(bool(zero_nonfinite(volume)) if replace_nonfinite else False)
-            volume = preprocess(volume, shape, clip)
-            blank.append(not volume.any())
-            out[i] = np.rint(volume * 255.0) if dtype == "uint8" else volume
-        out.flush()
-        index = {"version": STORE_VERSION, "key": key, "dtype": dtype, "shape": list(out.shape[1:]),
-                 "paths": [r.path for r in records], "labels": [names[r.label] for r in records],
-                 "patients": [r.patient_id for r in records], "blank": blank, "replaced": replaced,
-                 "crc32": _crc32(out)}
-        del out
-        (tmp / "index.json").write_text(json.dumps(index))
-        os.replace(tmp, final)  # atomic: readers see no store or the whole store
-    except OSError as err:
+        with host_errors("the consolidated data set", final):
+            tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+            out = np.lib.format.open_memmap(tmp / "volumes.npy", mode="w+", dtype=np.dtype(dtype),
+                                            shape=(len(records), *(int(s) for s in shape)))
+            _allocate(tmp / "volumes.npy")
+            blank, replaced = [], []
+            for i, record in enumerate(records):
+                volume = readers.read_volume(record.path, allow_single_bscan=allow_single_bscan,
+                                             check_finite=not replace_nonfinite)
+                replaced.append(bool(zero_nonfinite(volume)) if replace_nonfinite else False)
+                volume = preprocess(volume, shape, clip)
+                blank.append(not volume.any())
+                out[i] = np.rint(volume * 255.0) if dtype == "uint8" else volume
+            out.flush()
+            index = {"version": STORE_VERSION, "key": key, "dtype": dtype, "shape": list(out.shape[1:]),
+                     "paths": [r.path for r in records], "labels": [names[r.label] for r in records],
+                     "patients": [r.patient_id for r in records], "blank": blank, "replaced": replaced,
+                     "crc32": _crc32(out)}
+            del out
+            (tmp / "index.json").write_text(json.dumps(index))
+            os.replace(tmp, final)  # atomic: readers see no store or the whole store
+    except OSError as err:  # not the host's
         raise DataError(f"{final}: cannot write the consolidated data set ({err.strerror}); "
                         "set data.cache_dir to a writable folder with room for it") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -36,7 +36,7 @@ import numpy as np
 from octtrain.config import DataSection
 from octtrain.data import readers
 from octtrain.data.classes import pinned_class_to_idx
-from octtrain.errors import DataError
+from octtrain.errors import DataError, host_errors
 from octtrain.files import write_atomic
 
 SPLITS = ("train", "val", "test")
@@ -314,8 +314,9 @@ def save_class_to_idx(path: str | os.PathLike[str], mapping: Mapping[str, int]) 
     """Write ``{class name: index}`` as JSON (atomically: temp file + rename)."""
     target = Path(path)
     data = check_class_to_idx(dict(mapping), str(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    with host_errors("the class index", target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, json.dumps(data, indent=2, sort_keys=False) + "\n", "the class index")
 
 
 def load_class_to_idx(path: str | os.PathLike[str]) -> dict[str, int]:

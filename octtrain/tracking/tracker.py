@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from octtrain.config import LogSection
+from octtrain.errors import HostError, host_errors
 from octtrain.tracking.wandb_run import WandbRun
 
 
@@ -51,6 +52,7 @@ def redact_secrets(value: Any) -> Any:
 # why the loop stopped early (octtrain.train.loop) → the W&B run's state; on_epoch_end stops a run
 # when a search prunes it
 STOPPED = {"callback": "pruned", "early_stopping": "early_stopped"}
+METRICS = "the metrics"  # what a HostError says was being written
 
 
 def run_state(error: Exception) -> str:
@@ -69,14 +71,17 @@ class Tracker:
         if not enabled:
             return
         # "w": a run directory describes one run; re-running into it must not mix two histories.
-        self._file = self.path.open("w", encoding="utf-8")
+        with host_errors(METRICS, self.path):
+            self._file = self.path.open("w", encoding="utf-8")
         if cfg.wandb and cfg.wandb_mode != "disabled":
             names = sorted(class_to_idx or {}, key=(class_to_idx or {}).__getitem__)
             self._wandb = WandbRun(cfg, out_dir, redact_secrets(run_config), names)
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(json_safe(record)) + "\n")
-        self._file.flush()
+        line = json.dumps(json_safe(record)) + "\n"
+        with host_errors(METRICS, self.path):
+            self._file.write(line)
+            self._file.flush()
 
     def log_train(self, epoch: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -97,13 +102,20 @@ class Tracker:
         propagating: then the run ``failed``)."""
         if not self.enabled:
             return
-        self._file.close()
+        error = sys.exc_info()[1]
         if self._wandb is not None:
-            error = sys.exc_info()[1]
             state = (run_state(error) if isinstance(error, Exception)
                      else STOPPED.get(stopped or "", stopped or "finished"))
             self._wandb.finish(state)
             self._wandb = None
+        try:
+            with host_errors(METRICS, self.path):
+                self._file.close()  # flushes what a failed write left in the buffer, or fails again
+        except HostError:
+            if error is None:
+                raise
+            # else the run already failed (a full disk, most likely this one): that is the error
+            # to report, not its echo raised while handling it
 
 
 def read_metrics(path: str | Path, phase: str = "epoch") -> list[dict[str, Any]]:

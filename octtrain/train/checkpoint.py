@@ -29,10 +29,15 @@ from octtrain.runtime import Runtime
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (already on the CPU) atomically: a crash never leaves half a file."""
-    with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+def save_checkpoint(path: str | Path, state: dict[str, Any], what: str = "a checkpoint") -> None:
+    """Write ``state`` (already on the CPU) atomically: a crash never leaves half a file, a
+    write the host fails (full disk, ...) leaves the old file and raises one HostError naming
+    ``what`` and ``path``."""
+    # Through a Python file, not torch.save(obj, path): torch's own writer reports a failed
+    # write as a RuntimeError without errno ("file write failed"); through a file, the write's
+    # OSError (ENOSPC, EDQUOT, ...) is what torch's error was raised while handling.
+    with atomic_path(path, what) as tmp, open(tmp, "wb") as file:
+        torch.save({"format_version": FORMAT_VERSION, **state}, file)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -101,7 +106,8 @@ class Checkpointer:
             "config": self.config,
             "class_to_idx": dict(self.class_to_idx),
         }
-        save_checkpoint(self.run_dir / "last.pt", state)
+        save_checkpoint(self.run_dir / "last.pt", state, "the last checkpoint")
         if is_best:  # for evaluation and export: AdamW's state (twice the trained weights) stays out
             save_checkpoint(self.run_dir / "best.pt", {k: v for k, v in state.items()
-                                                       if k not in BEST_LEAVES_OUT})
+                                                       if k not in BEST_LEAVES_OUT},
+                            "the best checkpoint")

@@ -42,7 +42,8 @@ from octtrain.data import (
     replaced_volumes,
     save_class_to_idx,
 )
-from octtrain.errors import ConfigError, DataError
+from octtrain.errors import ConfigError, DataError, host_errors
+from octtrain.files import write_atomic
 from octtrain.model import OctClassifier, build_model, check_fits, estimate_memory
 from octtrain.runtime import Preempted, Runtime, agreed_stop, init_runtime, launch, stop_on_signals, stop_requested
 from octtrain.tracking import Tracker
@@ -94,7 +95,8 @@ def fit(
     if resume_from is not None and not Path(resume_from).is_file():
         raise ConfigError([("", f"no resume checkpoint {str(resume_from)!r}")])
     run_dir = _make_run_dir(out_dir)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+                 "the run's config")
     resume = _Resume(_path(resume_from), _path(preempt_to))
     rank_fn = functools.partial(_train_rank, cfg=cfg, run_dir=run_dir, progress=progress,
                                 resume=resume)
@@ -137,7 +139,8 @@ def default_run_dir() -> Path:
 
 def _make_run_dir(out_dir: str | Path | None) -> Path:
     path = Path(out_dir) if out_dir is not None else default_run_dir()
-    path.mkdir(parents=True, exist_ok=True)
+    with host_errors("the run directory", path):
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

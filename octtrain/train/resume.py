@@ -25,7 +25,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from octtrain.errors import ConfigError
+from octtrain.errors import ConfigError, host_errors
 from octtrain.model import OctClassifier
 from octtrain.runtime import Runtime
 from octtrain.train.checkpoint import load_checkpoint, save_checkpoint
@@ -84,7 +84,8 @@ def save_resume(path: str | Path, runtime: Runtime, *, epoch: int, ranks: list[d
                 model: OctClassifier, update: Update, stopper: EarlyStopping,
                 history: list[dict[str, Any]], config: dict[str, Any]) -> None:
     """Write the resume checkpoint (rank 0 only; ``ranks`` gathered from every rank)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with host_errors("the resume checkpoint", path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, {
         "kind": KIND,
         "epoch": epoch,
@@ -96,7 +97,7 @@ def save_resume(path: str | Path, runtime: Runtime, *, epoch: int, ranks: list[d
         "history": history,
         "ranks": ranks,
         "config": config,
-    })
+    }, "the resume checkpoint")
 
 
 def restore(path: str | Path, runtime: Runtime, *, model: OctClassifier, update: Update,

@@ -12,12 +12,16 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from full_disk import FullDisk
 
 from octtrain.cli import main
+from octtrain.config import load_config
+from octtrain.data import build_datasets
 from octtrain.synthetic.writer import make_synthetic
 from octtrain.tracking.tracker import read_metrics
 
@@ -130,6 +134,25 @@ def test_train_small_run_prints_table(small_manifest: Path, tmp_path: Path) -> N
     assert replaced.returncode == 0, replaced.stderr
     assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0]
     assert (tmp_path / "run" / "stale.txt").exists()  # only the run's own files are replaced
+
+
+def test_a_full_disk_is_one_line_exit_1_and_no_temporary_file(
+        tiny_manifest: Path, tmp_path: Path, full_disk: Callable[[int], FullDisk]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{manifest: {tiny_manifest}, frames: 4, height: 32, width: 32}}\n"
+                   "model: {freeze_encoder: false}\n"  # last.pt holds the encoder: 2.4 MB
+                   "train: {epochs: 1, batch_size: 4}\nruntime: {device: cpu}\n")
+    build_datasets(load_config(cfg).data)  # the data set store (in the session's cache) exists
+    disk = full_disk(64 * 1024)  # config.yaml, class_to_idx.json, metrics.jsonl fit; last.pt not
+    run = disk.path / "run"
+    proc = disk.run([sys.executable, "-m", "octtrain.cli", "train", "--config", str(cfg),
+                     "--out", str(run), "--quiet"])
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"octtrain: error: {disk.cause} writing the last checkpoint {run / 'last.pt'}"]
+    kept = disk.kept / "run"
+    assert sorted(os.listdir(kept)) == ["class_to_idx.json", "config.yaml", "metrics.jsonl"]
+    assert [r["epoch"] for r in read_metrics(kept / "metrics.jsonl", "train")] == [0]
 
 
 def test_a_label_outside_data_classes_is_one_line_and_exit_2(small_manifest: Path,

@@ -10,12 +10,14 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from full_disk import FullDisk
 from PIL import Image
 
 from octtrain.cli import main
@@ -92,6 +94,32 @@ def test_two_concurrent_processes_build_the_store_once_and_read_the_same_data(
     assert _digest(build_datasets(_cfg(tmp_path, tiny_manifest))) == outs[0]["digest"]
     assert [p.name for p in (tmp_path / "cache" / "consolidated").iterdir()
             if p.is_dir()] == [_store_dir(tmp_path).name]  # no temporary directory left
+
+
+BUILD_ON_FULL_DISK = """
+import json, sys
+from octtrain.config.sections import DataSection
+from octtrain.data.dataset import build_datasets
+from octtrain.errors import HostError
+try:
+    build_datasets(DataSection(manifest=sys.argv[1], frames=4, height=32, width=32, cache_dir=sys.argv[2]))
+except HostError as err:
+    print(json.dumps({"message": str(err), "path": str(err.path)}))
+"""
+
+
+def test_a_store_the_disk_has_no_room_for_is_one_host_error_and_no_temporary_directory(
+        tiny_manifest: Path, full_disk: Callable[[int], FullDisk]) -> None:
+    # The store is a memory map: written through the map, a block the disk has no room for
+    # is SIGBUS (the process dies, its temporary directory stays), not an OSError.
+    disk = full_disk(64 * 1024)  # the store of 32 volumes of 4 x 32 x 32 float16: 256 kB
+    proc = disk.run([sys.executable, "-c", BUILD_ON_FULL_DISK, str(tiny_manifest), str(disk.path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    store = Path(out["path"])
+    assert store.parent == disk.path / "consolidated"
+    assert out["message"] == f"{disk.cause} writing the consolidated data set {store}"
+    assert [p.suffix for p in (disk.kept / "consolidated").iterdir()] == [".lock"]
 
 
 def test_a_corrupted_or_truncated_store_is_rebuilt(tiny_manifest: Path, tmp_path: Path,

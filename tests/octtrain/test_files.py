@@ -1,5 +1,5 @@
 """Atomic writes: the target holds the old content or the whole new one, and a failed write
-leaves no temporary file behind."""
+leaves no temporary file behind; a write the host fails, given ``what``, is one HostError."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import errno
 import json
 import math
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 import torch
+from full_disk import FullDisk
 
+from octtrain.errors import HostError
 from octtrain.files import atomic_path, write_atomic, write_json_atomic
 
 
@@ -116,3 +120,44 @@ def test_an_exception_before_anything_was_written_is_passed_on(tmp_path: Path) -
     with pytest.raises(RuntimeError, match="no state"), atomic_path(tmp_path / "x.pt"):
         raise RuntimeError("no state")
     assert os.listdir(tmp_path) == []
+
+
+WRITE_ON_FULL_DISK = """
+import json, sys
+from octtrain.errors import HostError
+from octtrain.files import write_atomic
+path, size = sys.argv[1], int(sys.argv[2])
+write_atomic(path, "old", "the run's config")
+try:
+    write_atomic(path, "x" * size, "the run's config")
+except HostError as err:
+    print(json.dumps({"message": str(err), "path": str(err.path)}))
+"""
+
+
+def test_a_write_a_full_disk_fails_is_one_host_error_and_leaves_the_old_file_and_no_tmp(
+    full_disk: Callable[[int], FullDisk],
+) -> None:
+    disk = full_disk(8192)
+    target = disk.path / "config.yaml"
+    proc = disk.run([sys.executable, "-c", WRITE_ON_FULL_DISK, str(target), str(64 * 1024)])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "message": f"{disk.cause} writing the run's config {target}", "path": str(target)}
+    assert os.listdir(disk.kept) == ["config.yaml"]
+    assert (disk.kept / "config.yaml").read_text() == "old"
+
+
+def test_a_file_system_that_fails_the_cleanup_too_still_gives_the_writes_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Remounted read-only (or an I/O error) mid-write: removing the temporary file fails as well.
+    def read_only(*args: Any, **kwargs: Any) -> NoReturn:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(HostError) as caught:
+        write_atomic(tmp_path / "class_to_idx.json", "{}", "the class index")
+    assert str(caught.value) == f"read-only file system writing the class index {tmp_path / 'class_to_idx.json'}"
+    assert caught.value.__cause__ is not None and caught.value.__cause__.__context__ is None

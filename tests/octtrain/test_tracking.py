@@ -11,6 +11,7 @@ import pytest
 
 from octtrain import TrainConfig, fit
 from octtrain.config.sections import LogSection
+from octtrain.errors import HostError
 from octtrain.tracking.tracker import Tracker, read_metrics, redact_secrets
 from octtrain.tracking.wandb_run import read_offline_run
 
@@ -27,6 +28,24 @@ def test_jsonl_is_strict_json_with_train_before_epoch(tmp_path: Path) -> None:
     assert lines[1]["val/per_class_accuracy"] == [0.5, None]
     assert read_metrics(tmp_path / "metrics.jsonl", phase="train") == [
         {"phase": "train", "epoch": 0, "train/loss": 1.5}]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_metrics_the_disk_refuses_are_one_host_error_that_closing_does_not_hide(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")  # every write fails: ENOSPC
+    tracker = Tracker(tmp_path, LogSection(), {})
+    with pytest.raises(HostError) as caught:
+        try:
+            tracker.log_train(0, {"train/loss": 1.5})
+        finally:
+            tracker.close()  # as fit does; its flush of the line left in the buffer fails again
+    assert str(caught.value) == ("disk full (No space left on device) writing the metrics "
+                                 f"{tmp_path / 'metrics.jsonl'}")
+    chain, err = [], caught.value.__context__
+    while err is not None:
+        chain.append(err)
+        err = err.__context__
+    assert [type(e) for e in chain] == [OSError]  # the write's; no second error from the close
 
 
 def test_disabled_tracker_writes_nothing(tmp_path: Path) -> None:
