@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: 127.0.0.1; 0.0.0.0 for other hosts)")
     proxy.add_argument("--port", type=int, default=13000, help="port (default: 13000)")
+    proxy.add_argument("--db-outage-s", type=float, default=DEFAULT_OUTAGE_S, metavar="SECONDS",
+                       help="ride out a database unreachable for up to this long, retrying each "
+                            f"call while its client waits (default: {DEFAULT_OUTAGE_S:g})")
     _common(proxy, study=False)
     proxy.set_defaults(func=cmd_serve_storage)
     return parser
@@ -176,6 +179,13 @@ def _study_name(args: argparse.Namespace) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """A worker. Its stop signals are handled from the start (search.interrupts): a SIGTERM while
+    it starts up exits 143 with one line, like one while it runs trials."""
+    with stop_signals(STOPPING):
+        return _start_worker(args)
+
+
+def _start_worker(args: argparse.Namespace) -> int:
     from search.space import load_space
     from search.trial import auto_parallel, host_devices, parse_parallel, plan_slots
     from search.worker import check_host, check_storage, preflight
@@ -205,8 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     storage = open_storage(url, outage_s=args.db_outage_s, out=sys.stderr)
     name = _study_name(args)
     assert name is not None
-    with stop_signals(STOPPING):
-        return _run(args, space, storage, name, slots)
+    return _run(args, space, storage, name, slots)
 
 
 STOPPING = ("already stopping: the running trials write their resume checkpoints and are "
@@ -340,8 +349,10 @@ def cmd_serve_storage(args: argparse.Namespace) -> int:
     from search.storage import serve
 
     try:
+        if not args.db_outage_s >= 0:
+            raise OctsearchError(f"--db-outage-s must be 0 or more seconds, got {args.db_outage_s:g}")
         with stop_signals("already stopping"):
-            serve(_storage_url(args), args.host, args.port)
+            serve(_storage_url(args), args.host, args.port, outage_s=args.db_outage_s)
     except KeyboardInterrupt as err:
         print("octsearch: storage proxy stopped", file=sys.stderr)
         return exit_status(err)

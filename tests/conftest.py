@@ -11,10 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from full_disk import FullDisk, available_kind, make_full_disk, release
 
 # A shell starts a background job with SIGINT ignored, and an ignored signal stays ignored in
 # every process started from it: the tests that send Ctrl-C (to a worker, a trial process, the
@@ -54,3 +55,28 @@ def demo_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"wrote {out / 'manifest.csv'}"
     return out / "manifest.csv"
+
+
+# --- a full disk --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Callable[[int], FullDisk]]:
+    """``full_disk(room)``: a folder with ``room`` bytes free (a tmpfs, else a file-size limit:
+    tests/full_disk.py) and how to run a command with it. Skipped where this host can
+    make neither, except under ``CI=true``, where that is a failure."""
+    kind = available_kind()
+    if kind is None:
+        message = "cannot make a full file system: no tmpfs mount (root or unshare), no RLIMIT_FSIZE"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    made: list[FullDisk] = []
+
+    def make(room: int) -> FullDisk:
+        made.append(make_full_disk(kind, tmp_path / f"full-{len(made)}", room))
+        return made[-1]
+
+    yield make
+    for disk in made:
+        release(disk)

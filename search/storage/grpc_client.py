@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import TextIO
 
 import optuna
 from optuna.storages import GrpcStorageProxy
@@ -17,6 +18,7 @@ from optuna.trial import FrozenTrial
 
 from search.errors import StorageError
 from search.optuna_compat import StaleTrialsFailedElsewhere, no_experimental_warning
+from search.storage.retry import DEFAULT_OUTAGE_S, RETRIED, Outage, retried
 from search.storage.urls import grpc_url, parse_grpc_url
 
 READY_TIMEOUT_S = 10.0  # how long a client waits for the proxy to answer before giving up
@@ -42,9 +44,25 @@ class GrpcStorage(GrpcStorageProxy, StaleTrialsFailedElsewhere):
         return None
 
 
-def open_grpc_storage(url: str, *, heartbeat_interval: int | None) -> GrpcStorage:
+class RetryingGrpcStorage(GrpcStorage):
+    """A client whose calls ride out a proxy that does not answer (restarting, unreachable:
+    gRPC's UNAVAILABLE) for up to ``outage.limit_s``, as :class:`RetryingStorage` does for a
+    database; the proxy itself rides out an outage of its database (``serve-storage
+    --db-outage-s``)."""
+
+    outage: Outage = Outage(DEFAULT_OUTAGE_S)
+
+
+for _name in RETRIED:
+    if not _name.startswith("_"):  # the RDB storage's private calls: the proxy has none
+        setattr(RetryingGrpcStorage, _name, retried(GrpcStorageProxy, _name))
+
+
+def open_grpc_storage(url: str, *, heartbeat_interval: int | None, outage_s: float | None = None,
+                      out: TextIO | None = None) -> GrpcStorage:
     """A client of the proxy at ``url``, or a StorageError when it does not answer within
-    :data:`READY_TIMEOUT_S` (not started, wrong address, or grpcio missing)."""
+    :data:`READY_TIMEOUT_S` (not started, wrong address, or grpcio missing). ``outage_s``: ride
+    out a proxy that stops answering for that long (notices to ``out``); None: each call once."""
     host, port = parse_grpc_url(url)
     try:
         import grpc  # noqa: F401 - Optuna imports it lazily; say what is missing, once
@@ -55,7 +73,10 @@ def open_grpc_storage(url: str, *, heartbeat_interval: int | None) -> GrpcStorag
     except OSError as err:
         raise StorageError(f"no storage proxy at {grpc_url(host, port)} ({err.strerror or err}): "
                            "start one with `octsearch serve-storage --storage URL`") from None
-    storage = GrpcStorage(host=host, port=port, heartbeat_interval=heartbeat_interval)
+    kind = GrpcStorage if outage_s is None else RetryingGrpcStorage
+    storage = kind(host=host, port=port, heartbeat_interval=heartbeat_interval)
+    if isinstance(storage, RetryingGrpcStorage) and outage_s is not None:
+        storage.outage = Outage(outage_s, out)
     try:
         storage.wait_server_ready(timeout=READY_TIMEOUT_S)
     except ConnectionError:

@@ -36,7 +36,7 @@ from search.errors import OctsearchError, StorageError
 from search.notices import notice
 from search.optuna_compat import CachedStorage, add_proxy_service
 from search.storage.grpc_client import HEARTBEAT_ATTR
-from search.storage.retry import describe_cause
+from search.storage.retry import DEFAULT_OUTAGE_S, describe_cause
 from search.storage.sql import HEARTBEAT_INTERVAL_S, fail_stale, open_storage
 from search.storage.urls import grpc_url, is_grpc_url, redact
 
@@ -140,14 +140,17 @@ def _make_server(storage: _HeartbeatRelay, host: str, port: int) -> Any:
     return server
 
 
-def serve(storage_url: str, host: str, port: int, *, out: TextIO | None = None) -> None:
+def serve(storage_url: str, host: str, port: int, *, outage_s: float = DEFAULT_OUTAGE_S,
+          out: TextIO | None = None) -> None:
     """Serve the storage at ``storage_url`` on ``host:port`` until interrupted (Ctrl-C or
-    SIGTERM raise KeyboardInterrupt in this thread); in-flight calls get a short grace."""
+    SIGTERM raise KeyboardInterrupt in this thread); in-flight calls get a short grace. A call
+    that finds the database unreachable is retried for up to ``outage_s`` (its client waits),
+    as a worker's own would be: one line when the outage starts, one when it ends."""
     out = out if out is not None else sys.stderr  # the current one (tests capture it)
     if is_grpc_url(storage_url):
         raise StorageError("serve-storage needs the database URL (sqlite:///FILE, "
                            "postgresql+psycopg://... or mysql+pymysql://...), not a proxy's")
-    rdb = open_storage(storage_url, pool_size=PROXY_THREADS)
+    rdb = open_storage(storage_url, pool_size=PROXY_THREADS, outage_s=outage_s, out=out)
     assert isinstance(rdb, RDBStorage)
     relay = _HeartbeatRelay(rdb)
     server = _make_server(relay, host, port)

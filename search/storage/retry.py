@@ -72,8 +72,21 @@ def is_outage(err: BaseException) -> bool:
             return True
         if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
             return True
+        if _grpc_unavailable(current):
+            return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def _grpc_unavailable(err: BaseException) -> bool:
+    """A gRPC call that found no proxy (down, restarting, unreachable): StatusCode.UNAVAILABLE."""
+    code = getattr(err, "code", None)
+    if not callable(code) or not type(err).__module__.startswith("grpc"):
+        return False
+    try:
+        return getattr(code(), "name", "") == "UNAVAILABLE"
+    except Exception:  # noqa: BLE001 - not a finished call: not one we can judge
+        return False
 
 
 def outage_limit_from_env(default: float = DEFAULT_OUTAGE_S) -> float:
@@ -162,10 +175,10 @@ def describe_cause(err: BaseException) -> str:
     """What a one-line notice quotes for a failed storage call: the driver's error (not Optuna's
     ``StorageInternalError``, which blames "invalid data in the commit" for a lost connection
     too), on one line, clipped."""
-    return clip(one_line(_root(err)))
+    return clip(one_line(root_cause(err)))
 
 
-def _root(err: BaseException) -> BaseException:
+def root_cause(err: BaseException) -> BaseException:
     """The driver's error under SQLAlchemy's and Optuna's wrappers (what names the cause)."""
     while True:
         inner = getattr(err, "orig", None) or err.__cause__
@@ -188,11 +201,12 @@ RETRIED = (
 )
 
 
-def _retried(name: str) -> Callable[..., Any]:
-    method = getattr(RDBStorage, name)
+def retried(base: type, name: str) -> Callable[..., Any]:
+    """``base.name`` retried while the database is unreachable (``self.outage``, see module)."""
+    method = getattr(base, name)
 
     @functools.wraps(method)
-    def call(self: RetryingStorage, *args: Any, **kwargs: Any) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         depth = getattr(_local, "depth", 0)
         if depth:  # inside another retried call of this storage: that one retries
             return method(self, *args, **kwargs)
@@ -216,4 +230,4 @@ class RetryingStorage(RDBStorage):
 
 
 for _name in RETRIED:
-    setattr(RetryingStorage, _name, _retried(_name))
+    setattr(RetryingStorage, _name, retried(RDBStorage, _name))

@@ -38,7 +38,7 @@ from search.errors import StorageError
 from search.notices import notice
 from search.optuna_compat import fail_stale_trials, no_experimental_warning, study_storage
 from search.storage.continuation import queue_continuation
-from search.storage.retry import Outage, RetryingStorage, describe_cause
+from search.storage.retry import Outage, RetryingStorage, describe_cause, root_cause
 from search.storage.urls import check_shared, redact
 
 if TYPE_CHECKING:
@@ -124,7 +124,8 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True,
     if url.startswith("grpc://"):
         from search.storage.grpc_client import open_grpc_storage
 
-        return open_grpc_storage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S if heartbeat else None)
+        return open_grpc_storage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S if heartbeat else None,
+                                 outage_s=outage_s, out=out)
     backend = sqlalchemy.engine.make_url(url).get_backend_name()
     if backend == "sqlite":
         _enable_wal(url, create)
@@ -156,8 +157,9 @@ def _retry_open_race(open_fn: Callable[[], T], url: str) -> T:
     for attempt in range(OPEN_RACE_RETRIES + 1):
         try:
             return open_fn()
-        except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, ImportError) as err:
-            cause = getattr(err, "orig", None) or err
+        except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, ImportError,
+                optuna.exceptions.StorageInternalError) as err:  # Optuna wraps what its set-up hit
+            cause = root_cause(err)
             if attempt < OPEN_RACE_RETRIES and _lost_open_race(cause):
                 time.sleep(0.2 * (attempt + 1))  # the other opener finishes its set-up
                 continue

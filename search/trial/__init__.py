@@ -10,6 +10,7 @@ from search.trial.epoch_queue import deliver_queued
 from search.trial.identity import with_wandb_identity
 from search.trial.placement import Assignment, auto_parallel, host_devices, parse_parallel, plan_slots
 from search.trial.process import (
+    HOST_PROBLEM,
     RESULT_FILE,
     STOP_GRACE_S,
     Outcome,
@@ -21,6 +22,7 @@ from search.trial.process import (
 from search.trial.reporter import EpochReporter, metric_value
 
 __all__ = [
+    "HOST_PROBLEM",
     "Assignment",
     "EpochReporter",
     "Outcome",

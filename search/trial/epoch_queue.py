@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 
+from octtrain.errors import host_errors
 from octtrain.files import write_json_atomic
 from octtrain.tracking import json_safe
 from search.contract import record_epoch
@@ -51,7 +52,8 @@ class EpochQueue:
             self._path.unlink(missing_ok=True)
             return
         records = [{"epoch": e, "metrics": json_safe(m)} for e, m in self.pending()]
-        write_json_atomic(self._path, records, allow_nan=False)
+        with host_errors("the trial's queue of undelivered epochs", self._path):
+            write_json_atomic(self._path, records, allow_nan=False)
 
 
 def read_queue(run_dir: Path) -> list[tuple[int, dict[str, Any]]]:

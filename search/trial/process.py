@@ -16,6 +16,7 @@ with an :class:`~search.trial.reporter.EpochReporter`. It never tells the trial'
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -27,7 +28,7 @@ import sys
 import threading
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any, TextIO
 import optuna
 
 from octtrain.config import config_from_dict
-from octtrain.errors import DivergedError, OcttrainError, describe_exit
+from octtrain.errors import DivergedError, HostError, OcttrainError, describe_exit, host_errors
 from octtrain.files import write_json_atomic
 from octtrain.runtime import Preempted, stop_on_signals
 from search.contract import best_step, write_preempted
@@ -60,6 +61,9 @@ STORAGE_ENV = "OCTSEARCH_TRIAL_STORAGE"
 # ends the process before its handler is in place re-queues the trial to start again. SIGKILL is
 # not among them: the kernel's OOM killer sends it, and a trial that dies of it failed.
 STOPPED_BY = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+HOST_FAILURE_EXIT = os.EX_TEMPFAIL  # the trial process's exit status when the host failed a
+# write of its own (its result): its one line says which; the trial is re-queued
+HOST_PROBLEM = "host problem: "  # how the reason of a trial the host failed starts
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Outcome(str, Enum):
     COMPLETE = "complete"  # with a value
     PRUNED = "pruned"  # by the pruner, or because training diverged
     FAILED = "failed"
+    HOST_FAILED = "host_failed"  # the host failed it (a full disk, a folder gone): re-queued
     PREEMPTED = "preempted"  # stopped by a signal (with a resume checkpoint, if it could write
     # one): re-queued to resume from it, or to start again
 
@@ -154,13 +159,15 @@ def run_trial_process(
     """Run the trial in a child process and return how it ended (blocks until then, or until
     ``stop`` is requested: then the child is terminated and the request's error raised)."""
     run_dir = Path(request.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / RESULT_FILE
-    result_path.unlink(missing_ok=True)
-    request.write(run_dir / REQUEST_FILE)
+    with host_errors("the trial's run directory", run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        result_path.unlink(missing_ok=True)
+        request.write(run_dir / REQUEST_FILE)
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", STORAGE_ENV: storage_url}
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    with open(run_dir / LOG_FILE, "a") as log, lifeline() as (lifeline_env, lifeline_fds):
+    with open(run_dir / LOG_FILE, "a") as log, lifeline() as (lifeline_env, lifeline_fds), \
+            _stop_signals_blocked():  # the child unblocks them once it can stop cleanly
         proc = subprocess.Popen(
             [sys.executable, "-m", "search.trial", str(run_dir / REQUEST_FILE)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -181,11 +188,27 @@ def run_trial_process(
         return result  # even if the child crashed afterwards (e.g. in runtime teardown)
     lines = [line.rstrip() for line in tail if line.strip()]
     last = lines[-1].strip() if lines else "no output"
+    if returncode == HOST_FAILURE_EXIT:
+        return TrialResult(Outcome.HOST_FAILED, reason=last[last.find(HOST_PROBLEM):]
+                           if HOST_PROBLEM in last else f"{HOST_PROBLEM}{last}", output_tail="\n".join(lines))
     if -returncode in STOPPED_BY:  # before it could catch the signal (still starting): a stop
         return TrialResult(Outcome.PREEMPTED, reason=f"trial process {describe_exit(returncode)} "
                            "before it wrote a resume checkpoint", output_tail="\n".join(lines))
     return TrialResult(Outcome.FAILED, reason=f"trial process {describe_exit(returncode)} "
                        f"without a result: {last}", output_tail="\n".join(lines))
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block :data:`STOPPED_BY` in this thread while it starts the trial process, which inherits
+    the mask: a stop signal that reaches the trial process while it is still importing waits
+    until :func:`run_child` can honour it (a resume checkpoint), instead of ending it with
+    Python's KeyboardInterrupt traceback. Signals to this process go to its other threads."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPED_BY)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _wait_or_stop(proc: subprocess.Popen[str], stop: StopRequest) -> int:
@@ -236,7 +259,12 @@ def run_child(request_path: Path) -> TrialResult:
     """Run the trial described by ``request_path``; write and return its result."""
     request = TrialRequest.read(request_path)
     with stop_on_signals(STOPPED_BY):  # a stop from here on: resumable, at the next optimizer step
-        return _run_child(request)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPED_BY)  # those sent meanwhile arrive now
+        try:
+            return _run_child(request)
+        except HostError as err:  # its result could not be written: one line, a status that says so
+            print(f"octsearch: trial process: {HOST_PROBLEM}{err}", file=sys.stderr, flush=True)
+            sys.exit(HOST_FAILURE_EXIT)
 
 
 def _run_child(request: TrialRequest) -> TrialResult:
@@ -255,12 +283,15 @@ def _run_child(request: TrialRequest) -> TrialResult:
         result = _fit(request, trial, space.objective.metric_key, space.objective.maximize)
     except BaseException as err:  # noqa: BLE001 - a record for the parent, then re-raise
         failed = TrialResult(Outcome.FAILED, reason=f"{type(err).__name__}: {err}")
-        failed.write(run_dir / RESULT_FILE)
+        with contextlib.suppress(OSError):
+            failed.write(run_dir / RESULT_FILE)
         raise
     if request.resume_from is not None and result.checkpoint != request.resume_from:
-        # the trial it resumed has ended, or its own stop wrote a newer checkpoint
+        # the trial it resumed has ended (or failed on this host and starts again), or its own
+        # stop wrote a newer checkpoint
         Path(request.resume_from).unlink(missing_ok=True)
-    result.write(run_dir / RESULT_FILE)
+    with host_errors("the trial's result", run_dir / RESULT_FILE):
+        result.write(run_dir / RESULT_FILE)
     if result.state is Outcome.PREEMPTED:
         # Also in the study: if the worker dies before it re-queues the trial, the sweep of stale
         # trials queues the continuation from this record (search.storage.continuation).
@@ -289,6 +320,8 @@ def _fit(request: TrialRequest, trial: optuna.trial.Trial, metric_key: str,
         return TrialResult(Outcome.PRUNED, reason=str(err))
     except DivergedError as err:
         return TrialResult(Outcome.PRUNED, reason=f"diverged: {err}")
+    except HostError as err:  # not the configuration's failure: no traceback, re-queued
+        return TrialResult(Outcome.HOST_FAILED, reason=f"{HOST_PROBLEM}{err}")
     except OcttrainError as err:
         return TrialResult(Outcome.FAILED, reason=f"{type(err).__name__}: {err}")
     except Exception as err:

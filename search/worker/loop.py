@@ -64,9 +64,16 @@ from search.storage import (
     heartbeat,
 )
 from search.study import Step, count_trials, keep_or_put_back, next_step
-from search.trial import Assignment, Outcome, TrialRequest, TrialResult, run_trial_process, with_wandb_identity
+from search.trial import (
+    Assignment,
+    Outcome,
+    TrialRequest,
+    TrialResult,
+    run_trial_process,
+    with_wandb_identity,
+)
 from search.worker.pending import deliver_pending, tell_or_keep
-from search.worker.requeue import checkpoint_path, interrupted_result, requeue
+from search.worker.requeue import checkpoint_path, requeue, requeue_host_failure, stopped_result
 from search.worker.slots import Slot, SlotPool, SlotRun
 
 
@@ -284,7 +291,7 @@ def run_one_trial(
         with heartbeat(storage, trial_id, out=out):
             result = _run(study, space, storage, trial, options, slot)
     except BaseException as err:  # interrupted, or the worker itself failed
-        _tell(study, trial, _stopped_result(study, trial_id, err))
+        _tell(study, trial, stopped_result(study, trial_id, err))
         if not isinstance(err, Exception):
             raise
     else:
@@ -295,21 +302,6 @@ def run_one_trial(
     for callback in options.on_trial_end:
         callback.after_tell(study, trial, out)
     return storage.get_trial(trial_id)
-
-
-def _stopped_result(study: optuna.Study, trial_id: int, err: BaseException) -> TrialResult:
-    """How a trial ends whose worker stopped it (``err``): interrupted (Ctrl-C, or SIGTERM named
-    by the CLI), the trial process may have ended on its own terms, preempted with a resume
-    checkpoint or just finished (its result file says so); one that wrote no result is re-queued
-    to start again (:mod:`search.worker.requeue`). A worker that failed fails the trial."""
-    if not isinstance(err, KeyboardInterrupt):
-        return TrialResult(Outcome.FAILED, reason=f"worker: {type(err).__name__}: {err}")
-    how = f"interrupted by {err}" if str(err) else "interrupted"
-    ended = interrupted_result(study, trial_id)
-    if ended is not None:
-        return ended
-    return TrialResult(Outcome.PREEMPTED, reason=f"worker: {how} before its trial process wrote "
-                       "a resume checkpoint")
 
 
 def _run_dir(study: optuna.Study, options: WorkerOptions, number: int) -> Path:
@@ -371,6 +363,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None
             study.tell(trial, result.value)
         elif result.state is Outcome.PREEMPTED:
             requeue(study, trial, result)  # FAIL, and a WAITING trial that resumes it
+        elif result.state is Outcome.HOST_FAILED:
+            requeue_host_failure(study, trial, result)  # FAIL, and its configuration again
         elif result.state is Outcome.PRUNED:
             write_prune_reason(trial, result.reason)
             study.tell(trial, state=TrialState.PRUNED)

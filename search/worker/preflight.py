@@ -99,7 +99,10 @@ def preflight(cfg: TrainConfig, device: str | None = None) -> list[str]:
 # A trial's checkpoints, in bytes per encoder parameter (an upper estimate): best.pt and last.pt
 # hold the float32 weights, and last.pt and the resume checkpoint also AdamW's two moments.
 CHECKPOINT_BYTES_PER_PARAMETER = 4 + (4 + 8) + (4 + 8)
-GB = 1e9
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def check_writable(folder: Path, what: str) -> str:
@@ -157,15 +160,15 @@ def check_host(cfg: TrainConfig, folders: Mapping[str, Path], *, trials_at_once:
     for whats in by_device.values():
         total = sum(wants[w] for w in whats)
         free = shutil.disk_usage(_nearest_existing(places[whats[0]])).free
-        parts = ", ".join(f"{w} {wants[w] / GB:.2f} GB" for w in whats if wants[w])
+        parts = ", ".join(f"{w} {_size(wants[w])}" for w in whats if wants[w])
         if total > free:
             raise PreflightError(
-                f"not enough disk space for the trials: {free / GB:.2f} GB free where "
-                f"{' and '.join(str(places[w]) for w in whats)} {'is' if len(whats) == 1 else 'are'}, "
-                f"about {total / GB:.2f} GB needed ({parts}: the checkpoints of {trials_at_once} "
-                "trial(s) at once and the data set store); free some space or choose another folder")
+                f"not enough disk space for the trials: {_size(free)} free for "
+                f"{' and '.join(str(places[w]) for w in whats)}, about {_size(total)} needed "
+                f"({parts}: the checkpoints of {trials_at_once} trial(s) at once and the data set "
+                "store); free some space or choose another folder")
         if total:
-            lines.append(f"disk: {free / GB:.2f} GB free for about {total / GB:.2f} GB ({parts})")
+            lines.append(f"disk: {_size(free)} free for about {_size(total)} ({parts})")
     return lines
 
 

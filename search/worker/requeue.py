@@ -15,6 +15,10 @@ sends SIGTERM or SIGINT to the trial process itself. The worker then (:func:`req
    (``fit(resume_from=...)``): every epoch is reported exactly once across the two trials'
    records, and the resumed trial holds all of them.
 
+A trial the host failed (:func:`requeue_host_failure`: a full disk, a folder that vanished) is
+re-queued to start again too, but counts as a failure: a worker on a broken host stops after
+``--max-failures`` of them, and the configuration waits for another.
+
 The checkpoint lives under ``--checkpoint-dir`` (default: ``--runs-dir``), so the host that
 resumes must see the same path: a shared mount for several hosts.
 """
@@ -26,12 +30,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from octtrain.errors import HostError
 from octtrain.train import RESUME_FILE
 from search.contract import stored_run_dir, trial_dir, write_failure, write_preempted
 from search.optuna_compat import frozen as frozen_trial
 from search.optuna_compat import study_storage
 from search.storage import queue_continuation
-from search.trial import RESULT_FILE, Outcome, TrialResult
+from search.trial import HOST_PROBLEM, RESULT_FILE, Outcome, TrialResult
 
 
 def checkpoint_path(checkpoint_dir: Path, study: optuna.Study, trial_number: int) -> Path:
@@ -46,6 +51,23 @@ def interrupted_result(study: optuna.Study, trial_id: int) -> TrialResult | None
     return TrialResult.read(Path(run_dir) / RESULT_FILE) if run_dir else None
 
 
+def stopped_result(study: optuna.Study, trial_id: int, err: BaseException) -> TrialResult:
+    """How a trial ends whose worker stopped it (``err``): interrupted (Ctrl-C, or SIGTERM named
+    by the CLI), the trial process may have ended on its own terms, preempted with a resume
+    checkpoint or just finished (its result file says so); one that wrote no result is re-queued
+    to start again (:mod:`search.worker.requeue`). A worker that failed fails the trial."""
+    if isinstance(err, HostError):  # e.g. its run directory could not be made
+        return TrialResult(Outcome.HOST_FAILED, reason=f"{HOST_PROBLEM}{err}")
+    if not isinstance(err, KeyboardInterrupt):
+        return TrialResult(Outcome.FAILED, reason=f"worker: {type(err).__name__}: {err}")
+    how = f"interrupted by {err}" if str(err) else "interrupted"
+    ended = interrupted_result(study, trial_id)
+    if ended is not None:
+        return ended
+    return TrialResult(Outcome.PREEMPTED, reason=f"worker: {how} before its trial process wrote "
+                       "a resume checkpoint")
+
+
 def requeue(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None:
     """Record a trial stopped by a signal, tell it FAIL, and queue its continuation (WAITING):
     from its resume checkpoint, or from the start when it wrote none."""
@@ -58,3 +80,14 @@ def requeue(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> No
     write_failure(trial, f"{result.reason}; re-queued to {again}")
     study.tell(trial, state=TrialState.FAIL)  # first: a crash after it loses a resume, not a count
     queue_continuation(study, frozen, result.checkpoint, done)
+
+
+def requeue_host_failure(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None:
+    """A trial the host failed (a full disk, a folder gone: not its configuration's fault): told
+    FAIL with the reason, which counts towards the worker's failures in a row, and its
+    configuration queued to start again, for this worker or another host."""
+    assert result.state is Outcome.HOST_FAILED
+    frozen = frozen_trial(study, trial)
+    write_failure(trial, f"{result.reason}; its configuration is re-queued", result.output_tail)
+    study.tell(trial, state=TrialState.FAIL)
+    queue_continuation(study, frozen, None, 0)

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from full_disk import FullDisk, available_kind, make_full_disk, release
 
 from octtrain.config.train_config import TrainConfig, config_from_dict
 from octtrain.data import readers
@@ -109,28 +108,3 @@ def _live_ranks() -> list[int]:
         if int(ppid) == me and state != "Z" and b"spawn_main" in cmdline:
             alive.append(int(entry.name))
     return alive
-
-
-# --- a full disk --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Callable[[int], FullDisk]]:
-    """``full_disk(room)``: a folder with ``room`` bytes free (a tmpfs, else a file-size limit:
-    tests/octtrain/full_disk.py) and how to run a command with it. Skipped where this host can
-    make neither, except under ``CI=true``, where that is a failure."""
-    kind = available_kind()
-    if kind is None:
-        message = "cannot make a full file system: no tmpfs mount (root or unshare), no RLIMIT_FSIZE"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    made: list[FullDisk] = []
-
-    def make(room: int) -> FullDisk:
-        made.append(make_full_disk(kind, tmp_path / f"full-{len(made)}", room))
-        return made[-1]
-
-    yield make
-    for disk in made:
-        release(disk)

@@ -80,7 +80,8 @@ def test_two_concurrent_processes_build_the_store_once_and_read_the_same_data(
     args = [sys.executable, str(script), str(tiny_manifest), str(tmp_path / "cache"),
             str(Path(__file__).parent), str(tmp_path / "barrier")]
     (tmp_path / "barrier").mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),  # the repo
+                                                        str(Path(__file__).parents[1]),  # tests/
                                                         os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env) for _ in range(2)]

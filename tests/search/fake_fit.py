@@ -18,7 +18,9 @@ its "resume checkpoint" is that epoch's number, which ``resume_from`` continues.
 process was given (its CPU affinity and the slot's variables) go to ``assignment.json`` in the
 run directory. With ``FAKE_FIT_RUN_FILES=1`` it writes octtrain's run files too
 (``config.yaml``, ``class_to_idx.json`` naming :data:`CLASSES`, ``metrics.jsonl``). With
-``FAKE_FIT_CHECKPOINTS=1`` it writes a dummy ``best.pt`` and ``last.pt`` (1000 bytes each).
+``FAKE_FIT_CHECKPOINTS=1`` it writes a dummy ``best.pt`` and ``last.pt`` (1000 bytes each); with
+``FAKE_FIT_LAST_PT_BYTES=N``, a ``last.pt`` of N bytes at the end of every epoch, through
+octtrain's atomic writer (a full disk: a HostError, as from the real trainer).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from octtrain.callback import EpochCallback
 from octtrain.config.train_config import TrainConfig
 from octtrain.data.records import save_class_to_idx
 from octtrain.errors import DivergedError
+from octtrain.files import write_atomic
 from octtrain.runtime.preempt import Preempted, stop_requested
 from octtrain.tracking.tracker import Tracker
 
@@ -134,6 +137,9 @@ def _epochs(cfg: TrainConfig, run_dir: Path, on_epoch_end: EpochCallback | None,
                 while stop_requested() is None:  # hangs until SIGTERM (the trial process's
                     time.sleep(0.05)  # handler only requests a stop)...
                 os._exit(1)  # ... then dies without a result, as a trainer that cannot stop
+        size = int(os.environ.get("FAKE_FIT_LAST_PT_BYTES", "0"))
+        if size:  # the epoch's checkpoint, written as octtrain writes its own
+            write_atomic(run_dir / "last.pt", b"\0" * size, what="the last checkpoint")
         metrics = epoch_metrics(epoch, collapsed)
         if progress:
             print(f"fake epoch {epoch} bal_acc {metrics['val/balanced_accuracy']:.2f}",

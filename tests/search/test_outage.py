@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 from private_postgres import PrivatePostgres, wait_for
-from search_testing import fake_env, octsearch_command, write_cli_space
+from search_testing import fake_env, octsearch_command, storage_proxy, write_cli_space
 
 from search.trial.epoch_queue import QUEUE_FILE
 from search.worker.pending import MARKER_FILE
@@ -96,6 +96,31 @@ def test_worker_and_trial_ride_out_a_server_restart(postgres: PrivatePostgres,
     assert sorted(trials[1].intermediate_values) == [0, 1, 2]
     assert "database unreachable" in err and "database reachable again" in err
     assert "Traceback" not in err
+
+
+def test_a_worker_through_the_proxy_rides_out_a_server_restart(postgres: PrivatePostgres,
+                                                               tmp_path: Path) -> None:
+    """Found by the chaos soak: the proxy made each call once, so a database restart reached
+    every worker behind it as gRPC's UNKNOWN error and ended it with a traceback. The proxy now
+    rides out the outage itself (its clients' calls wait) and says so in its log."""
+    space = _space(tmp_path, 6, LEARNS)
+    with storage_proxy(postgres.url, tmp_path) as url:
+        worker = _worker(space, url, tmp_path, trials=1, outage_s=60, epoch_s=1.0)
+        try:
+            wait_for(lambda: _reported_epochs(postgres.url, 0) >= 2, 60, "trial 0's epoch 1")
+            postgres.stop()
+            time.sleep(8)
+            postgres.start()
+            out, err = worker.communicate(timeout=120)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+    assert worker.returncode == 0, err
+    (trial,) = _trials(postgres.url)
+    assert trial.state == TrialState.COMPLETE and sorted(trial.intermediate_values) == list(range(6))
+    assert "Traceback" not in err
+    log = (tmp_path / "proxy.log").read_text()
+    assert "database unreachable" in log and "database reachable again" in log, log
 
 
 def test_a_result_past_the_outage_limit_is_kept_and_delivered_later(

@@ -210,9 +210,9 @@ def test_the_host_check_names_each_folder_and_the_room_needed(tmp_path: Path) ->
     assert lines[:2] == [f"--runs-dir {tmp_path / 'runs'}: writable",
                          f"data.cache_dir {tmp_path / 'cache'}: writable"]
     total = (need["checkpoints"] + need["store"]) / 1e9
-    assert lines[2].startswith("disk: ") and lines[2].endswith(f" GB free for about {total:.2f} GB "
-                                                              f"(--runs-dir {need['checkpoints'] / 1e9:.2f} GB, "
-                                                              f"data.cache_dir {need['store'] / 1e9:.2f} GB)")
+    assert lines[2].startswith("disk: ") and lines[2].endswith(
+        f" free for about {total:.2f} GB (--runs-dir {need['checkpoints'] / 1e9:.2f} GB, "
+        f"data.cache_dir {need['store'] / 1e6:.1f} MB)")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()  # nothing made
-    with pytest.raises(PreflightError, match=r"^not enough disk space for the trials: .* GB free where "):
+    with pytest.raises(PreflightError, match=r"^not enough disk space for the trials: .* free for .*, about "):
         check_host(cfg, {"--runs-dir": tmp_path / "runs"}, trials_at_once=10**7)  # petabytes

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 from fake_fit import CRASH, DIVERGE, HANG, RAISE
+from full_disk import FullDisk
 from optuna.trial import TrialState
-from search_testing import STUCK_REASON, fake_options, run_threads, signal_when_written
+from search_testing import (
+    STUCK_REASON,
+    fake_env,
+    fake_options,
+    octsearch_command,
+    run_threads,
+    signal_when_written,
+    write_cli_space,
+)
 
 from search.contract import CREATION_ID_ATTR, SPACE_ATTR, epoch_attr, runs_folder, stored_space_dict
 from search.errors import SearchSpaceError, WorkerError
@@ -221,3 +231,31 @@ def test_a_study_stored_before_a_trainer_setting_existed_can_be_joined(
     fake_space["base"]["data"]["nonfinite"] = "replace"
     with pytest.raises(SearchSpaceError, match="base.data.nonfinite: not in the stored study"):
         worker(fake_space, sqlite_url, "older")
+
+
+def test_a_full_disk_requeues_the_configuration_and_stops_the_worker(
+        tmp_path: Path, full_disk: Callable[[int], FullDisk]) -> None:
+    """The reported case: a full disk in a search failed the trial with tracebacks on the worker's
+    stderr and temporary files left behind, and the enqueued configuration was lost. Now: one
+    line, the trial FAIL with the host's reason, its configuration back in the queue, the worker
+    stopped at its failure limit (here 1), nothing temporary left."""
+    disk = full_disk(4_000_000)  # pre-flight asks for 2.7 MB: the tiny encoder's checkpoints
+    space = write_cli_space(tmp_path / "space.yaml", enqueue=[
+        {"name": "seed", "params": {"model.head.hidden": 64, "train.lr_head": 1e-3}}])
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    runs = disk.path / "runs"
+    proc = disk.run(octsearch_command("run", "--space", str(space), "--trials", "1", "--storage", url,
+                                      "--runs-dir", str(runs), "--max-failures", "1"),
+                    env=fake_env(FAKE_FIT_LAST_PT_BYTES="2500000"))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("octsearch: error: 1 trials in a row failed; stopping this worker. "
+                           "Last (trial 0): host problem: "), last
+    study = optuna.load_study(study_name="space", storage=open_storage(url, heartbeat=False))
+    failed, queued = study.get_trials()
+    assert (failed.state, queued.state) == (TrialState.FAIL, TrialState.WAITING)
+    assert failed.user_attrs["fail_reason"].startswith(f"host problem: {disk.cause} writing the last checkpoint ")
+    assert failed.user_attrs["fail_reason"].endswith("; its configuration is re-queued")
+    assert queued.params == failed.params and queued.user_attrs["enqueued"] == "seed"
+    assert not [p for p in disk.kept.rglob("*") if p.name.endswith(".tmp")]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = ("mount", "unshare", "rlimit")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 # The command of a user namespace: mount the tmpfs, run the command, copy the files out.
 _UNSHARE_SH = ('size=$1 disk=$2 kept=$3; shift 3; mount -t tmpfs -o "size=$size" tmpfs "$disk" '
@@ -54,10 +54,12 @@ class FullDisk:
                     str(self.room), str(self.path), str(self.kept), *argv]
         elif self.kind == "rlimit":
             argv = [sys.executable, "-c", _RLIMIT_PY, str(self.room), *argv]
-        # this checkout's octtrain, wherever the command runs
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        # this checkout's octtrain, wherever the command runs (env: the given one, else ours)
+        base = dict(kwargs.pop("env", None) or os.environ)  # type: ignore[call-overload]
+        env = {**base, "PYTHONPATH": os.pathsep.join([str(REPO), base.get("PYTHONPATH", "")])}
+        cwd = kwargs.pop("cwd", REPO)
         return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
-                              cwd=REPO, env=env, **kwargs)  # type: ignore[call-overload]
+                              cwd=cwd, env=env, **kwargs)  # type: ignore[call-overload]
 
 
 def _succeeds(argv: Sequence[str]) -> bool:
