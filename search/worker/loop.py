@@ -265,13 +265,17 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+# A worker asks and tells itself and keeps the heartbeat in storage.heartbeat(), so Optuna's
+# warning that heartbeats belong to Study.optimize is wrong here. Filtered for the process, once:
+# warnings.catch_warnings() around each ask is not thread-safe, and slots ask from threads.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+
 def ask_trial(study: optuna.Study) -> optuna.Trial:
     """The next trial: a continuation of a preempted trial or a stale trial's retry first
     (:func:`search.contract.runs_first`), then what ``study.ask`` takes (the other WAITING trials
     by number, then a new one)."""
-    with asking(study_storage(study)), warnings.catch_warnings():
-        # We ask and tell ourselves and keep the heartbeat in storage.heartbeat().
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    with asking(study_storage(study)):
         return claim_waiting(study, runs_first) or study.ask()
 
 

@@ -100,11 +100,11 @@ def test_more_stop_signals_during_the_stop_still_queue_the_continuation(
         if worker.poll() is None:
             worker.kill()
     assert worker.returncode == 128 + signal.Signals[sequence[0]], err[-3000:]
+    study = optuna.load_study(study_name="space", storage=open_storage(url, heartbeat=False))
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]  # none RUNNING
+    stopped, queued = study.get_trials()
     for sig in sequence[1:]:
         assert f"octsearch: {sig} again: already stopping" in err
-    study = optuna.load_study(study_name="space", storage=open_storage(url, heartbeat=False))
-    stopped, queued = study.get_trials()
-    assert (stopped.state, queued.state) == (TrialState.FAIL, TrialState.WAITING)
     checkpoint = Path(queued.user_attrs["resume_from"])
     assert checkpoint.is_file() and queued.user_attrs["resumes_trial"] == 0
 
