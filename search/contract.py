@@ -201,6 +201,8 @@ def write_stale_failure(storage: Any, trial_id: int, grace_s: float, retries: in
     retried = len(trial.system_attrs.get("retry_history") or [])
     if preempted_checkpoint(trial) is not None:
         again = "its trial process had stopped with a resume checkpoint: re-queued to resume from it"
+    elif resume_source(trial) is not None:
+        again = "it was resuming a checkpoint: re-queued to resume from it again, if it is still there"
     elif retried < retries:
         again = "re-queued with the same parameters"
     else:

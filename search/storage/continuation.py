@@ -13,17 +13,27 @@ queued again as a new WAITING trial with the same parameters and distributions:
 Either way it carries ``resumes_trial`` (the stopped trial's number), so every worker asks it
 before any other WAITING trial (:func:`search.contract.runs_first`). Two paths queue one: the
 worker that stopped the trial (:mod:`search.worker.requeue`), and, when that worker died before
-it could, the stale-trial sweep, from the ``preempted`` record the trial process stored
-(:func:`search.storage.sql.fail_stale`).
+it could, the stale-trial sweep, from the ``preempted`` record the trial process stored, or, for a
+continuation whose worker died before it stopped again, from the checkpoint it was resuming
+(:func:`resumable_checkpoint`, :func:`search.storage.sql.fail_stale`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contract import KEPT_ON_RETRY, RESUME_FROM_ATTR, RESUMES_TRIAL_ATTR, epoch_attr
-from search.optuna_compat import no_experimental_warning
+from search.contract import (
+    KEPT_ON_RETRY,
+    RESUME_FROM_ATTR,
+    RESUMES_TRIAL_ATTR,
+    epoch_attr,
+    preempted_checkpoint,
+    resume_source,
+)
+from search.optuna_compat import no_experimental_warning, study_storage
 
 
 def queue_continuation(study: optuna.Study, stopped: FrozenTrial, checkpoint: str | None,
@@ -42,3 +52,21 @@ def queue_continuation(study: optuna.Study, stopped: FrozenTrial, checkpoint: st
             user_attrs=user_attrs, system_attrs=stopped.system_attrs,
             intermediate_values={s: v for s, v in stopped.intermediate_values.items() if s < done},
         ))
+
+
+def resumable_checkpoint(study: optuna.Study, trial: FrozenTrial) -> tuple[str, int] | None:
+    """The checkpoint a stale ``trial`` can still be resumed from, with the epochs done before
+    it, if this host sees the file: the one its trial process stored as it stopped, else, for a
+    continuation that had not stopped again, the one it was resuming (its epochs done are in the
+    stopped trial's record). None: the trial starts again from epoch 0."""
+    found = preempted_checkpoint(trial)
+    source = resume_source(trial)
+    if found is None and source is not None:
+        stopped = trial.user_attrs.get(RESUMES_TRIAL_ATTR)
+        storage = study_storage(study)
+        if isinstance(stopped, int):
+            first = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(study.study_name), stopped))
+            record = preempted_checkpoint(first)
+            found = record if record is not None and record[0] == source else None
+    return found if found is not None and Path(found[0]).is_file() else None

@@ -33,11 +33,11 @@ import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from search.contract import KEPT_ON_RETRY, preempted_checkpoint, write_stale_failure
+from search.contract import KEPT_ON_RETRY, write_stale_failure
 from search.errors import StorageError
 from search.notices import notice
 from search.optuna_compat import fail_stale_trials, no_experimental_warning, study_storage
-from search.storage.continuation import queue_continuation
+from search.storage.continuation import queue_continuation, resumable_checkpoint
 from search.storage.retry import Outage, RetryingStorage, describe_cause, root_cause
 from search.storage.urls import check_shared, redact
 
@@ -68,10 +68,10 @@ def _engine_kwargs(url: str, pool_size: int | None = None) -> dict[str, Any]:
 
 
 def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Re-queue a stale trial: its continuation when its trial process stopped with a resume
-    checkpoint (its worker died before it could queue it), else its parameters without the
-    per-epoch attributes of its run, once."""
-    stopped = preempted_checkpoint(trial)
+    """Re-queue a stale trial: its continuation when a resume checkpoint of it waits (its trial
+    process stopped with one, or it was resuming one; :func:`resumable_checkpoint`), else its
+    parameters without the per-epoch attributes of its run, once."""
+    stopped = resumable_checkpoint(study, trial)
     if stopped is not None:
         queue_continuation(study, trial, *stopped)
         return

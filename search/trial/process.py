@@ -166,15 +166,15 @@ def run_trial_process(
         request.write(run_dir / REQUEST_FILE)
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", STORAGE_ENV: storage_url}
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    with open(run_dir / LOG_FILE, "a") as log, lifeline() as (lifeline_env, lifeline_fds), \
-            _stop_signals_blocked():  # the child unblocks them once it can stop cleanly
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "search.trial", str(run_dir / REQUEST_FILE)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace", env={**child_env, **lifeline_env},
-            pass_fds=lifeline_fds,  # the child dies with this process (search.trial.lifeline)
-            start_new_session=True,  # Ctrl-C reaches the worker, which then stops the child
-        )
+    with open(run_dir / LOG_FILE, "a") as log, lifeline() as (lifeline_env, lifeline_fds):
+        with _stop_signals_blocked():  # only while it starts: the child unblocks them when it can
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "search.trial", str(run_dir / REQUEST_FILE)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, errors="replace", env={**child_env, **lifeline_env},
+                pass_fds=lifeline_fds,  # the child dies with this process (search.trial.lifeline)
+                start_new_session=True,  # Ctrl-C reaches the worker, which then stops the child
+            )
         reader = threading.Thread(target=_pump, args=(proc, log, tail, echo, prefix), daemon=True)
         reader.start()
         try:

@@ -375,6 +375,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None
         else:
             write_failure(trial, result.reason, result.output_tail)
             study.tell(trial, state=TrialState.FAIL)
+            resumed = resume_source(trial)
+            if resumed is not None:  # a crashed continuation: nothing resumes that checkpoint now
+                Path(resumed).unlink(missing_ok=True)
     except optuna.exceptions.UpdateFinishedTrialError:
         return
     except DatabaseUnreachableError:

@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 import pytest
+from fake_fit import CRASH
 from optuna.trial import TrialState
 from search_testing import (
     fake_env,
@@ -148,3 +149,25 @@ def test_a_trial_process_stopped_by_a_scheduler_resumes_and_is_no_failure(
     assert resumed.user_attrs["resumes_trial"] == 0
     assert sorted(resumed.intermediate_values) == list(range(6))
     assert not Path(stopped.user_attrs["preempted"]["checkpoint"]).exists()
+
+
+def test_a_continuation_that_crashes_leaves_no_checkpoint(fake_space: dict[str, Any], sqlite_url: str,
+                                                          tmp_path: Path) -> None:
+    """Found by the chaos soak: a continuation killed outright (FAIL) left the checkpoint it was
+    resuming on disk, where nothing would resume it any more."""
+    fake_space["enqueue"] = [{"name": "crash", "params": {"model.head.hidden": 64, "train.lr_head": CRASH}}]
+    space = space_from_dict(fake_space)
+    storage = open_storage(sqlite_url)
+    study, _ = open_study(space, storage, "crashing")
+    options = fake_options(tmp_path, 1)
+    options = dataclasses.replace(options, env={**options.env, "FAKE_FIT_EPOCH_S": "2"})
+    signal_when_written(tmp_path / "runs" / runs_folder(study) / "trial_0000" / "started_0", signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), stop_signals():
+        run_one_trial(study, space, storage, options)  # stopped at epoch 1's start: before the crash
+    checkpoint = Path(study.get_trials()[0].user_attrs["preempted"]["checkpoint"])
+    assert checkpoint.is_file()
+    run_worker(study, space, storage, options)
+    crashed = study.get_trials()[1]
+    assert crashed.user_attrs["resumes_trial"] == 0 and crashed.state == TrialState.FAIL
+    assert "without a result" in crashed.user_attrs["fail_reason"]
+    assert not checkpoint.exists()
