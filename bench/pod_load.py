@@ -1,6 +1,7 @@
 """A pod-sized load test: 128 trials at once in one study, through the gRPC proxy and directly.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/pod_load.py --hosts 32 --chips 4 --trials 256
+    PYTHONPATH=$PWD .venv/bin/python bench/pod_load.py --private-server 500   # both modes, 15 min each
+    PYTHONPATH=$PWD .venv/bin/python bench/pod_load.py --modes proxy           # on the shared test server
 
 A pod of 32 hosts with 4 chips each runs one ``octsearch run --parallel 4`` worker per host,
 128 trials at once. Here ``--hosts`` workers start together (``--start-gap-s`` apart), each the
@@ -53,6 +54,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from types import FrameType
 
@@ -213,6 +215,7 @@ def cpu_seconds(pid: int) -> float:
 
 @dataclass
 class Sample:
+    t: float  # monotonic time
     connections: int  # the run's in pg_stat_activity
     by_role: Counter[str]  # of those: proxy, worker, trial, or other (ended meanwhile)
     trials: int  # trial processes alive
@@ -246,7 +249,7 @@ class Sampler:
         owner = {inode: role for pid, role in roles.items() for inode in socket_inodes(pid)}
         by_role = Counter(owner.get(ports.get(port, -1), "other") for (port,) in rows)
         pss = sum(pss_kib(pid) for pid in roles) if len(self.samples) % PSS_EVERY == 0 else None
-        self.samples.append(Sample(len(rows), by_role, len(trials), pss))
+        self.samples.append(Sample(time.monotonic(), len(rows), by_role, len(trials), pss))
         return self.samples[-1]
 
 
@@ -386,6 +389,18 @@ def row(o: Outcome, args: argparse.Namespace) -> str:
             f"{max(pss) / 2**20:.1f} |")
 
 
+def concurrency_note(o: Outcome, slots: int) -> str:
+    """When the most trial processes were alive, and for how long every slot had one."""
+    if not o.samples:
+        return f"{o.mode}: no sample"
+    start = o.samples[0].t
+    peak = max(o.samples, key=lambda s: s.trials)
+    busy = [(a.t, b.t) for a, b in pairwise(o.samples) if a.trials >= slots]
+    full = (f"all {slots} slots busy for {sum(b - a for a, b in busy):.0f} s, first at {busy[0][0] - start:.0f} s"
+            if busy else f"never all {slots} slots busy at once")
+    return f"{o.mode}: peak {peak.trials} trial processes alive at {peak.t - start:.0f} s; {full}"
+
+
 def connections_note(o: Outcome) -> str:
     """Whose the database connections were at the peak, and per process."""
     if not o.samples:
@@ -415,8 +430,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hosts", type=int, default=32, help="workers (default: 32)")
     parser.add_argument("--chips", type=int, default=4, help="trial slots of each worker (default: 4)")
     parser.add_argument("--trials", type=int, help="finished trials wanted (default: 2 per slot)")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs of a trial that is not pruned (default: 6)")
-    parser.add_argument("--epoch-s", type=float, default=10.0, help="seconds per fake epoch (default: 10)")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of a trial that is not pruned (default: 4)")
+    parser.add_argument("--epoch-s", type=float, default=90.0,
+                        help="seconds per fake epoch (default: 90: on 2 cores, starting 160 processes takes "
+                             "longer than 3 epochs of 10 s, and the first trials would end before the last start)")
     parser.add_argument("--modes", default="proxy,direct", help="proxy, direct or both (default: both)")
     parser.add_argument("--storage", default=DEFAULT_DB, help="the PostgreSQL database (default: the test server)")
     parser.add_argument("--private-server", type=int, metavar="MAX_CONNECTIONS",
@@ -492,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     for o in outcomes:
         print(row(o, args))
     for o in outcomes:
+        print(concurrency_note(o, args.hosts * args.chips))
         print(connections_note(o))
     failed = False
     for o in outcomes:

@@ -4,7 +4,7 @@ Answers from what is installed and present (``torch_xla`` and a PJRT device, CUD
 importing ``torch_xla``: that stays :mod:`octtrain.runtime.backend`'s, which re-exports these names.
 torch too is imported only by the answers that need it (CUDA's): a worker placing CPU trials
 (``octsearch run --device cpu``) and a trial process whose trainer does not use torch never
-load it, 265 MB of memory and seconds of CPU per process.
+load it: about 260 MiB of memory and seconds of CPU per process.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 proxy and directly on the PostgreSQL test server): its checks pass, its rows add up, the
 database connections are the proxy's or else the workers' and trial processes', and it leaves
 neither a process nor a study behind. And what its sizing rests on: a worker and a trial process of the
-stand-in trainer import no torch (265 MB each)."""
+stand-in trainer import no torch (about 260 MiB each)."""
 
 from __future__ import annotations
 
