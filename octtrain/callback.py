@@ -28,7 +28,7 @@ class EpochChannel:
     """Rank 0's way to run the epoch callback: ``decide(epoch, metrics)`` → continue or stop.
 
     In a single-process run the callback runs in place and its exception propagates as is;
-    in a launched run it runs in the coordinator (:mod:`octtrain.runtime.launch`), whose answer comes
+    in a launched run it runs in the coordinator (:mod:`octtrain.runtime.launcher`), whose answer comes
     back over ``conn``.
     """
 

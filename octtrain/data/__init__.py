@@ -1,22 +1,17 @@
 """A data set, from files to batches: records and splits (``records``), the label set (``classes``),
 reading one volume (``readers``), resampling and scaling (``preprocess``), the host's consolidated
 memory-mapped store (``consolidated``), augmentation (``augment``), datasets and loaders (``dataset``).
+
+The datasets and loaders are imported on first use: a search worker's pre-flight reads the
+manifest and a few volumes without loading torch.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from octtrain.data.classes import class_table
-from octtrain.data.dataset import (
-    Loaders,
-    PaddedDataset,
-    Splits,
-    blank_volumes,
-    blank_warning,
-    build_datasets,
-    build_loaders,
-    replaced_note,
-    replaced_volumes,
-)
 from octtrain.data.preprocess import default_cache_dir
 from octtrain.data.readers import read_volume
 from octtrain.data.records import (
@@ -28,6 +23,19 @@ from octtrain.data.records import (
     save_class_to_idx,
     split_records,
 )
+
+if TYPE_CHECKING:
+    from octtrain.data.dataset import (
+        Loaders,
+        PaddedDataset,
+        Splits,
+        blank_volumes,
+        blank_warning,
+        build_datasets,
+        build_loaders,
+        replaced_note,
+        replaced_volumes,
+    )
 
 __all__ = [
     "Entry",
@@ -50,3 +58,14 @@ __all__ = [
     "save_class_to_idx",
     "split_records",
 ]
+
+_DATASET = ("Loaders", "PaddedDataset", "Splits", "blank_volumes", "blank_warning", "build_datasets",
+            "build_loaders", "replaced_note", "replaced_volumes")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DATASET:
+        value = getattr(importlib.import_module("octtrain.data.dataset"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'octtrain.data' has no attribute {name!r}")

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from octtrain.data import readers
 
@@ -61,6 +59,9 @@ def resample(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     (``align_corners=False``) then upsamples axes that are too short, e.g. a single B-scan
     becomes ``T`` identical frames. An input already of ``shape`` is returned unchanged.
     """
+    import torch  # here: the helpers below serve a search worker's pre-flight, without torch
+    import torch.nn.functional as F
+
     t, h, w = (int(s) for s in shape)
     target = (t, h, w)
     x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]

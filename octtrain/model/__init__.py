@@ -1,11 +1,20 @@
-"""The model: the V-JEPA 2 encoder with its pooling and classification head (``classifier``) and the
-device-memory estimate that refuses a config that cannot fit (``memory``).
+"""The model: the V-JEPA 2 encoder with its pooling and classification head (``classifier``), encoder
+sizes by name (``presets``) and the device-memory estimate that refuses a config that cannot fit
+(``memory``).
+
+``OctClassifier`` and ``build_model`` are imported on first use: a search worker's pre-flight
+sizes checkpoints with :func:`approx_encoder_parameters` without loading torch.
 """
 
 from __future__ import annotations
 
-from octtrain.model.classifier import OctClassifier, build_model
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from octtrain.model.memory import approx_encoder_parameters, check_fits, estimate_memory
+
+if TYPE_CHECKING:
+    from octtrain.model.classifier import OctClassifier, build_model
 
 __all__ = [
     "approx_encoder_parameters",
@@ -14,3 +23,11 @@ __all__ = [
     "check_fits",
     "estimate_memory",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("OctClassifier", "build_model"):
+        value = getattr(importlib.import_module("octtrain.model.classifier"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'octtrain.model' has no attribute {name!r}")

@@ -22,11 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from octtrain.config import TrainConfig
 from octtrain.errors import ConfigError
-from octtrain.model.classifier import encoder_config
+from octtrain.model.presets import PRESETS
 
 if TYPE_CHECKING:  # transformers is imported when a model is built: search workers never pay for it
     from transformers import VJEPA2Config
@@ -63,8 +61,6 @@ def approx_encoder_parameters(name: str) -> int | None:
     layer holds about ``(4 + 2·mlp_ratio)·D²`` weights (attention's q, k, v and output; the MLP's
     two matrices), within 1 % for ViT-L and ViT-g. For a preset or a local ``save_pretrained``
     directory (its ``config.json``); None for a hub id (nothing to read without the hub)."""
-    from octtrain.model.classifier import PRESETS
-
     if name in PRESETS:
         size = {**_DEFAULT_SIZE, **PRESETS[name]}
     else:
@@ -83,6 +79,7 @@ def approx_encoder_parameters(name: str) -> int | None:
 def parameter_count(config: VJEPA2Config) -> int:
     """Parameters of the V-JEPA 2 encoder of ``config`` (built on the meta device: no memory,
     no initialisation)."""
+    import torch
     from transformers import VJEPA2Model
 
     with torch.device("meta"):
@@ -92,6 +89,8 @@ def parameter_count(config: VJEPA2Config) -> int:
 
 def estimate_memory(cfg: TrainConfig, precision: str) -> MemoryEstimate:
     """The peak device memory of training ``cfg`` in ``precision`` (``fp32`` | ``bf16``)."""
+    from octtrain.model.classifier import encoder_config  # loads torch, which pre-flight does without
+
     config = encoder_config(cfg.model.encoder, cfg.data.frames, cfg.data.height)
     n_params = parameter_count(config)
     trained = cfg.model.encoder_trainable(cfg.train.epochs - 1)  # trained by the last epoch

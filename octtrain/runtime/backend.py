@@ -14,7 +14,7 @@ XLA graphs stay fixed: batches keep one shape (the loop's job), and values that 
 step (the scheduled LR, AdamW's step count) are device data, never Python scalars traced into
 the graph (see :func:`_lr_on_device`).
 
-Starting the ranks of a multi-process run is :mod:`octtrain.runtime.launch`'s job; what is specific to a
+Starting the ranks of a multi-process run is :mod:`octtrain.runtime.launcher`'s job; what is specific to a
 device there (``torch_xla.launch``, joining a gloo/nccl group) is here.
 """
 
@@ -23,14 +23,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import os
 import random
 import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -388,12 +387,9 @@ def _xla_rank_on_chips(index: int, chips: list[int], base_port: int, fn: Callabl
     fn(xr.global_ordinal(), *args)
 
 
-def local_device_count(kind: Literal["tpu", "cuda"]) -> int:
-    """TPU chips on this host's PCI bus (torch_xla's count, no runtime started) or CUDA devices."""
-    if kind == "cuda":
-        return torch.cuda.device_count()
-    if importlib.util.find_spec("torch_xla") is None:
-        return 0
+def tpu_chip_count() -> int:
+    """TPU chips on this host's PCI bus: torch_xla's count, no runtime started (torch_xla must be
+    installed; :func:`octtrain.runtime.devices.local_device_count` asks)."""
     from torch_xla._internal import tpu
 
     return int(tpu.num_available_chips())

@@ -1,14 +1,23 @@
 """Training: ``fit`` and its epoch loop (``loop``), one epoch (``epoch``), loss, optimizer, metrics,
-early stopping, checkpoints, the resume checkpoint, progress output, startup cost, and a checkpoint
-evaluated once on the test split (``evaluate``).
+early stopping, checkpoints, the resume checkpoint, the run directory's files (``run_dir``),
+progress output, startup cost, and a checkpoint evaluated once on the test split (``evaluate``).
+
+``fit``, ``FitResult`` and ``evaluate_checkpoint`` are imported on first use: a search worker and
+its trial processes need only the improvement rule and the run directory's file names, without
+loading torch.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from octtrain.train.early_stop import is_improvement
-from octtrain.train.evaluate import evaluate_checkpoint
-from octtrain.train.loop import FitResult, default_run_dir, fit, run_files_in
-from octtrain.train.resume import RESUME_FILE
+from octtrain.train.run_dir import RESUME_FILE, default_run_dir, run_files_in
+
+if TYPE_CHECKING:
+    from octtrain.train.evaluate import evaluate_checkpoint
+    from octtrain.train.loop import FitResult, fit
 
 __all__ = [
     "FitResult",
@@ -19,3 +28,13 @@ __all__ = [
     "is_improvement",
     "run_files_in",
 ]
+
+_ON_FIRST_USE = {"FitResult": "loop", "fit": "loop", "evaluate_checkpoint": "evaluate"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ON_FIRST_USE:
+        value = getattr(importlib.import_module(f"octtrain.train.{_ON_FIRST_USE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'octtrain.train' has no attribute {name!r}")

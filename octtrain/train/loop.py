@@ -19,7 +19,6 @@ import math
 import signal
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,8 @@ from octtrain.train.epoch import StopAtStep, StopCheck, TrainProgress, Update, t
 from octtrain.train.loss import resolve_class_weights
 from octtrain.train.optim import build_optimizer, build_scheduler
 from octtrain.train.progress import ProgressBar, early_stopping_line, epoch_line
-from octtrain.train.resume import RESUME_FILE, ResumePoint, rank_state, restore, save_resume
+from octtrain.train.resume import ResumePoint, rank_state, restore, save_resume
+from octtrain.train.run_dir import default_run_dir
 from octtrain.train.startup import StartupClock
 
 
@@ -121,20 +121,6 @@ def _path(value: str | Path | None) -> Path | None:
 class _Resume:
     resume_from: Path | None  # continue this run's resume checkpoint
     preempt_to: Path | None  # on a stop request, write one here and raise Preempted
-
-
-RUN_FILES = ("config.yaml", "class_to_idx.json", "metrics.jsonl", "best.pt", "last.pt",
-             RESUME_FILE)  # fit writes (resume.pt: octtrain train's resume checkpoint)
-
-
-def run_files_in(out_dir: str | Path) -> list[str]:
-    """The files of a run already in ``out_dir`` (:data:`RUN_FILES`); empty: no run there."""
-    return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
-
-
-def default_run_dir() -> Path:
-    """``runs/<timestamp>-<random>``: where a run goes without an ``out_dir``."""
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def _make_run_dir(out_dir: str | Path | None) -> Path:

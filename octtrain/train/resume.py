@@ -33,7 +33,6 @@ from octtrain.train.early_stop import EarlyStopping
 from octtrain.train.epoch import TrainProgress, Update
 
 KIND = "resume"  # the checkpoint's "kind": last.pt / best.pt hold none
-RESUME_FILE = "resume.pt"  # the name octtrain train uses in its run directory
 CONFIG_FREE = ("device", "xla_cache_dir")  # runtime keys a resumed run may change
 
 

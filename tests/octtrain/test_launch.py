@@ -1,4 +1,4 @@
-"""The launcher (``octtrain/runtime/launch.py``): ranks started as real gloo processes on the CPU, the
+"""The launcher (``octtrain/runtime/launcher.py``): ranks started as real gloo processes on the CPU, the
 coordinator relaying rank 0's epochs to the callback, and how failures are named.
 
 The rank functions below are module-level so that spawned ranks can unpickle them.
@@ -21,7 +21,7 @@ from octtrain.callback import EpochChannel, EpochDecision
 from octtrain.config.sections import RuntimeSection
 from octtrain.errors import ConfigError
 from octtrain.runtime.backend import Runtime
-from octtrain.runtime.launch import RankFailed, launch
+from octtrain.runtime.launcher import RankFailed, launch
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -141,7 +141,7 @@ def test_an_encoder_from_a_save_pretrained_directory_trains_from_its_saved_weigh
     out: it is the saved one; the trained epoch's holds it, changed)."""
     from transformers import VJEPA2Config, VJEPA2Model
 
-    from octtrain.model.classifier import TINY_ENCODER
+    from octtrain.model.presets import TINY_ENCODER
 
     torch.manual_seed(123)
     saved = VJEPA2Model(VJEPA2Config(**TINY_ENCODER, crop_size=32, frames_per_clip=16))

@@ -91,7 +91,7 @@ import torch
 from octtrain.callback import EpochDecision
 from octtrain.config.sections import RuntimeSection
 from octtrain.errors import ConfigError
-from octtrain.runtime.launch import launch
+from octtrain.runtime.launcher import launch
 
 
 def body(runtime, channel):

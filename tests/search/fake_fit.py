@@ -12,6 +12,10 @@ values, which a sampler never draws:
 * ``HANG``: writes its pid to ``pid`` in the run directory in epoch 1, then hangs until a
   stop is requested (SIGTERM), and dies without a result.
 
+With ``FAKE_FIT_REPORT_TIMES=1`` the duration of every ``on_epoch_end`` call (in a trial process:
+the search's per-epoch report, a prune included) is appended to :data:`REPORT_TIMES` in the run
+directory, one ``EPOCH SECONDS`` line each (bench/pod_load.py).
+
 Every epoch touches ``started_E`` in the run directory, then sleeps ``FAKE_FIT_EPOCH_S`` seconds
 (default 0). With ``preempt_to``, a stop request (SIGTERM) is honoured at the next epoch start:
 its "resume checkpoint" is that epoch's number, which ``resume_from`` continues. The devices the
@@ -30,6 +34,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,7 @@ from octtrain.tracking.tracker import Tracker
 NUM_CLASSES = 4
 CLASSES = ("normal", "drusen", "cnv", "fluid")
 DIVERGE, CRASH, RAISE, HANG = 0.00123, 0.00234, 0.00345, 0.00456
+REPORT_TIMES = "report_times.txt"
 ASSIGNMENT_VARS = ("OCTSEARCH_SLOT", "OCTSEARCH_CPU_CORES", "OMP_NUM_THREADS",
                    "CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS")
 
@@ -149,7 +156,23 @@ def _epochs(cfg: TrainConfig, run_dir: Path, on_epoch_end: EpochCallback | None,
             tracker.log_epoch(epoch, metrics)
         result.epochs_run = epoch + 1
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
+            with _timed(run_dir, epoch):
+                on_epoch_end(epoch, metrics)
+
+
+@contextmanager
+def _timed(run_dir: Path, epoch: int) -> Iterator[None]:
+    """Append the duration of the block to REPORT_TIMES if FAKE_FIT_REPORT_TIMES=1, also when
+    it raises (a pruned trial's last report)."""
+    if os.environ.get("FAKE_FIT_REPORT_TIMES") != "1":
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        with open(run_dir / REPORT_TIMES, "a") as out:
+            out.write(f"{epoch} {time.perf_counter() - start:.6f}\n")
 
 
 def _run_files(cfg: TrainConfig, run_dir: Path) -> Tracker:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,11 @@ def _free_port() -> int:
 
 class PrivatePostgres:
     """One cluster: :meth:`start`, :meth:`stop` (fast shutdown, as a server restart does),
-    :meth:`remove`; :attr:`url` for SQLAlchemy."""
+    :meth:`remove`; :attr:`url` for SQLAlchemy. ``settings``: server settings of every start
+    (e.g. ``{"max_connections": "400"}``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Mapping[str, str] | None = None) -> None:
+        self.settings = dict(settings or {})
         bin_dir = _bin_dir()
         if bin_dir is None:
             message = "no initdb/pg_ctl (Debian's postgresql package) for a private PostgreSQL"
@@ -82,7 +85,8 @@ class PrivatePostgres:
 
     def start(self) -> None:
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
-                   f"-c unix_socket_directories={self.root} -c fsync=off")
+                   f"-c unix_socket_directories={self.root} -c fsync=off"
+                   + "".join(f" -c {name}={value}" for name, value in self.settings.items()))
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
                   str(self.root / "server.log"), "-w", "-t", "30", "start")
 
