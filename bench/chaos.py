@@ -62,8 +62,9 @@ from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests" / "search"
-sys.path.insert(0, str(TESTS))
+sys.path[:0] = [str(TESTS), str(Path(__file__).resolve().parent)]
 from private_postgres import PrivatePostgres  # noqa: E402
+from procfs import trial_pids  # noqa: E402
 from search_testing import FAKE_SPACE, free_port, write_dataset  # noqa: E402
 
 from search.contract import RESUME_FROM_ATTR, RESUMES_TRIAL_ATTR, preempted_checkpoint, runs_folder  # noqa: E402
@@ -106,20 +107,6 @@ class Worker:
         self.exits.append(code)
         self.proc = None
         return code
-
-
-def trial_pids(runs: Path) -> list[int]:
-    """The trial processes running a request under ``runs``."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and b"search.trial" in args and any(a.startswith(str(runs).encode()) for a in args):
-            pids.append(int(cmdline.parent.name))
-    return pids
 
 
 def send(pid: int, sig: signal.Signals) -> None:
@@ -206,7 +193,7 @@ class Chaos:
                     time.sleep(rng.uniform(0, 2))
             return True
         if kind.startswith("trial-"):
-            pids = trial_pids(self.runs)
+            pids = trial_pids([self.runs])
             if not pids:
                 return False
             pid = rng.choice(pids)
@@ -293,7 +280,7 @@ class Chaos:
         restarts = sum(1 for t in continuation.values() if RESUME_FROM_ATTR not in t.user_attrs)
         leftovers = sorted(str(p.relative_to(self.runs)) for p in self.runs.rglob("*")
                            if p.name in ("resume.pt", MARKER_FILE, QUEUE_FILE) or p.name.endswith(".tmp"))
-        orphans = trial_pids(self.runs)
+        orphans = trial_pids([self.runs])
         tracebacks, starting = [], []
         for log in sorted(self.logs.glob("worker-*.log")):
             text = log.read_text(errors="replace")
@@ -335,7 +322,7 @@ class Chaos:
                 assert worker.proc is not None
                 worker.proc.kill()
                 worker.proc.wait()
-        for pid in trial_pids(self.runs):
+        for pid in trial_pids([self.runs]):
             send(pid, signal.SIGKILL)
         if self.proxy is not None and self.proxy.poll() is None:
             self.proxy.send_signal(signal.SIGTERM)

@@ -22,15 +22,13 @@ direct mode at pod size needs more connections than a default server's 100: run 
 on a server others use).
 
 Per mode it waits for every worker to end (``--timeout-s``: longer is a hang), then checks:
-exactly ``--trials`` trials finished (COMPLETE + PRUNED) and none RUNNING or FAIL (WAITING
-ones are asks put back by a worker that came too late: over ``--trials``);
-every worker exited 0; no storage error (nor any traceback or error line) in the worker and
-proxy logs; every timed report is stored with its trial. It prints per mode: epochs reported
-and their report time (median, p95), the database connections the run held (counted in
-``pg_stat_activity`` by the run's ``application_name``, sampled every ``--sample-s``: peak and
-median, and at the peak whose they are: proxy, workers or trial processes, from the client
-ports of the run's processes), the peak of trial processes alive at once, wall time, the CPU
-time of every process it started, and the peak proportional set size (PSS) of them all.
+exactly ``--trials`` finished (COMPLETE + PRUNED), none RUNNING or FAIL (WAITING ones are asks
+put back by a worker that came too late), every worker exited 0, no storage error, traceback or
+error line in the logs, every timed report stored. It prints per mode: epochs reported and their
+report time (median, p95); database connections held (``pg_stat_activity`` by the run's
+``application_name`` every ``--sample-s``: peak, median, and whose at the peak, from the client
+ports of the run's processes); the peak of trial processes alive at once; wall time; CPU time
+and peak PSS of every process it started (``bench/procfs.py`` reads them).
 
 Every process it starts is stopped by its PID (SIGTERM, then SIGKILL), the studies deleted and
 a private server removed, also after Ctrl-C. Exit status 1 when a check failed.
@@ -56,10 +54,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from types import FrameType
 
 import optuna
-import psycopg
 import sqlalchemy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +64,7 @@ sys.path[:0] = [str(REPO), str(FAKE)]
 
 from fake_fit import REPORT_TIMES  # noqa: E402
 from private_postgres import PrivatePostgres  # noqa: E402
+from procfs import Sample, Sampler, cpu_seconds, tagged, trial_pids  # noqa: E402
 from search_testing import drop_study, free_port, write_cli_space  # noqa: E402
 
 from search.storage.sql import open_storage  # noqa: E402
@@ -137,122 +134,6 @@ class Processes:
         return stopped
 
 
-def trial_pids(runs_dirs: list[Path]) -> list[int]:
-    """Pids of the trial processes (``python -m search.trial REQUEST``) under ``runs_dirs``."""
-    roots = [str(d).encode() for d in runs_dirs]
-    pids = []
-    for entry in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = entry.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"search.trial" in args and any(a.startswith(root) for a in args for root in roots):
-            pids.append(int(entry.parent.name))
-    return pids
-
-
-# --- sampling: connections, processes, memory --------------------------------------------------
-
-
-def children(parents: set[int]) -> dict[int, int]:
-    """Every process whose parent is in ``parents``: pid -> parent pid."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) in parents:
-            found[int(stat.parent.name)] = int(fields[1])
-    return found
-
-
-def socket_inodes(pid: int) -> list[int]:
-    inodes = []
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with_link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if with_link.startswith("socket:["):
-                inodes.append(int(with_link[8:-1]))
-    except OSError:  # the process ended meanwhile
-        pass
-    return inodes
-
-
-def local_ports_to(server_port: int) -> dict[int, int]:
-    """Local port -> socket inode of this host's TCP connections to ``server_port``."""
-    ports = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cells = line.split()
-            if int(cells[2].rsplit(":", 1)[1], 16) == server_port:
-                ports[int(cells[1].rsplit(":", 1)[1], 16)] = int(cells[9])
-    return ports
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a running process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Sample:
-    t: float  # monotonic time
-    connections: int  # the run's in pg_stat_activity
-    by_role: Counter[str]  # of those: proxy, worker, trial, or other (ended meanwhile)
-    trials: int  # trial processes alive
-    pss_kib: int | None  # of every process of the run; None: not sampled this time
-
-
-class Sampler:
-    """One monitoring connection (its own application_name) and the run's processes."""
-
-    def __init__(self, db_url: str, tag: str, processes: Processes) -> None:
-        url = sqlalchemy.engine.make_url(db_url)
-        self._conn = psycopg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-            dbname=url.database, application_name="podload-monitor", autocommit=True)
-        self._tag = tag
-        self._port = url.port or 5432
-        self._processes = processes
-        self.samples: list[Sample] = []
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def sample(self) -> Sample:
-        roles = {s.proc.pid: s.role for s in self._processes.alive()}
-        workers = {pid for pid, role in roles.items() if role == "worker"}
-        trials = children(workers)
-        roles.update((pid, "trial") for pid in trials)
-        rows = self._conn.execute("SELECT client_port FROM pg_stat_activity WHERE application_name = %s",
-                                  (self._tag,)).fetchall()
-        ports = local_ports_to(self._port)
-        owner = {inode: role for pid, role in roles.items() for inode in socket_inodes(pid)}
-        by_role = Counter(owner.get(ports.get(port, -1), "other") for (port,) in rows)
-        pss = sum(pss_kib(pid) for pid in roles) if len(self.samples) % PSS_EVERY == 0 else None
-        self.samples.append(Sample(time.monotonic(), len(rows), by_role, len(trials), pss))
-        return self.samples[-1]
-
-
 # --- one mode ----------------------------------------------------------------------------------
 
 
@@ -266,12 +147,6 @@ class Outcome:
     samples: list[Sample]
     report_s: list[float]
     problems: list[str]
-
-
-def tagged(url: str, tag: str) -> str:
-    """``url`` whose connections show ``tag`` as their application_name in pg_stat_activity."""
-    parsed = sqlalchemy.engine.make_url(url)
-    return parsed.update_query_dict({"application_name": tag}).render_as_string(hide_password=False)
 
 
 def child_env(args: argparse.Namespace) -> dict[str, str]:
@@ -305,7 +180,7 @@ def run_mode(mode: str, db_url: str, database: str, args: argparse.Namespace, wo
     space = write_cli_space(folder / "space.yaml", overrides={"train.epochs": args.epochs})
     env = child_env(args)
     print(f"pod_load: {mode}: study {name}", flush=True)
-    sampler = Sampler(db_url, tag, processes)
+    sampler = Sampler(db_url, tag, processes, PSS_EVERY)
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     try:
@@ -458,10 +333,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @contextmanager
 def terminated_as_interrupt() -> Iterator[None]:
     """SIGTERM ends this script as Ctrl-C does: through the clean-up."""
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield
     finally:

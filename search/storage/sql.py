@@ -84,8 +84,9 @@ def fail_stale(study: optuna.Study) -> None:
     """Fail the study's stale trials (no heartbeat for :data:`GRACE_PERIOD_S`), each with its
     ``fail_reason``, and re-queue each once (:func:`_retry_stale`, the storage's callback)."""
     storage = study_storage(study)
+    grace = float(getattr(storage, "grace_period", None) or GRACE_PERIOD_S)  # as the storage judges
     with no_experimental_warning():
-        fail_stale_trials(study, lambda trial_id: write_stale_failure(storage, trial_id, GRACE_PERIOD_S,
+        fail_stale_trials(study, lambda trial_id: write_stale_failure(storage, trial_id, grace,
                                                                       STALE_TRIAL_RETRIES))
 
 
