@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from octtrain.callback import EpochCallback
 from octtrain.config import TrainConfig, config_from_dict, load_config
 from octtrain.errors import ConfigError, DataError, DivergedError, HostError, OcttrainError
+from octtrain.lazy import on_first_use
 from octtrain.runtime import Preempted
 
 if TYPE_CHECKING:
@@ -32,9 +33,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("fit", "FitResult"):
-        from octtrain.train import loop
-
-        return getattr(loop, name)
-    raise AttributeError(f"module 'octtrain' has no attribute {name!r}")
+__getattr__ = on_first_use(__name__, {"fit": "train.loop", "FitResult": "train.loop"})

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # layers only; units in the same layer are peers and import neither each other.
 LAYERS = {
     "octtrain": [
-        ["octtrain.errors", "octtrain.callback"],
+        ["octtrain.errors", "octtrain.callback", "octtrain.lazy"],
         ["octtrain.files"],  # a write the host fails is an octtrain.errors.HostError
         ["octtrain.config"],
         ["octtrain.data", "octtrain.synthetic", "octtrain.model", "octtrain.runtime", "octtrain.tracking"],

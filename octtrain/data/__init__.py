@@ -8,8 +8,7 @@ manifest and a few volumes without loading torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from octtrain.data.classes import class_table
 from octtrain.data.preprocess import default_cache_dir
@@ -23,6 +22,7 @@ from octtrain.data.records import (
     save_class_to_idx,
     split_records,
 )
+from octtrain.lazy import on_first_use
 
 if TYPE_CHECKING:
     from octtrain.data.dataset import (
@@ -63,9 +63,4 @@ _DATASET = ("Loaders", "PaddedDataset", "Splits", "blank_volumes", "blank_warnin
             "build_loaders", "replaced_note", "replaced_volumes")
 
 
-def __getattr__(name: str) -> Any:
-    if name in _DATASET:
-        value = getattr(importlib.import_module("octtrain.data.dataset"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'octtrain.data' has no attribute {name!r}")
+__getattr__ = on_first_use(__name__, dict.fromkeys(_DATASET, "dataset"))

@@ -8,9 +8,9 @@ sizes checkpoints with :func:`approx_encoder_parameters` without loading torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from octtrain.lazy import on_first_use
 from octtrain.model.memory import approx_encoder_parameters, check_fits, estimate_memory
 
 if TYPE_CHECKING:
@@ -25,9 +25,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("OctClassifier", "build_model"):
-        value = getattr(importlib.import_module("octtrain.model.classifier"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'octtrain.model' has no attribute {name!r}")
+__getattr__ = on_first_use(__name__, {"OctClassifier": "classifier", "build_model": "classifier"})

@@ -11,9 +11,9 @@ process, ``octsearch trials``) do not load torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from octtrain.lazy import on_first_use
 from octtrain.runtime.devices import local_device_count, resolve_device, xla_available
 from octtrain.runtime.preempt import Preempted, agreed_stop, stop_on_signals, stop_requested
 from octtrain.runtime.topology import TPU_BASE_PORT, TPU_MESH_BASE_PORT, parse_chips, tpu_process_env
@@ -39,12 +39,4 @@ __all__ = [
     "xla_available",
 ]
 
-_ON_FIRST_USE = {"Runtime": "backend", "init_runtime": "backend", "launch": "launcher"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ON_FIRST_USE:
-        value = getattr(importlib.import_module(f"octtrain.runtime.{_ON_FIRST_USE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'octtrain.runtime' has no attribute {name!r}")
+__getattr__ = on_first_use(__name__, {"Runtime": "backend", "init_runtime": "backend", "launch": "launcher"})

@@ -9,9 +9,9 @@ loading torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from octtrain.lazy import on_first_use
 from octtrain.train.early_stop import is_improvement
 from octtrain.train.run_dir import RESUME_FILE, default_run_dir, run_files_in
 
@@ -29,12 +29,4 @@ __all__ = [
     "run_files_in",
 ]
 
-_ON_FIRST_USE = {"FitResult": "loop", "fit": "loop", "evaluate_checkpoint": "evaluate"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ON_FIRST_USE:
-        value = getattr(importlib.import_module(f"octtrain.train.{_ON_FIRST_USE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'octtrain.train' has no attribute {name!r}")
+__getattr__ = on_first_use(__name__, {"FitResult": "loop", "fit": "loop", "evaluate_checkpoint": "evaluate"})
