@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 
 from search.errors import StorageError
 from search.optuna_compat import StaleTrialsFailedElsewhere, no_experimental_warning
-from search.storage.retry import DEFAULT_OUTAGE_S, RETRIED, Outage, retried
+from search.storage.retry import DEFAULT_OUTAGE_S, RETRIED_API, Outage, retried
 from search.storage.urls import grpc_url, parse_grpc_url
 
 READY_TIMEOUT_S = 10.0  # how long a client waits for the proxy to answer before giving up
@@ -53,9 +53,8 @@ class RetryingGrpcStorage(GrpcStorage):
     outage: Outage = Outage(DEFAULT_OUTAGE_S)
 
 
-for _name in RETRIED:
-    if not _name.startswith("_"):  # the RDB storage's private calls: the proxy has none
-        setattr(RetryingGrpcStorage, _name, retried(GrpcStorageProxy, _name))
+for _name in RETRIED_API:
+    setattr(RetryingGrpcStorage, _name, retried(GrpcStorageProxy, _name))
 
 
 def open_grpc_storage(url: str, *, heartbeat_interval: int | None, outage_s: float | None = None,
@@ -73,9 +72,10 @@ def open_grpc_storage(url: str, *, heartbeat_interval: int | None, outage_s: flo
     except OSError as err:
         raise StorageError(f"no storage proxy at {grpc_url(host, port)} ({err.strerror or err}): "
                            "start one with `octsearch serve-storage --storage URL`") from None
-    kind = GrpcStorage if outage_s is None else RetryingGrpcStorage
-    storage = kind(host=host, port=port, heartbeat_interval=heartbeat_interval)
-    if isinstance(storage, RetryingGrpcStorage) and outage_s is not None:
+    if outage_s is None:
+        storage = GrpcStorage(host=host, port=port, heartbeat_interval=heartbeat_interval)
+    else:
+        storage = RetryingGrpcStorage(host=host, port=port, heartbeat_interval=heartbeat_interval)
         storage.outage = Outage(outage_s, out)
     try:
         storage.wait_server_ready(timeout=READY_TIMEOUT_S)

@@ -187,9 +187,10 @@ def root_cause(err: BaseException) -> BaseException:
         err = inner
 
 
-# Every RDBStorage method that reads or writes the database, except record_heartbeat (the
-# heartbeat thread retries at its next beat: search.storage.sql.heartbeat).
-RETRIED = (
+# Every method of Optuna's storage API that reads or writes the database, except record_heartbeat
+# (the heartbeat thread retries at its next beat: search.storage.sql.heartbeat): what the gRPC
+# proxy's client has too.
+RETRIED_API = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
@@ -197,8 +198,8 @@ RETRIED = (
     "set_trial_param", "get_trial_param", "set_trial_state_values",
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
-    *RDB_PRIVATE_CALLS,
 )
+RETRIED = (*RETRIED_API, *RDB_PRIVATE_CALLS)  # RDBStorage's: also the private calls it makes
 
 
 def retried(base: type, name: str) -> Callable[..., Any]:
