@@ -286,10 +286,6 @@ def _run_child(request: TrialRequest) -> TrialResult:
         with contextlib.suppress(OSError):
             failed.write(run_dir / RESULT_FILE)
         raise
-    if request.resume_from is not None and result.checkpoint != request.resume_from:
-        # the trial it resumed has ended (or failed on this host and starts again), or its own
-        # stop wrote a newer checkpoint
-        Path(request.resume_from).unlink(missing_ok=True)
     with host_errors("the trial's result", run_dir / RESULT_FILE):
         result.write(run_dir / RESULT_FILE)
     if result.state is Outcome.PREEMPTED:

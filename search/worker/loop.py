@@ -359,7 +359,10 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None:
     """Record how the trial ended. A trial another worker already failed as stale (this
-    worker's heartbeat lapsed) stays as it is: its retry is queued."""
+    worker's heartbeat lapsed) stays as it is: its retry is queued. Once told, a continuation's
+    resume checkpoint goes (nothing resumes it any more: the trial ended, or it is re-queued
+    from a newer checkpoint or from the start), whatever the trial process managed to do."""
+    resumed = resume_source(trial)
     try:
         if result.state is Outcome.COMPLETE:
             assert result.value is not None and math.isfinite(result.value)
@@ -375,9 +378,6 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None
         else:
             write_failure(trial, result.reason, result.output_tail)
             study.tell(trial, state=TrialState.FAIL)
-            resumed = resume_source(trial)
-            if resumed is not None:  # a crashed continuation: nothing resumes that checkpoint now
-                Path(resumed).unlink(missing_ok=True)
     except optuna.exceptions.UpdateFinishedTrialError:
         return
     except DatabaseUnreachableError:
@@ -389,3 +389,5 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise StorageError(f"cannot record the end of trial {trial.number}: "
                            f"{type(err).__name__}: {err}") from err
+    if resumed is not None and resumed != result.checkpoint:
+        Path(resumed).unlink(missing_ok=True)
