@@ -72,7 +72,7 @@ from search.trial import (
     run_trial_process,
     with_wandb_identity,
 )
-from search.worker.pending import deliver_pending, tell_or_keep
+from search.worker.pending import deliver_pending, drop_ended_queues, tell_or_keep
 from search.worker.requeue import checkpoint_path, requeue, requeue_host_failure, stopped_result
 from search.worker.slots import Slot, SlotPool, SlotRun
 
@@ -150,6 +150,7 @@ def run_worker(
             if step is Step.STOP and not pool.busy():
                 if pool.all_retired():
                     raise loop.failed
+                drop_ended_queues(study, storage, options.runs_dir, out=out)
                 return summary
             slot = pool.free() if step is Step.START and loop.may_ask() else None
             if slot is not None:

@@ -9,6 +9,12 @@ any host that sees that runs directory delivers it before asking for new trials
 the worker would have. A trial that is finished by then (another worker failed it as stale
 and re-queued its parameters, or the lost tell had in fact been committed) is left as it is,
 so no result is counted twice and no stale FAIL is overridden.
+
+A trial process that dies during an outage (its worker killed outright) leaves its epoch queue
+(:data:`~search.trial.epoch_queue.QUEUE_FILE`) and no marker; once another worker has failed the
+trial as stale, those epochs can no longer be stored (a finished trial takes no attributes, and
+its continuation starts from a checkpoint whose epochs are already stored, or from epoch 0), so
+:func:`drop_ended_queues` removes the file, with a notice, when a worker starts and when it ends.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from search.optuna_compat import take_over
 from search.optuna_compat import trial_id as storage_id
 from search.storage import DatabaseUnreachableError
 from search.trial import RESULT_FILE, TrialResult, deliver_queued, metric_value
+from search.trial.epoch_queue import QUEUE_FILE, read_queue
 
 MARKER_FILE = "undelivered.json"
 
@@ -64,7 +71,8 @@ def pending_dirs(study: optuna.Study, runs_dir: Path) -> list[Path]:
 def deliver_pending(study: optuna.Study, storage: BaseStorage, runs_dir: Path, metric_key: str,
                     tell: Tell, *, out: TextIO | None = None) -> int:
     """Deliver every kept result of the study under ``runs_dir`` (see module); returns how many
-    were told. A marker of another study or an unreadable result is left alone."""
+    were told. A marker of another study or an unreadable result is left alone. Then
+    :func:`drop_ended_queues`."""
     told = 0
     for run_dir in pending_dirs(study, runs_dir):
         marker = run_dir / MARKER_FILE
@@ -92,4 +100,33 @@ def deliver_pending(study: optuna.Study, storage: BaseStorage, runs_dir: Path, m
             notice(out, f"delivered the kept result of trial {number} ({result.state.value}) "
                       f"from {run_dir}")
         marker.unlink(missing_ok=True)
+    drop_ended_queues(study, storage, runs_dir, out=out)
     return told
+
+
+def drop_ended_queues(study: optuna.Study, storage: BaseStorage, runs_dir: Path, *,
+                      out: TextIO | None = None) -> int:
+    """Remove the epoch queues that trials of the study which have ended left without a kept
+    result (see module); a trial still running, or not in this database, keeps its queue.
+    Returns how many were removed."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    dropped = 0
+    for run_dir in trial_dirs(runs_dir, study):
+        queue = run_dir / QUEUE_FILE
+        if not queue.exists() or (run_dir / MARKER_FILE).exists():
+            continue
+        number = run_dir.name.removeprefix("trial_")
+        if not number.isdigit():
+            continue
+        try:
+            frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, int(number)))
+        except KeyError:
+            continue
+        if not frozen.state.is_finished():
+            continue
+        epochs = [e for e, _ in read_queue(run_dir)]
+        queue.unlink(missing_ok=True)
+        dropped += 1
+        notice(out, f"trial {frozen.number} is {frozen.state.name}: the {len(epochs)} epoch(s) "
+                    f"{epochs} its trial process could not deliver are dropped ({queue})")
+    return dropped

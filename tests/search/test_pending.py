@@ -59,4 +59,22 @@ def test_a_trial_failed_as_stale_meanwhile_is_not_overridden(tmp_path: Path) -> 
     (frozen,) = study.get_trials()
     assert frozen.state == TrialState.FAIL and frozen.intermediate_values == {}
     assert "trial 0 is already FAIL: its kept result (complete) is not delivered" in out.getvalue()
-    assert not (run_dir / MARKER_FILE).exists()
+    assert not (run_dir / MARKER_FILE).exists() and not (run_dir / QUEUE_FILE).exists()
+
+
+def test_the_epoch_queue_of_a_trial_that_ended_without_its_process_is_dropped(tmp_path: Path) -> None:
+    """A trial process killed in an outage leaves its queue and no marker (found by the chaos
+    soak); once the trial is failed as stale the queue goes, a running trial's stays."""
+    study, storage = _study(tmp_path)
+    dirs = []
+    for _ in range(2):
+        run_dir = tmp_path / "runs" / runs_folder(study) / f"trial_{study.ask().number:04d}"
+        run_dir.mkdir(parents=True)
+        EpochQueue(run_dir / QUEUE_FILE).add(0, {METRIC: 0.5})
+        dirs.append(run_dir)
+    study.tell(0, state=TrialState.FAIL)  # failed as stale; trial 1 still runs
+    out = io.StringIO()
+    assert deliver_pending(study, storage, tmp_path / "runs", METRIC, _tell, out=out) == 0
+    assert not (dirs[0] / QUEUE_FILE).exists() and (dirs[1] / QUEUE_FILE).exists()
+    assert "trial 0 is FAIL: the 1 epoch(s) [0] its trial process could not deliver are dropped" \
+        in out.getvalue()
