@@ -130,6 +130,8 @@ def type_name(tp: Any) -> str:
         return " or ".join(type_name(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         return "a list"
+    if origin is dict:
+        return "a mapping"
     if tp is type(None):
         return "null"
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
@@ -155,6 +157,13 @@ def coerce(tp: Any, value: Any, key: str, problems: Problems) -> Any:
             problems.append((key, f"must be a list, got {value!r}"))
             return None
         return [coerce(item_tp, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, item_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            problems.append((key, f"must be a mapping, got {value!r}"))
+            return None
+        return {coerce(key_tp, k, f"{key}.{k}", problems): coerce(item_tp, v, f"{key}.{k}", problems)
+                for k, v in value.items()}
     if origin is tuple:
         item_tps = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(item_tps):

@@ -308,6 +308,9 @@ class LogSection:
     wandb_name: str | None = None  # the W&B run's name (None: the run directory's name)
     wandb_group: str | None = None  # runs of one search share a group (octsearch: the study)
     wandb_params: list[str] = field(default_factory=list)  # dotted keys shown as config.params
+    wandb_tags: list[str] = field(default_factory=list)  # the run's tags (its end state is added)
+    # entries added to the run's config (octsearch: study, study_id, trial)
+    wandb_config: dict[str, str | int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         p: Problems = []

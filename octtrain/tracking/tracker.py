@@ -106,7 +106,7 @@ class Tracker:
         if self._wandb is not None:
             state = (run_state(error) if isinstance(error, Exception)
                      else STOPPED.get(stopped or "", stopped or "finished"))
-            self._wandb.finish(state)
+            self._wandb.finish(state, str(error) if state == "pruned" else None)
             self._wandb = None
         try:
             with host_errors(METRICS, self.path):

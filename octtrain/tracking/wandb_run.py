@@ -3,9 +3,13 @@
 Named ``log.wandb_name`` (default: the run directory's name) in group ``log.wandb_group``; its
 config is the resolved trainer config plus ``params``: the values of the dotted keys listed in
 ``log.wandb_params`` (a search lists its sampled parameters there, so W&B can compare trials by
-them). Each epoch logs the train metrics (before validation) and the validation scalars,
-per-class accuracy and F1 under the class names. At the end the summary holds how the run ended
-(``state``), the best epoch's per-class metrics, and its confusion matrix as a table.
+them), and ``log.wandb_config``'s entries (a search: ``study``, ``study_id``, ``trial``); its tags
+are ``log.wandb_tags`` plus, at the end, how it ended. Each epoch logs the train metrics (before
+validation) and the validation scalars, per-class accuracy and F1 under the class names; the
+summary keeps the best value of each score (``max``; ``min`` for a loss) as well as the last. At
+the end the summary holds how the run ended (``state``, and ``prune_reason`` when a search
+pruned it), the best epoch's validation scalars and per-class metrics (``best/...``), and its
+confusion matrix as a table.
 
 W&B is a spectator: any error it raises (no network in ``online`` mode, a full disk) is one
 warning on stderr, and the run goes on without W&B.
@@ -32,6 +36,12 @@ def dotted_value(config: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+# validation scalars whose best value W&B's summary keeps beside the last: the higher the better,
+# except a loss
+BEST_IS_MAX = ("val/balanced_accuracy", "val/accuracy", "val/macro_f1")
+BEST_IS_MIN = ("val/loss",)
+
+
 def per_class(metrics: Mapping[str, Any], names: Sequence[str], prefix: str = "val") -> dict[str, Any]:
     """``val/per_class_accuracy/<name>`` and ``val/per_class_f1/<name>`` of one epoch."""
     out = {}
@@ -52,15 +62,20 @@ class WandbRun:
         if cfg.wandb_params:
             config["params"] = {p: dotted_value(run_config, p) for p in cfg.wandb_params}
         config["classes"] = self.names
+        config.update(cfg.wandb_config)
         try:
             import wandb  # optional dependency: pip install 'octsearch[wandb]'
 
             self._run = wandb.init(
                 project=cfg.wandb_project, mode=cfg.wandb_mode,  # type: ignore[arg-type]
                 dir=str(out_dir), config=config, name=cfg.wandb_name or out_dir.name,
-                group=cfg.wandb_group, reinit="finish_previous",
+                group=cfg.wandb_group, tags=list(cfg.wandb_tags), reinit="finish_previous",
                 settings=wandb.Settings(silent=True, console="off"),
             )
+            for key in BEST_IS_MAX:
+                self._run.define_metric(key, summary="max,last")
+            for key in BEST_IS_MIN:
+                self._run.define_metric(key, summary="min,last")
         except Exception as err:  # noqa: BLE001 - W&B must never stop a training
             self._failed("start", err)
 
@@ -87,16 +102,22 @@ class WandbRun:
         if metrics.get("best/epoch") == epoch:
             self._best = metrics
 
-    def finish(self, state: str) -> None:
-        """Summary (``state``, the best epoch's per-class metrics and confusion table), then finish."""
+    def finish(self, state: str, reason: str | None = None) -> None:
+        """Summary (``state``, the prune ``reason`` if any, the best epoch's validation scalars,
+        per-class metrics and confusion table) and ``state`` as a tag, then finish."""
         if self._run is None:
             return
         try:
             import wandb
 
             summary: dict[str, Any] = {"state": state}
+            if reason is not None:
+                summary["prune_reason"] = reason
+            self._run.tags = (*self._run.tags, state.split(":")[0])
             if self._best is not None:
                 summary["best/epoch"] = self._best.get("epoch")
+                summary.update({f"best/{k}": v for k, v in self._best.items()
+                                if k.startswith("val/") and isinstance(v, (int, float))})
                 summary.update({f"best/{k}": v for k, v in per_class(self._best, self.names).items()})
                 confusion = self._best.get("val/confusion") or []
                 labels = self.names + [str(i) for i in range(len(self.names), len(confusion))]
@@ -112,7 +133,7 @@ class WandbRun:
 
 def read_offline_run(path: str | Path) -> dict[str, Any]:
     """What an offline run's ``run-*.wandb`` file holds, without ``wandb sync``: ``name``,
-    ``group``, ``config`` (top-level keys), ``history`` (every logged key: last value) and
+    ``group``, ``tags``, ``config`` (top-level keys), ``history`` (every logged key: last value) and
     ``summary`` (key: value; tables as their stored reference).
 
     The file is W&B's log of protobuf records (a 7-byte header, then 32 KiB blocks of chunks
@@ -146,7 +167,8 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
         chunk = b""
         which = record.WhichOneof("record_type")
         if which == "run":
-            out.update(name=record.run.display_name, group=record.run.run_group)
+            out.update(name=record.run.display_name, group=record.run.run_group,
+                       tags=list(record.run.tags))
             out["config"].update({u.key: json.loads(u.value_json) for u in record.run.config.update})
         elif which == "config":
             out["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})

@@ -29,6 +29,7 @@ from search.errors import OctsearchError
 from search.review.leaderboard import best_trial
 from search.review.notes import per_class_lines
 from search.study import stored_space
+from search.trial import with_wandb_identity
 
 TEST_METRICS_FILE = "test_metrics.json"
 
@@ -60,7 +61,8 @@ def final_config(study: optuna.Study, trial: optuna.trial.FrozenTrial,
         overrides.update({"data.train_on_val": True,
                           "train.epochs": best + 1 if best is not None else len(trial.intermediate_values),
                           "train.early_stopping.enabled": False})
-    return stored_space(study).trainer_config(overrides)
+    cfg = stored_space(study).trainer_config(overrides)
+    return with_wandb_identity(cfg, study.study_name, None, trial.params)
 
 
 def check_test_split(study: optuna.Study, cfg: TrainConfig, force: bool) -> None:

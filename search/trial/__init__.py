@@ -6,7 +6,7 @@ devices a trial process gets (``placement``) and its W&B identity (``identity``)
 
 from __future__ import annotations
 
-from search.trial.epoch_queue import deliver_queued
+from search.trial.epoch_queue import QUEUE_FILE, deliver_queued, read_queue
 from search.trial.identity import with_wandb_identity
 from search.trial.placement import Assignment, auto_parallel, host_devices, parse_parallel, plan_slots
 from search.trial.process import (
@@ -26,6 +26,7 @@ __all__ = [
     "Assignment",
     "EpochReporter",
     "Outcome",
+    "QUEUE_FILE",
     "RESULT_FILE",
     "STOP_GRACE_S",
     "StopRequest",
@@ -37,6 +38,7 @@ __all__ = [
     "metric_value",
     "parse_parallel",
     "plan_slots",
+    "read_queue",
     "run_trial_process",
     "with_wandb_identity",
 ]

@@ -36,6 +36,7 @@ from search.contract import (
     RESUMES_TRIAL_ATTR,
     describe_trial,
     end_reason,
+    enqueued_name,
     format_value,
     resume_source,
     runs_first,
@@ -327,7 +328,9 @@ def _run(study: optuna.Study, space: SearchSpace, storage: StudyStorage, trial: 
         write_devices(trial, slot.devices)
     try:
         cfg = space.trainer_config(overrides)
-        cfg = with_wandb_identity(cfg, study.study_name, trial.number, params)
+        cfg = with_wandb_identity(cfg, study.study_name, trial.number, params,
+                                  study_id=storage.get_study_id_from_name(study.study_name),
+                                  enqueued=enqueued_name(trial))
     except ConfigError as err:
         return TrialResult(Outcome.FAILED, reason=f"invalid trainer config: {err}")
     run_dir = _run_dir(study, options, trial.number)

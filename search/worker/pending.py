@@ -33,8 +33,7 @@ from search.notices import notice
 from search.optuna_compat import take_over
 from search.optuna_compat import trial_id as storage_id
 from search.storage import DatabaseUnreachableError
-from search.trial import RESULT_FILE, TrialResult, deliver_queued, metric_value
-from search.trial.epoch_queue import QUEUE_FILE, read_queue
+from search.trial import QUEUE_FILE, RESULT_FILE, TrialResult, deliver_queued, metric_value, read_queue
 
 MARKER_FILE = "undelivered.json"
 

@@ -75,6 +75,21 @@ def test_build_collects_type_section_and_unknown_key_problems_together() -> None
     assert p == []
 
 
+@dataclass
+class _Tagged:
+    extra: dict[str, str | int] = field(default_factory=dict)
+
+
+def test_a_mapping_field_coerces_each_value_and_names_the_bad_one() -> None:
+    p: Problems = []
+    assert build(_Tagged, {"extra": {"study": "s", "trial": 3}}, "log", p) == _Tagged({"study": "s", "trial": 3})
+    assert p == []
+    assert build(_Tagged, {"extra": ["s"]}, "log", p) is None
+    assert build(_Tagged, {"extra": {"trial": [3]}}, "log", p) is None
+    assert p == [("log.extra", "must be a mapping, got ['s']"),
+                 ("log.extra.trial", "must be a string or an integer, got [3]")]
+
+
 class _SpaceError(ProblemsError):
     pass
 

@@ -97,8 +97,11 @@ def test_wandb_run_has_name_group_params_per_class_metrics_and_confusion(
         assert f"val/per_class_f1/{name}" in run["history"]
         assert f"best/val/per_class_accuracy/{name}" in run["summary"]
     assert "train/loss" in run["history"] and "val/balanced_accuracy" in run["history"]
-    assert run["summary"]["state"] == "finished"
+    assert run["summary"]["state"] == "finished" and run["tags"] == ["finished"]
     assert run["summary"]["best/confusion"]["_type"] == "table-file"
+    best = max(r["val/balanced_accuracy"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl"))
+    assert run["summary"]["best/val/balanced_accuracy"] == pytest.approx(best)
+    assert run["summary"]["val/balanced_accuracy"]["max"] == pytest.approx(best)
 
 
 def test_a_wandb_failure_is_one_warning_and_the_run_goes_on(
