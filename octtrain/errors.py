@@ -74,7 +74,8 @@ class DataError(OcttrainError):
 
 def optional_import(module: str, extra: str, purpose: str) -> ModuleType:
     """Import ``module`` of an optional extra, or a DataError naming the extra to install:
-    ``reading a.vol needs eyepy: pip install 'octsearch[formats]'``."""
+    ``a.vol: reading .vol files needs eyepy (No module named 'eyepy'): pip install
+    'octsearch[formats]'``."""
     try:
         return importlib.import_module(module)
     except ImportError as err:

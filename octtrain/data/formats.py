@@ -91,7 +91,7 @@ def _quiet_eyepy() -> Iterator[None]:
 
 
 def _eyepy(path: Path, module: str = "eyepy") -> Any:
-    return optional_import(module, FORMATS_EXTRA, f"reading {path}")
+    return optional_import(module, FORMATS_EXTRA, f"{path}: reading {path.suffix.lower()} files")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def read_heyex_xml(path: Path) -> np.ndarray:
 def read_topcon_fda(path: Path) -> np.ndarray:
     """A Topcon .fda as ``(D, H, W)``, through eyepy and oct-converter."""
     eyepy = _eyepy(path)
-    optional_import("oct_converter.readers", FDA_EXTRA, f"reading {path}")
+    optional_import("oct_converter.readers", FDA_EXTRA, f"{path}: reading .fda files")
     with _quiet_eyepy():
         return np.asarray(eyepy.import_topcon_fda(path).data)
 

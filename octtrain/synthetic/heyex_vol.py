@@ -42,8 +42,8 @@ def write_heyex_vol(path: Path, volume: np.ndarray, *, patient_id: str = "", lat
     if volume.dtype != np.uint8 or volume.ndim != 3:
         raise DataError(f"{path}: a .vol is written from a uint8 (D, H, W) volume, got "
                         f"{volume.dtype} of shape {volume.shape}")
-    cs = optional_import("construct", "formats", f"writing {path}")
-    vol_reader = optional_import("eyepy.io.he.vol_reader", "formats", f"writing {path}")
+    cs = optional_import("construct", "formats", f"{path}: writing a .vol file")
+    vol_reader = optional_import("eyepy.io.he.vol_reader", "formats", f"{path}: writing a .vol file")
     from eyepy.core.utils import to_vol_intensity
 
     # Workaround 1: exam_time as the integer it is stored as (same type, same offset).
