@@ -141,14 +141,25 @@ def read_heyex_vol(path: Path) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def _e2e_volumes(file: Path) -> list[Any]:
+    """The EyeVolumes of an E2E file: the series eyepy can build a volume from, in its order."""
+    he = _eyepy(file, "eyepy.io.he")
+    with _quiet_eyepy(), he.HeE2eReader(file) as reader:
+        volumes = list(reader.volumes)
+    if not volumes:
+        raise DataError(f"{file}: E2E file holds no OCT volume eyepy can read")
+    return volumes
+
+
+def e2e_volume_count(path: Path) -> int:
+    """How many OCT volumes an E2E file holds (``#volume=K`` takes K in ``0..count-1``)."""
+    return len(_e2e_volumes(split_selector(path)[0]))
+
+
 def _e2e_volume(path: Path) -> Any:
     """The chosen (or only) EyeVolume of an E2E file; ``path`` may carry ``#volume=K``."""
     file, index = split_selector(path)
-    he = _eyepy(file, "eyepy.io.he")
-    with _quiet_eyepy(), he.HeE2eReader(file) as reader:
-        volumes = reader.volumes  # the series eyepy can build a volume from, in its order
-    if not volumes:
-        raise DataError(f"{file}: E2E file holds no OCT volume eyepy can read")
+    volumes = _e2e_volumes(file)
     if index is None:
         if len(volumes) > 1:
             raise DataError(f"{file}: E2E file holds {len(volumes)} OCT volumes; choose one as "
