@@ -61,7 +61,7 @@ def test_vol_values_are_the_documented_display_transform_of_the_stored_raw(tmp_p
 
     path = write_heyex_vol(tmp_path / "p.vol", _phantom(2))
     raw = np.stack([b.data for b in HeVolReader(path).parsed_file.bscans])
-    assert raw.dtype == np.float32 and 0 < raw.min() and raw.max() <= 1
+    assert raw.dtype == np.float32 and raw.min() > 0 and raw.max() <= 1
     display = np.rint(255 * np.clip((np.log(raw + 2.44e-4) + 8.3) / 8.285, 0, 1))
     np.testing.assert_array_equal(read_volume(path), display.astype(np.float32))
 
@@ -108,7 +108,8 @@ def test_missing_eyepy_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monke
     path = write_heyex_vol(tmp_path / "v.vol", _marked())
     for name in [n for n in sys.modules if n == "eyepy" or n.startswith("eyepy.")]:
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(DataError, match=r"v\.vol: reading \.vol files needs eyepy .*pip install 'octsearch\[formats\]'"):
+    with pytest.raises(DataError, match=r"v\.vol: reading \.vol files needs eyepy .*"
+                       r"pip install 'octsearch\[formats\]'"):
         read_volume(path)
 
 
