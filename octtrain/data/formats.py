@@ -67,11 +67,15 @@ def split_selector(path: str | os.PathLike[str]) -> tuple[Path, int | None]:
 
 
 def normalize_laterality(value: object) -> str | None:
-    """``OD``/``R``/``right`` → ``"OD"``, ``OS``/``L``/``left`` → ``"OS"``, else None."""
+    """``OD``/``R``/``right`` → ``"OD"``, ``OS``/``L``/``left`` → ``"OS"``, else None.
+
+    ``82``/``76`` (ASCII ``R``/``L``) too: eyepy 0.21 gives an E2E volume's laterality as
+    ``str()`` of its ``LateralityEnum``, an IntEnum, which Python >= 3.11 prints as the number.
+    """
     text = str(value or "").strip().strip("\x00").upper()
-    if text in ("OD", "R", "RIGHT"):
+    if text in ("OD", "R", "RIGHT", "82"):
         return "OD"
-    if text in ("OS", "L", "LEFT"):
+    if text in ("OS", "L", "LEFT", "76"):
         return "OS"
     return None
 

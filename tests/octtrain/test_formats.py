@@ -16,6 +16,7 @@ import pytest
 import scipy.io
 
 from octtrain.data import formats, read_manifest
+from octtrain.data.preprocess import source_stamp
 from octtrain.data.readers import read_volume, volume_stem, volume_suffix
 from octtrain.errors import DataError
 from octtrain.synthetic.heyex_vol import write_heyex_vol
@@ -164,6 +165,20 @@ def test_mat_without_images_or_truncated_is_one_line(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("value,expected", [("OD", "OD"), ("r", "OD"), ("Right", "OD"), ("OS\x00", "OS"),
+                                            ("L", "OS"), ("", None), (None, None), ("OU", None)])
+def test_laterality_spellings(value: object, expected: str | None) -> None:
+    assert formats.normalize_laterality(value) == expected
+
+
+def test_e2e_laterality_as_eyepy_gives_it() -> None:
+    """eyepy's E2E reader returns str() of its LateralityEnum: "82"/"76" on Python >= 3.11."""
+    from eyepy.io.he.e2e_format import LateralityEnum
+
+    assert formats.normalize_laterality(str(LateralityEnum.OD)) == "OD"
+    assert formats.normalize_laterality(str(LateralityEnum.OS)) == "OS"
+
+
 def test_e2e_selector_is_part_of_the_path_not_the_suffix() -> None:
     assert formats.split_selector("a/scan.E2E#volume=12") == (Path("a/scan.E2E"), 12)
     assert formats.split_selector("a/scan.vol#volume=1") == (Path("a/scan.vol#volume=1"), None)
@@ -206,6 +221,10 @@ def test_multi_volume_e2e_is_refused_unless_one_is_chosen(tmp_path: Path,
         read_volume(f"{path}#volume=2")
     with pytest.raises(DataError, match=r"gone\.e2e#volume=0: volume not found"):
         read_volume(tmp_path / "gone.e2e#volume=0")
+    # A manifest row names one volume of the file; its cache stamp is the file's.
+    (tmp_path / "m.csv").write_text("path,label,patient_id\ntwo.e2e#volume=1,x,P1\n")
+    assert [e.path for e in read_manifest(tmp_path / "m.csv")] == [f"{path}#volume=1"]
+    assert source_stamp(Path(f"{path}#volume=1")) == source_stamp(path)
 
 
 def test_unreadable_e2e_and_fda_are_one_line(tmp_path: Path) -> None:
