@@ -1,5 +1,5 @@
-"""``octtrain``: train a classifier from a YAML config, prepare its data set, or write a
-synthetic OCT dataset.
+"""``octtrain``: train a classifier from a YAML config, prepare its data set, index a folder of
+volumes into a manifest, or write a synthetic OCT dataset.
 
 The command line is the edge: options become a config (``--set``) or ``make_synthetic``
 arguments here, and errors the user can cause are printed as one line (``--debug``: traceback).
@@ -69,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--config", required=True, help="trainer YAML (its data section)")
     prepare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config value, e.g. --set data.store=uint8 (repeatable)")
+
+    index = sub.add_parser("index", help="write a manifest for a folder of volumes (any readable "
+                           "format) and a label sheet")
+    index.add_argument("--root", required=True, help="folder searched for volumes, recursively")
+    index.add_argument("--labels", metavar="SHEET", help="label sheet, .csv or .xlsx (default: the "
+                       "first folder under --root is the class)")
+    index.add_argument("--key-column", help="sheet column naming the volumes: a path relative to "
+                       "--root, a file name or a name without suffix (default: the first of path, "
+                       "volume, file, name, id)")
+    index.add_argument("--label-column", default="label", help="sheet column of the class (default: label)")
+    index.add_argument("--out", required=True, help="the manifest CSV to write")
+    index.add_argument("--allow-unlabelled", action="store_true",
+                       help="write the manifest although some volumes have no label (left out)")
 
     synth = sub.add_parser("make-synthetic", help="write a labelled synthetic OCT dataset + manifest")
     _add_synthetic_arguments(synth)
@@ -170,6 +183,16 @@ def _clear_run_dir(out: Path, *, overwrite: bool) -> None:
             (out / name).unlink()
 
 
+def _index(args: argparse.Namespace) -> int:
+    from octtrain.data import build_index, write_index
+
+    report = build_index(args.root, args.labels, key_column=args.key_column,
+                         label_column=args.label_column)
+    print("\n".join(report.summary()))
+    print(f"wrote {write_index(report, args.out, allow_unlabelled=args.allow_unlabelled)}")
+    return 0
+
+
 def _make_synthetic(args: argparse.Namespace) -> int:
     from octtrain.synthetic import make_synthetic
 
@@ -223,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "prepare":
             return _prepare(args)
+        if args.command == "index":
+            return _index(args)
         return _make_synthetic(args)
     except Preempted as err:  # a signal's exit status, 128 + N (SIGTERM: 143)
         print(f"octtrain: {err}; continue with the same command and --resume", file=sys.stderr)

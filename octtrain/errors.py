@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import os
 import signal
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 
 Problems = list[tuple[str, str]]  # (dotted key path in the file, message); "" for the file
 
@@ -68,6 +70,17 @@ class ConfigError(ProblemsError, OcttrainError):
 
 class DataError(OcttrainError):
     """A dataset, manifest or volume file is missing, corrupt or inconsistent."""
+
+
+def optional_import(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import ``module`` of an optional extra, or a DataError naming the extra to install:
+    ``a.vol: reading .vol files needs eyepy (No module named 'eyepy'): pip install
+    'octsearch[formats]'``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise DataError(f"{purpose} needs {module.partition('.')[0]} ({one_line(err)}): "
+                        f"pip install 'octsearch[{extra}]'") from None
 
 
 class RunExistsError(OcttrainError):

@@ -1,5 +1,6 @@
 """A data set, from files to batches: records and splits (``records``), the label set (``classes``),
-reading one volume (``readers``), resampling and scaling (``preprocess``), the host's consolidated
+reading one volume (``readers``; device formats through eyepy in ``formats``), a manifest from a
+folder and a label sheet (``index``), resampling and scaling (``preprocess``), the host's consolidated
 memory-mapped store (``consolidated``), augmentation (``augment``), datasets and loaders (``dataset``).
 
 The datasets and loaders are imported on first use: a search worker's pre-flight reads the
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from octtrain.data.classes import class_table
+from octtrain.data.formats import HeaderInfo, header_info
+from octtrain.data.index import IndexReport, build_index, write_index
 from octtrain.data.preprocess import default_cache_dir
 from octtrain.data.readers import read_volume
 from octtrain.data.records import (
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Entry",
+    "HeaderInfo",
+    "IndexReport",
     "Loaders",
     "PaddedDataset",
     "SPLITS",
@@ -46,9 +51,11 @@ __all__ = [
     "blank_volumes",
     "blank_warning",
     "build_datasets",
+    "build_index",
     "build_loaders",
     "class_table",
     "default_cache_dir",
+    "header_info",
     "index_folder",
     "load_class_to_idx",
     "read_manifest",
@@ -57,6 +64,7 @@ __all__ = [
     "replaced_volumes",
     "save_class_to_idx",
     "split_records",
+    "write_index",
 ]
 
 _DATASET = ("Loaders", "PaddedDataset", "Splits", "blank_volumes", "blank_warning", "build_datasets",

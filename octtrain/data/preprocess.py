@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from octtrain.data import readers
+from octtrain.data import formats, readers
 
 
 def clip_and_scale(volume: np.ndarray, clip_percentiles: Sequence[float]) -> np.ndarray:
@@ -99,7 +99,9 @@ def source_stamp(path: Path) -> list[list[object]]:
 
     For a directory of B-scans, the directory's own mtime changes only when files are added or
     removed, so every image file's stamp is included and an edited B-scan is noticed too.
+    One volume of an E2E file (``a.e2e#volume=1``) is stamped by its file.
     """
+    path = formats.split_selector(path)[0]
     if path.is_dir():
         files = sorted(
             f for f in path.iterdir()

@@ -17,6 +17,9 @@ Formats, chosen by suffix (a directory is a stack of B-scan images):
                         cols); a single-frame file is 2-D
 directory               B-scan images (png, jpg, jpeg, tif, tiff, bmp) sorted *naturally*
                         by name (``b2.png`` before ``b10.png``); other files are ignored
+``.vol`` ``.e2e``       Heidelberg, HEYEX XML, Topcon and Duke files, read through eyepy:
+``.xml`` ``.fda``       :mod:`octtrain.data.formats` (its intensity transforms and the
+``.mat``                ``scan.e2e#volume=K`` selector of one volume of an E2E file)
 ======================  ===================================================================
 
 A 2-D array is refused unless ``allow_single_bscan`` (``data.allow_single_bscan``), because a
@@ -41,26 +44,29 @@ from pathlib import Path
 
 import numpy as np
 
+from octtrain.data import formats
 from octtrain.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-VOLUME_SUFFIXES = (".npy", ".npz", ".nii", ".nii.gz", ".tif", ".tiff", ".dcm")
+VOLUME_SUFFIXES = (".npy", ".npz", ".nii", ".nii.gz", ".tif", ".tiff", ".dcm", *formats.EYEPY_SUFFIXES)
 SUPPORTED = (*VOLUME_SUFFIXES, "a directory of B-scan images")
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def volume_suffix(path: str | os.PathLike[str]) -> str:
-    """The format-defining suffix, lower-cased; ``.nii.gz`` counts as one suffix."""
-    name = Path(path).name.lower()
+    """The format-defining suffix, lower-cased; ``.nii.gz`` counts as one suffix, and an E2E
+    volume selector does not count (``a.e2e#volume=1`` → ``.e2e``)."""
+    name = formats.split_selector(path)[0].name.lower()
     if name.endswith(".nii.gz"):
         return ".nii.gz"
     return Path(name).suffix
 
 
 def volume_stem(path: str | os.PathLike[str]) -> str:
-    """The file name without its volume suffix (``a.nii.gz`` → ``a``; a directory: its name)."""
-    p = Path(path)
+    """The file name without its volume suffix (``a.nii.gz`` → ``a``; a directory: its name;
+    ``a.e2e#volume=1`` → ``a``)."""
+    p = formats.split_selector(path)[0]
     suffix = volume_suffix(p)
     if suffix in VOLUME_SUFFIXES:
         return p.name[: len(p.name) - len(suffix)]
@@ -207,6 +213,7 @@ _READERS: dict[str, Callable[[Path], np.ndarray]] = {
     ".tif": _read_tiff,
     ".tiff": _read_tiff,
     ".dcm": _read_dicom,
+    **formats.READERS,
 }
 
 
@@ -232,7 +239,7 @@ def read_volume(path: str | os.PathLike[str], *, allow_single_bscan: bool = Fals
     supported formats).
     """
     p = Path(path)
-    if not p.exists():
+    if not formats.split_selector(p)[0].exists():
         raise DataError(f"{p}: volume not found")
     if p.is_dir():
         data = _read_directory(p)

@@ -5,7 +5,8 @@ Two ways to describe a dataset (``DataSection.manifest`` or ``DataSection.root``
 
 * **Manifest CSV** with the header ``path,label,patient_id[,split]`` (extra columns are
   ignored). ``path`` is relative to the manifest's own directory (or absolute), ``label`` is a
-  class name, ``split`` is ``train``/``val``/``test``. When the ``split`` column is present it is
+  class name, ``split`` is ``train``/``val``/``test``. An empty ``patient_id`` of a HEYEX file
+  (``.vol``, ``.e2e``, ``.xml``) is the patient id of its header. When the ``split`` column is present it is
   used verbatim; otherwise patients are split as below.
 * **Folder per class**: ``root/<class name>/<volume>``, where a volume is a file with a
   supported suffix (see :mod:`octtrain.data.readers`) or a directory of B-scan images. Hidden
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from octtrain.config import DataSection
-from octtrain.data import readers
+from octtrain.data import formats, readers
 from octtrain.data.classes import pinned_class_to_idx
 from octtrain.errors import DataError, host_errors
 from octtrain.files import write_atomic
@@ -181,7 +182,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Entry]:
                 values = {k: (row.get(k) or "").strip() for k in (*MANIFEST_COLUMNS, "split")}
                 if not any(values.values()):
                     continue  # a blank line
-                for column in MANIFEST_COLUMNS:
+                for column in ("path", "label"):
                     if not values[column]:
                         raise DataError(f"{where}: empty {column!r}")
                 split = values["split"] if has_split else None
@@ -189,8 +190,10 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Entry]:
                     raise DataError(f"{where}: unknown split value {split!r} "
                                     f"(use {', '.join(SPLITS)})")
                 volume = Path(os.path.abspath(base / values["path"]))
-                if not volume.exists():
+                if not formats.split_selector(volume)[0].exists():
                     raise DataError(f"{where}: volume {values['path']!r} not found ({volume})")
+                if not values["patient_id"]:
+                    values["patient_id"] = _header_patient(volume, where)
                 if str(volume) in seen:
                     raise DataError(f"{where}: volume {values['path']!r} is listed again "
                                     f"(first on line {seen[str(volume)]})")
@@ -202,6 +205,15 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Entry]:
     if not entries:
         raise DataError(f"{manifest}: manifest has a header but no rows")
     return entries
+
+
+def _header_patient(volume: Path, where: str) -> str:
+    """The patient id of an empty manifest cell, from the volume's HEYEX header."""
+    patient = formats.header_info(volume).patient_id
+    if patient is None:
+        raise DataError(f"{where}: empty 'patient_id' and {volume.name} has no header that names "
+                        f"the patient (only {', '.join(formats.HEADER_SUFFIXES)} files do)")
+    return patient
 
 
 def index_folder(root: str | os.PathLike[str]) -> list[Entry]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from octtrain.errors import DataError
+from octtrain.synthetic.heyex_vol import write_heyex_vol
 from octtrain.synthetic.phantom import (
     CLASS_LESIONS,
     CLASS_NAMES,
@@ -32,9 +33,9 @@ from octtrain.synthetic.phantom import (
     render_volume,
 )
 
-FORMATS = ("npy", "npz", "nifti", "tiff", "dicom", "png-folder")
+FORMATS = ("npy", "npz", "nifti", "tiff", "dicom", "png-folder", "vol")
 FORMAT_SUFFIX = {"npy": ".npy", "npz": ".npz", "nifti": ".nii.gz", "tiff": ".tif",
-                 "dicom": ".dcm", "png-folder": ""}
+                 "dicom": ".dcm", "png-folder": "", "vol": ".vol"}
 MANIFEST_NAME = "manifest.csv"
 CLASSES_NAME = "classes.json"
 # Ophthalmic Tomography Image Storage: the SOP class of OCT volumes in DICOM.
@@ -130,7 +131,8 @@ def write_volume(
     """Write a uint8 ``(D, H, W)`` volume as ``base`` + the format's suffix; the path written.
 
     ``png-folder`` writes a directory ``base`` of ``bscan_<i>.png`` files without zero padding
-    (``bscan_10`` after ``bscan_9`` only under natural sorting, as some exporters do).
+    (``bscan_10`` after ``bscan_9`` only under natural sorting, as some exporters do); ``vol`` a
+    HEYEX .vol with the patient id in its header (:mod:`octtrain.synthetic.heyex_vol`).
     """
     path = base.with_name(base.name + FORMAT_SUFFIX[fmt])
     if fmt == "npy":
@@ -149,6 +151,8 @@ def write_volume(
         tifffile.imwrite(path, volume, photometric="minisblack")
     elif fmt == "dicom":
         _write_dicom(path, volume, patient_id, seed)
+    elif fmt == "vol":
+        write_heyex_vol(path, volume, patient_id=patient_id)
     elif fmt == "png-folder":
         from PIL import Image
 

@@ -119,7 +119,7 @@ def test_refuses_a_foreign_non_empty_directory(tmp_path: Path) -> None:
         ({"difficulty": 0.0}, "difficulty must be > 0, got 0.0"),
         ({"noise": -0.1}, "noise must be >= 0, got -0.1"),
         ({"anatomy_variation": -1.0}, "anatomy_variation must be >= 0, got -1.0"),
-        ({"fmt": "jpeg"}, "format must be one of npy, npz, nifti, tiff, dicom, png-folder, "
+        ({"fmt": "jpeg"}, "format must be one of npy, npz, nifti, tiff, dicom, png-folder, vol, "
                           "got 'jpeg'"),
         ({"height": 8}, "height=8"),
     ],
