@@ -35,6 +35,7 @@ from search.contract import (
     stored_run_dir,
 )
 from search.errors import OctsearchError
+from search.review.uncertainty import bound_warnings, tied_with_best
 from search.study import stored_space
 
 
@@ -149,6 +150,38 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     return ranked(study)[0]
 
 
+def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """Trial ``number`` of the study if it completed, or an OctsearchError saying why not."""
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise OctsearchError(f"study {study.study_name!r} has no trial {number} "
+                             f"(trials 0-{len(trials) - 1})" if trials else
+                             f"study {study.study_name!r} has no trials")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise OctsearchError(f"trial {number} of study {study.study_name!r} is {trial.state.name}, "
+                             "not COMPLETE: only a completed trial has a config worth exporting")
+    return trial
+
+
+def uncertainty_lines(study: optuna.Study) -> list[str]:
+    """The best trial's bootstrap interval, the trials tied with it, and its parameters on a
+    bound of their range (:mod:`search.review.uncertainty`)."""
+    lines = []
+    tied = tied_with_best(study)
+    if tied:
+        best, interval = tied[0]
+        counts = "/".join(str(n) for n in interval.per_class)
+        lines.append(f"95% interval: [{interval.low:.4f}, {interval.high:.4f}] (bootstrap of each "
+                     f"class's validation volumes, {counts} per class)")
+        if len(tied) > 1:
+            others = ", ".join(f"{t.number} ({i})" for t, i in tied[1:])
+            lines.append(f"tied with the best (intervals overlap): trial {others}; the validation "
+                         "set cannot tell them apart (export one with export-best --trial N)")
+    lines += [f"warning: {w}" for w in bound_warnings(best_trial(study))]
+    return lines
+
+
 def format_best(study: optuna.Study) -> str:
     """The best trial: value, epoch, parameters, per-class metrics and confusion matrix."""
     space = stored_space(study)
@@ -159,6 +192,7 @@ def format_best(study: optuna.Study) -> str:
              + (f" ({row.enqueued})" if row.enqueued else ""),
              f"  {space.objective.metric}: {row.value:.4f} at epoch {row.epoch} "
              f"({row.epochs} epochs run)"]
+    lines += ["  " + line for line in uncertainty_lines(study)]
     lines.append("  params:")
     lines += [f"    {p.path}: {format_value(trial.params[p.path])}" for p in space.params
               if p.path in trial.params]
@@ -198,10 +232,11 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def export_best(study: optuna.Study, out: str | Path) -> Path:
-    """Write the best trial's complete trainer config to ``out`` (YAML) and return the path."""
+def export_best(study: optuna.Study, out: str | Path, number: int | None = None) -> Path:
+    """Write the best trial's (or completed trial ``number``'s) complete trainer config to
+    ``out`` (YAML) and return the path."""
     space = stored_space(study)
-    trial = best_trial(study)
+    trial = best_trial(study) if number is None else completed_trial(study, number)
     cfg = space.trainer_config(stored_overrides(trial))
     out = Path(out)
     header = (f"# octsearch export-best: study {study.study_name!r}, trial {trial.number}, "
