@@ -1,7 +1,8 @@
 """What a run shows while it trains: progress bars on stderr, one line per epoch on stdout.
 
-On a terminal a bar redraws one line (at most 10 times a second); elsewhere (CI logs, pipes) it
-stays silent until ``close``, so logs get one summary line per loop instead of a flood.
+On a terminal a bar redraws one line (at most 10 times a second); elsewhere (CI logs, pipes, a
+search's trial log) it prints one line a minute at most (:data:`PIPED_LINE_S`: ``desc: n/total
+batches, elapsed``), so a long epoch shows it is alive, and logs get no flood.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import sys
 import time
 from typing import Any, TextIO
 
+PIPED_LINE_S = 60.0  # off a terminal: at most one progress line this often
+
 
 class ProgressBar:
-    def __init__(self, total: int, desc: str, *, enabled: bool = True, stream: TextIO | None = None):
+    def __init__(self, total: int, desc: str, *, enabled: bool = True, stream: TextIO | None = None,
+                 piped_line_s: float = PIPED_LINE_S):
         self.total = max(0, total)
         self.desc = desc
         self.stream = stream or sys.stderr
@@ -22,6 +26,8 @@ class ProgressBar:
         self.start = time.monotonic()
         self._last_draw = 0.0
         self.postfix = ""
+        self.piped_line_s = piped_line_s
+        self._last_line = self.start
 
     def update(self, n: int = 1, postfix: str | None = None) -> None:
         self.n += n
@@ -29,6 +35,14 @@ class ProgressBar:
             self.postfix = postfix
         if self.tty and (time.monotonic() - self._last_draw > 0.1 or self.n >= self.total):
             self._draw()
+        elif self.enabled and not self.tty and self.n < self.total:
+            now = time.monotonic()
+            if now - self._last_line >= self.piped_line_s:
+                self._last_line = now
+                minutes, secs = divmod(int(now - self.start), 60)
+                self.stream.write(f"{self.desc}: {self.n}/{self.total} batches, "
+                                  f"{minutes} min {secs:02d} s {self.postfix}".rstrip() + "\n")
+                self.stream.flush()
 
     def _draw(self) -> None:
         self._last_draw = time.monotonic()

@@ -4,10 +4,11 @@ exactly N finished trials however many workers ask at once (``counting``).
 
 from __future__ import annotations
 
-from search.study.counting import Step, count_trials, keep_or_put_back, next_step
+from search.study.counting import FINISHED, Step, count_trials, keep_or_put_back, next_step
 from search.study.join import load_review_study, open_study, stored_space
 
 __all__ = [
+    "FINISHED",
     "Step",
     "count_trials",
     "keep_or_put_back",

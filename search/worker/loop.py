@@ -34,7 +34,6 @@ from optuna.trial import TrialState
 from octtrain.errors import ConfigError, clip
 from search.contract import (
     RESUMES_TRIAL_ATTR,
-    describe_trial,
     end_reason,
     enqueued_name,
     format_value,
@@ -74,6 +73,7 @@ from search.trial import (
     with_wandb_identity,
 )
 from search.worker.pending import deliver_pending, drop_ended_queues, tell_or_keep
+from search.worker.progress import trial_end_line
 from search.worker.requeue import checkpoint_path, requeue, requeue_host_failure, stopped_result
 from search.worker.slots import Slot, SlotPool, SlotRun
 
@@ -119,11 +119,6 @@ class WorkerSummary:
     trials: list[int] = field(default_factory=list)  # numbers of the trials this worker ran
     finished: int = 0  # finished trials in the study when the worker stopped
     stopped: str = ""  # why the worker stopped
-
-
-def _bar(done: int, total: int, width: int = 20) -> str:
-    filled = min(width, done * width // max(total, 1))
-    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
 def run_worker(
@@ -240,10 +235,8 @@ class _Loop:
             raise slot.error  # the worker failed (storage); interrupts were raised in main
         frozen = slot.result
         assert frozen is not None
-        finished, _ = count_trials(self.study)
-        elapsed = _duration(time.monotonic() - self.start)
-        notice(slot.out, f"{_bar(finished, self.options.n_trials)} finished, {elapsed} | "
-                  f"{describe_trial(frozen)}")
+        notice(slot.out, trial_end_line(self.study, frozen, self.options.n_trials,
+                                        time.monotonic() - self.start, len(self.pool.slots)))
         if frozen.state != TrialState.FAIL:
             slot.failures_in_a_row = 0
             return
@@ -260,11 +253,6 @@ class _Loop:
                                   f"every slot stopped; {slot.name}: {slot.retired}")
         if self.pool.prefixed:
             notice(slot.out, slot.retired)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 # A worker asks and tells itself and keeps the heartbeat in storage.heartbeat(), so Optuna's

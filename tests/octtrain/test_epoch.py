@@ -7,7 +7,9 @@ The stand-in has what both functions read of an ``OctClassifier``: ``num_classes
 
 from __future__ import annotations
 
+import io
 import math
+import time
 from typing import Any
 
 import pytest
@@ -97,3 +99,18 @@ def test_a_nan_loss_is_a_diverged_error_naming_the_epoch(runtime: Runtime) -> No
     with pytest.raises(DivergedError, match="in epoch 4"):
         train_epoch(4, model, _update(model, accum=1), _loaders(_data(4), micro_batches=2),  # type: ignore[arg-type]
                     runtime, _quiet(2))
+
+
+def test_off_a_terminal_a_long_loop_prints_a_progress_line_at_most_once_an_interval() -> None:
+    stream = io.StringIO()  # not a terminal: a pipe, a log file, a search's trial log
+    bar = ProgressBar(5, "epoch 1/2 train", stream=stream, piped_line_s=0.2)
+    bar.update()
+    assert stream.getvalue() == ""  # not before the interval
+    time.sleep(0.25)
+    bar.update(postfix="loss 1.2000")
+    bar.update()
+    assert stream.getvalue() == "epoch 1/2 train: 2/5 batches, 0 min 00 s loss 1.2000\n"
+    time.sleep(0.25)
+    bar.update(3)  # the last batch: close() prints the summary instead
+    bar.close("done")
+    assert stream.getvalue().splitlines()[1:] == ["done"]
