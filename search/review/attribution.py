@@ -9,12 +9,12 @@ that cause collapse sit in the pruned trials. This module reads every trial that
   **complete**, or **failed**. Failed trials are counted apart, in no share and no measure (a
   crash says little about a configuration); a FAIL stopped by a signal (re-queued to resume) is no
   ending at all. Running and waiting trials have none yet.
-- each parameter's values, binned (:func:`binned`): a categorical parameter by its choices, a
+- each parameter's values, binned (:func:`binned`): a categorical parameter by its choices, an
   integer one with few distinct values (or any numeric one with no more values than bins) by value,
-  any other in 2-4 quantile bins (by the number of trials) whose edges are rounded to two significant digits, so a bin reads ``0.0012 - 0.0035``;
-  the cut between two neighbouring values is their midpoint, geometric on a log scale. A trial
-  without the parameter (a conditional one, e.g. ``lr_encoder`` of a frozen encoder) is in the
-  bin ``(not set)``.
+  any other in 2-4 quantile bins (by the number of trials) whose edges are rounded to two
+  significant digits, so a bin reads ``0.0012 - 0.0035``; the cut between two neighbouring
+  values is their midpoint, geometric on a log scale. A trial without the parameter (a
+  conditional one, e.g. ``lr_encoder`` of a frozen encoder) is in the bin ``(not set)``.
 - how well a parameter predicts a collapse (:func:`information_gain`): the mutual information,
   in bits, of its bin with the outcome collapsed-vs-not over the finished (complete + pruned)
   trials: how much knowing the bin reduces the uncertainty of "did it collapse". It is at most
