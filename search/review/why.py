@@ -77,12 +77,12 @@ SUSPECTS_NOTE = ("Late-bloomer suspects: pruned trials whose validation or train
                  "trial N's configuration again, to run its whole budget without pruning.")
 
 
-def _columns(headers: list[str], rows: list[list[str]], indent: str) -> list[str]:
-    """Fixed-width columns, the first two left-aligned, each cell clipped so a line fits WIDTH."""
+def _columns(headers: list[str], rows: list[list[str]], indent: str, left: int = 1) -> list[str]:
+    """Fixed-width columns, the first ``left`` left-aligned, each line clipped to WIDTH."""
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = []
     for r in [headers, *rows]:
-        cells = [r[i].ljust(w) if i < 2 else r[i].rjust(w) for i, w in enumerate(widths)]
+        cells = [r[i].ljust(w) if i < left else r[i].rjust(w) for i, w in enumerate(widths)]
         lines.append(clip(indent + "  ".join(cells).rstrip(), WIDTH))
     return lines
 
@@ -97,7 +97,7 @@ def format_why(study: optuna.Study) -> str:
     a = attribute(study)
     lines = _wrap(f"study {study.study_name!r}: {summary(a)}") + [""] + _wrap(measure_note(a))
     if a.params and a.total.finished:
-        lines += [""] + _columns(RANKING_HEADERS, ranking_rows(a), "  ")
+        lines += [""] + _columns(RANKING_HEADERS, ranking_rows(a), "  ", left=2)
         for i, p in enumerate(a.params, 1):
             lines += ["", clip(f"{i}. {p.name}", WIDTH)] + _columns(BIN_HEADERS, bin_rows(p), "     ")
     suspects = late_bloomers(study)
