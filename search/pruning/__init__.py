@@ -8,7 +8,6 @@ from __future__ import annotations
 from search.pruning.collapse import EpochEvidence, collapse_reason, effective_grace, stuck_reason
 from search.pruning.pruner import (
     COLLAPSE_KIND,
-    DIVERGED,
     DIVERGED_KIND,
     INNER_KIND,
     CollapsePruner,
@@ -20,7 +19,6 @@ from search.pruning.reach import Reach, ReachPruner, reach, resolution
 
 __all__ = [
     "COLLAPSE_KIND",
-    "DIVERGED",
     "DIVERGED_KIND",
     "INNER_KIND",
     "CollapsePruner",

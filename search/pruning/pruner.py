@@ -51,9 +51,9 @@ if TYPE_CHECKING:
 
 
 # What pruned a trial (its stored ``prune_kind``): the collapse rule (stuck or collapsed), the
-# inner rule (reach, median, ...), or a diverged loss (the trial process's DivergedError).
+# inner rule (reach, median, ...), or a diverged loss (the trial process's DivergedError, whose
+# reason starts with this kind).
 COLLAPSE_KIND, INNER_KIND, DIVERGED_KIND = "collapse", "inner", "diverged"
-DIVERGED = "diverged"  # the first word of a diverged trial's reason
 
 
 def prune_kind(reason: str) -> str:
@@ -63,7 +63,7 @@ def prune_kind(reason: str) -> str:
     head = reason.partition(":")[0].strip()
     if head in (STUCK, COLLAPSED):
         return COLLAPSE_KIND
-    return DIVERGED_KIND if head == DIVERGED else INNER_KIND
+    return DIVERGED_KIND if head == DIVERGED_KIND else INNER_KIND
 
 
 def trial_evidence(trial: optuna.trial.FrozenTrial) -> list[EpochEvidence]:
