@@ -16,6 +16,7 @@ from test_html_report import parse
 from search.cli import main
 from search.contract import PRUNE_KIND_ATTR
 from search.review.html_report import build_report
+from search.review.why import format_why
 from search.storage.sql import open_storage
 from search.study.join import stored_space
 from search.worker.loop import run_worker
@@ -110,3 +111,13 @@ def test_rerun_runs_a_pruned_configuration_to_its_end_without_pruning(
     assert "trial 4, pruned at epoch 3 by the inner rule: validation balanced accuracy 0.40 -> 0.50 (epochs " \
            "1-3); training balanced accuracy 0.40 -> 0.50 (epochs 1-3); rerun as trial 5" in \
            flat(why(url, name, capsys))
+
+
+def test_why_before_any_trial_finished_says_so() -> None:
+    study = optuna.create_study(study_name="new", direction="maximize")
+    study.ask({"w": optuna.distributions.CategoricalDistribution(["auto", "none"])})  # still running
+    lines = format_why(study).splitlines()
+    assert flat(lines).startswith("study 'new': 0 finished trials: 0 (-) collapsed, 0 (-) pruned by the inner rule "
+                                  "or a diverged loss, 0 (-) complete; 0 failed (in no share) No trial has finished "
+                                  "yet. Late-bloomer suspects:")
+    assert lines[-1] == "  none" and "#  parameter" not in flat(lines)
