@@ -32,6 +32,8 @@ process starts; the reporter writes one per epoch; the worker writes how the tri
 ``epoch_NNN``             the trainer's metrics dict of epoch ``NNN`` (0-based; NaN as null)
 ``best_epoch``            COMPLETE: the epoch of the told (best) value
 ``prune_reason``          PRUNED: why, one line
+``prune_kind``            PRUNED: which rule: ``collapse``, ``inner`` or ``diverged``
+                          (:func:`search.pruning.prune_kind`); none in older studies
 ``fail_reason``           FAIL: why, one line
 ``output_tail``           FAIL of a process that died without a result: its last lines
 ``preempted``             stopped by a signal: ``{"reason", "epochs_done", "checkpoint"}``
@@ -39,6 +41,11 @@ process starts; the reporter writes one per epoch; the worker writes how the tri
                           process as it stops, so a sweep of stale trials finds it
 ``resume_from``           a continuation: the resume checkpoint it continues
 ``resumes_trial``         a continuation: the number of the stopped trial it continues
+``unpruned``              ``true``: the pruner is never asked; the trial runs its whole budget
+                          (set when it is enqueued; kept when it is re-queued)
+``rerun_of``              a rerun (``octsearch rerun N``): the number of the trial whose
+                          configuration it runs again, unpruned; its ``enqueued`` name is
+                          ``rerun of N``
 ========================  ==================================================================
 
 A continuation with a checkpoint also carries the ``epoch_NNN`` attributes and the intermediate
@@ -74,6 +81,7 @@ HOST_ATTR = "host"
 DEVICES_ATTR = "devices"
 BEST_EPOCH_ATTR = "best_epoch"
 PRUNE_REASON_ATTR = "prune_reason"
+PRUNE_KIND_ATTR = "prune_kind"
 FAIL_REASON_ATTR = "fail_reason"
 OUTPUT_TAIL_ATTR = "output_tail"
 
@@ -82,8 +90,11 @@ TEST_USES_ATTR = "test/uses"
 PREEMPTED_ATTR = "preempted"
 RESUME_FROM_ATTR = "resume_from"
 RESUMES_TRIAL_ATTR = "resumes_trial"
+UNPRUNED_ATTR = "unpruned"
+RERUN_OF_ATTR = "rerun_of"
 
-KEPT_ON_RETRY = (ENQUEUED_ATTR,)  # what a re-queued stale trial keeps; the rest was its run's
+# what a re-queued stale or stopped trial keeps; the rest was its run's
+KEPT_ON_RETRY = (ENQUEUED_ATTR, UNPRUNED_ATTR, RERUN_OF_ATTR)
 
 
 def epoch_attr(epoch: int) -> str:
@@ -183,8 +194,11 @@ def write_best_epoch(trial: optuna.Trial, epoch: int | None) -> None:
     trial.set_user_attr(BEST_EPOCH_ATTR, epoch)
 
 
-def write_prune_reason(trial: optuna.Trial, reason: str | None) -> None:
+def write_prune_reason(trial: optuna.Trial, reason: str | None, kind: str | None = None) -> None:
+    """Why the trial was pruned, and which rule pruned it (``kind``; none: not known)."""
     trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+    if kind is not None:
+        trial.set_user_attr(PRUNE_KIND_ATTR, kind)
 
 
 def write_failure(trial: optuna.Trial, reason: str | None, output_tail: str | None = None) -> None:
@@ -276,6 +290,23 @@ def epoch_budget(trial: BaseTrial) -> int | None:
 def stored_best_epoch(trial: BaseTrial) -> int | None:
     value = trial.user_attrs.get(BEST_EPOCH_ATTR)
     return value if isinstance(value, int) else None
+
+
+def stored_prune_kind(trial: BaseTrial) -> str | None:
+    """Which rule pruned the trial, as the worker stored it; ``None`` where none is stored."""
+    value = trial.user_attrs.get(PRUNE_KIND_ATTR)
+    return str(value) if value else None
+
+
+def unpruned(trial: BaseTrial) -> bool:
+    """Whether the trial runs its whole budget, never asking the pruner (a rerun)."""
+    return trial.user_attrs.get(UNPRUNED_ATTR) is True
+
+
+def rerun_of(trial: BaseTrial) -> int | None:
+    """The trial whose configuration this rerun runs again; ``None`` for any other trial."""
+    value = trial.user_attrs.get(RERUN_OF_ATTR)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def end_reason(trial: BaseTrial) -> str:

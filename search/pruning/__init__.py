@@ -1,15 +1,26 @@
 """Pruning: the collapse rule as pure functions over each epoch's evidence (``collapse``) and the
-``CollapsePruner`` with the ``ExplainingPruner`` protocol and reasons for Optuna's own pruners
-(``pruner``), and the reach rule, the default inner pruner (``reach``).
+``CollapsePruner`` with the ``ExplainingPruner`` protocol, reasons for Optuna's own pruners and
+which rule a reason came from (``pruner``), and the reach rule, the default inner pruner (``reach``).
 """
 
 from __future__ import annotations
 
 from search.pruning.collapse import EpochEvidence, collapse_reason, effective_grace, stuck_reason
-from search.pruning.pruner import CollapsePruner, ExplainingPruner, prune_reason
+from search.pruning.pruner import (
+    COLLAPSE_KIND,
+    DIVERGED_KIND,
+    INNER_KIND,
+    CollapsePruner,
+    ExplainingPruner,
+    prune_kind,
+    prune_reason,
+)
 from search.pruning.reach import Reach, ReachPruner, reach, resolution
 
 __all__ = [
+    "COLLAPSE_KIND",
+    "DIVERGED_KIND",
+    "INNER_KIND",
     "CollapsePruner",
     "EpochEvidence",
     "ExplainingPruner",
@@ -17,6 +28,7 @@ __all__ = [
     "ReachPruner",
     "collapse_reason",
     "effective_grace",
+    "prune_kind",
     "prune_reason",
     "reach",
     "resolution",

@@ -45,6 +45,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+STUCK, COLLAPSED = "stuck", "collapsed"  # the first word of each criterion's reasons
+
 
 @dataclass(frozen=True)
 class EpochEvidence:
@@ -184,7 +186,7 @@ def stuck_reason(epochs: Sequence[EpochEvidence], t: Thresholds, patience: int) 
     if run is None:
         return None
     what = _describe_predictions(run, t)
-    return f"stuck: {what}, unchanged for {_epochs(run)}{_describe_no_learning(run)}"
+    return f"{STUCK}: {what}, unchanged for {_epochs(run)}{_describe_no_learning(run)}"
 
 
 def collapse_reason(epochs: Sequence[EpochEvidence], t: Thresholds, patience: int,
@@ -196,7 +198,7 @@ def collapse_reason(epochs: Sequence[EpochEvidence], t: Thresholds, patience: in
     run = _last_run(epochs, patience, grace, lambda e, _: collapsed(e, t))
     if run is None:
         return None
-    return f"collapsed: {_describe_predictions(run, t)} for {_epochs(run)}{_describe_no_learning(run)}"
+    return f"{COLLAPSED}: {_describe_predictions(run, t)} for {_epochs(run)}{_describe_no_learning(run)}"
 
 
 def _epochs(run: Sequence[EpochEvidence]) -> str:

@@ -17,7 +17,8 @@ unfrozen) moves the grace period of the post-warm-up criterion and of the inner 
 A pruner that can say why it prunes is an :class:`ExplainingPruner`: its ``judge`` returns the
 reason or ``None``, and its ``prune`` is ``judge(...) is not None``, so the decision and its
 reason come from one calculation. :func:`prune_reason` asks any pruner, and is what the
-reporter calls each epoch.
+reporter calls each epoch. :func:`prune_kind` tells from a reason which rule pruned: the collapse
+rule, the inner rule, or neither (training diverged); the worker stores it with the reason.
 """
 
 from __future__ import annotations
@@ -35,10 +36,34 @@ from optuna.pruners import (
 from optuna.study import StudyDirection
 
 from search.contract import best_step, epoch_metrics, unfreeze_at_epoch
-from search.pruning.collapse import EpochEvidence, Thresholds, collapse_reason, effective_grace, stuck_reason
+from search.pruning.collapse import (
+    COLLAPSED,
+    STUCK,
+    EpochEvidence,
+    Thresholds,
+    collapse_reason,
+    effective_grace,
+    stuck_reason,
+)
 
 if TYPE_CHECKING:
     import optuna
+
+
+# What pruned a trial (its stored ``prune_kind``): the collapse rule (stuck or collapsed), the
+# inner rule (reach, median, ...), or a diverged loss (the trial process's DivergedError, whose
+# reason starts with this kind).
+COLLAPSE_KIND, INNER_KIND, DIVERGED_KIND = "collapse", "inner", "diverged"
+
+
+def prune_kind(reason: str) -> str:
+    """Which rule gave ``reason``: :data:`COLLAPSE_KIND` for the collapse rule's reasons (they start
+    ``stuck:`` or ``collapsed:``), :data:`DIVERGED_KIND` for a diverged loss, :data:`INNER_KIND`
+    for everything else: the inner pruner's reasons (``reach: ...``, ``median: ...``)."""
+    head = reason.partition(":")[0].strip()
+    if head in (STUCK, COLLAPSED):
+        return COLLAPSE_KIND
+    return DIVERGED_KIND if head == DIVERGED_KIND else INNER_KIND
 
 
 def trial_evidence(trial: optuna.trial.FrozenTrial) -> list[EpochEvidence]:

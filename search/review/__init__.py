@@ -1,7 +1,9 @@
 """Reviewing a study: trial tables, leaderboard and ``export-best`` (``leaderboard``), plotly
 figures (``figures``), the HTML report (``html_report``, ``prune_summary``), dashboard notes and
 figures (``notes``, ``dashboard``), run files as artifacts (``artifacts``), what the worker writes
-for review at a trial's end (``evidence``) and ``octsearch finalize`` (``finalize``).
+for review at a trial's end (``evidence``), ``octsearch finalize`` (``finalize``), and
+``octsearch why`` (``why``: which parameters predict a collapse, ``attribution``; pruned trials
+that may have bloomed late, ``late_bloomers``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from search.review.leaderboard import (
     format_leaderboard,
     format_trials,
 )
+from search.review.why import format_why
 
 __all__ = [
     "FinalizeOptions",
@@ -27,6 +30,7 @@ __all__ = [
     "format_best",
     "format_leaderboard",
     "format_trials",
+    "format_why",
     "serve",
     "write_report",
 ]

@@ -2,7 +2,7 @@
 
 :class:`ReviewEvidence` is a worker's trial-end callback (:class:`search.worker.TrialEndCallback`,
 wired by ``octsearch run``): before ``tell``, the run files go to the artifact store (a finished
-trial's attributes are frozen); after it, the trial's note and the study's figures are written.
+trial's attributes are frozen); after it, the trial's note and the study's figures and note are written.
 Any error (a full disk, a storage hiccup, a missing optional package) is one line on the
 worker's output, and the trial keeps the state it was told.
 """
@@ -21,7 +21,7 @@ from search.contract import stored_run_dir
 from search.notices import notice
 from search.optuna_compat import trial_id
 from search.review.artifacts import artifact_store, upload_run_files
-from search.review.notes import refresh_study_figures, save_trial_note
+from search.review.notes import refresh_study_figures, save_study_note, save_trial_note
 from search.study import stored_space
 
 
@@ -43,11 +43,13 @@ def before_tell(trial: optuna.Trial, artifacts_dir: Path, out: TextIO | None = N
 
 
 def after_tell(study: optuna.Study, trial: optuna.Trial, out: TextIO | None = None) -> None:
-    """Write the trial's note and refresh the study's figures."""
+    """Write the trial's note and refresh the study's figures and note."""
     with _never_fails("its dashboard note", trial, out):
         save_trial_note(study, trial, stored_space(study).objective.metric)
     with _never_fails("the study figures", trial, out):
         refresh_study_figures(study)
+    with _never_fails("the study note", trial, out):
+        save_study_note(study)
 
 
 class ReviewEvidence:

@@ -14,10 +14,12 @@ from typing import Any
 
 import optuna
 import plotly.graph_objects as go
+from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contract import best_step, end_reason, stored_epochs, stored_run_dir
+from search.contract import best_step, end_reason, format_value, stored_epochs, stored_run_dir
+from search.review.attribution import FINISHED, ending
 
 STATE_COLORS = {"COMPLETE": "#2ca02c", "PRUNED": "#ff7f0e", "FAIL": "#d62728",
                 "RUNNING": "#1f77b4", "WAITING": "#7f7f7f"}
@@ -150,3 +152,56 @@ def prune_reasons(study: optuna.Study) -> go.Figure:
     fig.update_layout(barmode="stack")
     fig.update_xaxes(dtick=1)
     return _layout(fig, "Prune reasons by epoch", "trials pruned")
+
+
+ENDING_COLORS = {"collapsed": "#d62728", "pruned": "#ff7f0e", "complete": "#2ca02c"}
+
+
+def _axis(label: str, values: list[Any], log: bool) -> dict[str, Any]:
+    """A parcoords dimension of ``values`` (``None``: not set): categories by position, numbers as
+    they are (log10 on a log scale); a trial without the value sits on a ``(not set)`` tick below."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None)
+    if not numeric:
+        names = list(dict.fromkeys(format_value(v) for v in values if v is not None))
+        if any(v is None for v in values):
+            names.append("(not set)")
+        pos = [names.index("(not set)" if v is None else format_value(v)) for v in values]
+        return {"label": label, "values": pos, "tickvals": list(range(len(names))), "ticktext": names}
+    log = log and all(v > 0 for v in values if v is not None)
+    shown = [None if v is None else math.log10(v) if log else float(v) for v in values]
+    known = [v for v in shown if v is not None]
+    lo, hi = (min(known), max(known)) if known else (0.0, 1.0)
+    below = lo - 0.1 * (hi - lo or 1.0)
+    ticks = sorted(set(known))[:: max(1, len(set(known)) // 5)]
+    axis = {"label": label + (" (log10)" if log else ""), "values": [below if v is None else v for v in shown]}
+    if any(v is None for v in values):
+        axis |= {"tickvals": [below, *ticks], "ticktext": ["(not set)", *(f"{t:.3g}" for t in ticks)]}
+    return axis
+
+
+def endings_parallel(study: optuna.Study) -> go.Figure | None:
+    """Parallel coordinates of every finished trial (complete and pruned): one axis per parameter,
+    its best value, and how it ended, coloured by that (collapsed, pruned, complete); ``None``
+    before any trial finished."""
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    trials = [(t, e) for t in study.get_trials(deepcopy=False) if (e := ending(t)) in FINISHED]
+    if not trials:
+        return None
+    names = list(dict.fromkeys(n for t, _ in trials for n in t.params))
+    dims = []
+    for name in names:
+        dist = next(t.distributions[name] for t, _ in trials if name in t.distributions)
+        dims.append(_axis(name, [t.params.get(name) for t, _ in trials],
+                          isinstance(dist, FloatDistribution) and dist.log))
+    best = [t.value if t.value is not None else best_step(t.intermediate_values, maximize)[0] for t, _ in trials]
+    dims.append({"label": "best value", "values": best})
+    codes = [FINISHED.index(e) for _, e in trials]
+    dims.append({"label": "ended", "values": codes, "tickvals": [0, 1, 2], "ticktext": [e.value for e in FINISHED]})
+    colors = [ENDING_COLORS[e.value] for e in FINISHED]
+    scale = [[0.0, colors[0]], [0.33, colors[0]], [0.33, colors[1]], [0.67, colors[1]], [0.67, colors[2]],
+             [1.0, colors[2]]]
+    fig = go.Figure(go.Parcoords(line={"color": codes, "colorscale": scale, "cmin": 0, "cmax": 2},
+                                 dimensions=dims))
+    fig.update_layout(title=f"Every finished trial ({len(trials)}) by how it ended: red collapsed, orange pruned "
+                            "otherwise, green complete", template="plotly_white")
+    return fig

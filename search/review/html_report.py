@@ -2,10 +2,13 @@
 
 The file opens in a browser without network access: plotly's JavaScript is inlined once in the
 head and every figure is a ``<div>`` with its data. Sections (each a ``<section id=...>``):
-the leaderboard with per-class metrics and prune reasons, the optimisation history, the
-intermediate values of every trial coloured by state, parameter importances (Optuna's default
-evaluator), parallel coordinates, the collapse view (majority-class share per epoch) and the prune
-summary. It reads only what the study stores, so a running study gives a report of its trials so far.
+the leaderboard with per-class metrics and prune reasons, why trials ended as they did (the
+parameters ranked by how well they predict a collapse, their trials per value by ending, and the
+late-bloomer suspects: :mod:`search.review.why`), the optimisation history, the intermediate values
+of every trial coloured by state, parameter importances (Optuna's default evaluator, on completed
+trials only), parallel coordinates of every finished trial coloured by how it ended, the collapse
+view (majority-class share per epoch) and the prune summary. It reads only what the study
+stores, so a running study gives a report of its trials so far.
 """
 
 from __future__ import annotations
@@ -25,11 +28,24 @@ from optuna.trial import FrozenTrial, TrialState
 from search.contract import epoch_metrics, format_value, rank_key, stored_run_dir
 from search.errors import OctsearchError
 from search.review import figures
+from search.review.attribution import attribute
+from search.review.late_bloomers import late_bloomers
 from search.review.leaderboard import TrialRow, class_names, trial_row
 from search.review.prune_summary import PruneSummary, summarize_prunes
+from search.review.why import (
+    BIN_HEADERS,
+    RANKING_HEADERS,
+    SUSPECT_HEADERS,
+    SUSPECTS_NOTE,
+    bin_rows,
+    measure_note,
+    ranking_rows,
+    summary,
+    suspect_rows,
+)
 from search.study import stored_space
 
-SECTIONS = ("leaderboard", "history", "intermediate", "importance", "parallel", "collapse",
+SECTIONS = ("leaderboard", "why", "history", "intermediate", "importance", "parallel", "collapse",
             "per-class", "prunes")
 
 _STYLE = """
@@ -132,6 +148,40 @@ def prune_summary_html(summary: PruneSummary) -> str:
     return "\n".join(lines)
 
 
+def _table(headers: list[str], rows: list[list[str]], text_columns: tuple[int, ...] = (0,)) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"
+    body = ("<tr>" + "".join(_cell(c, text=i in text_columns) for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return "\n".join(["<table>", head, *body, "</table>"])
+
+
+def why_html(study: optuna.Study) -> str:
+    """The parameters ranked by how well they predict a collapse, each one's trials per value by
+    how they ended, and the late-bloomer suspects (:mod:`search.review.why`)."""
+    a = attribute(study)
+    parts = [f"<p>{html.escape(summary(a))}.</p>", _note(measure_note(a))]
+    if a.params and a.total.finished:
+        parts.append(_table(RANKING_HEADERS, ranking_rows(a), (1,)))
+        for i, p in enumerate(a.params, 1):
+            parts += [f"<h3>{i}. {html.escape(p.name)}</h3>", _table(BIN_HEADERS, bin_rows(p))]
+    suspects = late_bloomers(study)
+    parts += ["<h3>Late-bloomer suspects</h3>", _note(SUSPECTS_NOTE.replace("`", ""))]
+    parts.append(_table(SUSPECT_HEADERS, suspect_rows(suspects), (2, 3)) if suspects else _note("none"))
+    return "\n".join(parts)
+
+
+def _parallel(study: optuna.Study) -> str:
+    fig = figures.endings_parallel(study)
+    return _note("needs a finished trial") if fig is None else _figure(fig, "plot-parallel")
+
+
+def _importances(study: optuna.Study) -> str:
+    n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    caption = _note(f"Optuna's evaluator, on the {n} completed trials only: pruned trials, among them every "
+                    "collapsed one, are not in it (the section above ranks parameters over all of them).")
+    return caption + _optuna_figure(study, "importance", optuna.visualization.plot_param_importances, 2,
+                                    "needs at least 2 completed trials")
+
+
 def build_report(study: optuna.Study) -> str:
     """The report of ``study`` as one HTML document."""
     space = stored_space(study)
@@ -140,17 +190,14 @@ def build_report(study: optuna.Study) -> str:
     summary = summarize_prunes(study, space)
     parts = [
         _section("leaderboard", "Leaderboard", leaderboard(study, params, metric)),
+        _section("why", "Why trials ended as they did", why_html(study)),
         _section("history", "Optimisation history", _optuna_figure(
             study, "history", optuna.visualization.plot_optimization_history, 1,
             "needs a completed trial")),
         _section("intermediate", "Intermediate values by state",
                  _figure(figures.intermediate_values(study), "plot-intermediate")),
-        _section("importance", "Parameter importances", _optuna_figure(
-            study, "importance", optuna.visualization.plot_param_importances, 2,
-            "needs at least 2 completed trials")),
-        _section("parallel", "Parallel coordinates", _optuna_figure(
-            study, "parallel", optuna.visualization.plot_parallel_coordinate, 1,
-            "needs a completed trial")),
+        _section("importance", "Parameter importances (completed trials)", _importances(study)),
+        _section("parallel", "Parallel coordinates of every finished trial", _parallel(study)),
         _section("collapse", "Collapse view", _figure(figures.majority_share(study), "plot-collapse")),
         _section("per-class", "Per-class accuracy of the top trials",
                  _figure(figures.per_class_curves(study), "plot-per-class")),

@@ -1,11 +1,15 @@
-"""What optuna-dashboard shows of a search beyond Optuna's own: trial notes and study figures.
+"""What optuna-dashboard shows of a search beyond Optuna's own: trial notes, the study note and
+study figures.
 
 A trial's note (markdown, optuna-dashboard's ``save_note``) says how it ended and why, its
 per-class accuracy and F1 and its confusion matrix at the best epoch (class names from the
 run directory's ``class_to_idx.json`` where this host can read it), the epochs it ran and its
 time. The study's figures (``save_plotly_graph_object``, fixed ids so each refresh replaces
 the last) are the per-class curves of the top trials, the majority-class share of every trial
-per epoch, and the prune reasons by epoch. Both are written when a trial ends, never per epoch.
+per epoch, and the prune reasons by epoch. The study's note is ``octsearch why`` as markdown
+(:func:`search.review.why.why_markdown`): the parameters ranked by how well they predict a collapse,
+with their trials per value, and the late-bloomer suspects. All are written when a trial ends,
+never per epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from search.contract import OUTPUT_TAIL_ATTR, epoch_metrics, format_value, store
 from search.optuna_compat import frozen as frozen_trial
 from search.review import figures
 from search.review.leaderboard import class_names, trial_row
+from search.review.why import why_markdown
 
 # graph object id → figure of the study
 STUDY_FIGURES = {
@@ -92,6 +97,15 @@ def save_trial_note(study: optuna.Study, trial: optuna.Trial, metric: str) -> st
     frozen = frozen_trial(study, trial)
     note = trial_note(frozen, study.direction == StudyDirection.MAXIMIZE, metric)
     save_note(trial, note)
+    return note
+
+
+def save_study_note(study: optuna.Study) -> str:
+    """Write the study's note (why its trials ended as they did) over the last one; the note."""
+    from optuna_dashboard import save_note
+
+    note = why_markdown(study)
+    save_note(study, note)
     return note
 
 

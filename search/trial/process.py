@@ -42,6 +42,7 @@ from octtrain.files import write_json_atomic
 from octtrain.runtime import Preempted, stop_on_signals
 from search.contract import best_step, write_preempted
 from search.optuna_compat import take_over
+from search.pruning import DIVERGED_KIND
 from search.storage import Outage, open_storage, outage_limit_from_env
 from search.study import stored_space
 from search.trial.epoch_queue import QUEUE_FILE
@@ -315,7 +316,7 @@ def _fit(request: TrialRequest, trial: optuna.trial.Trial, metric_key: str,
     except optuna.TrialPruned as err:
         return TrialResult(Outcome.PRUNED, reason=str(err))
     except DivergedError as err:
-        return TrialResult(Outcome.PRUNED, reason=f"diverged: {err}")
+        return TrialResult(Outcome.PRUNED, reason=f"{DIVERGED_KIND}: {err}")
     except HostError as err:  # not the configuration's failure: no traceback, re-queued
         return TrialResult(Outcome.HOST_FAILED, reason=f"{HOST_PROBLEM}{err}")
     except OcttrainError as err:

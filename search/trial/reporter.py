@@ -4,8 +4,10 @@ Each epoch the reporter stores the trainer's metrics dict with the trial (per-cl
 and F1, confusion matrix, prediction histogram and entropy, train metrics; NaN stored as null;
 see :mod:`search.contract`), reports the objective metric as the intermediate value of step
 ``k``, and asks the study's pruner for a decision with its reason (:func:`prune_reason`, the
-same decision ``trial.should_prune()`` gives). On a prune it stores the reason with the trial
-and raises :class:`optuna.TrialPruned` with it, which ``octtrain.fit`` lets through.
+same decision ``trial.should_prune()`` gives). On a prune it raises :class:`optuna.TrialPruned`
+with the reason, which ``octtrain.fit`` lets through (the worker stores it with the trial's end).
+A trial enqueued ``unpruned`` (:func:`search.contract.unpruned`: ``octsearch rerun``) never asks
+the pruner: it runs its whole budget, whatever any pruner would say.
 
 While the database is unreachable (:func:`search.storage.retry.is_outage`) training goes on: the
 epoch is queued (and written to ``queue_file`` in the run directory, so that the worker can
@@ -26,7 +28,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.contract import record_epoch
+from search.contract import record_epoch, unpruned
 from search.optuna_compat import latest_trial
 from search.pruning import prune_reason
 from search.storage import DatabaseUnreachableError, is_outage, single_attempt
@@ -49,6 +51,7 @@ class EpochReporter:
         self._trial = trial
         self._metric_key = metric_key
         self._queue = EpochQueue(queue_file)
+        self._judged = not unpruned(trial)  # its attributes as enqueued, read when it was taken
 
     def __call__(self, epoch: int, metrics: dict[str, Any]) -> None:
         self._queue.add(epoch, metrics)
@@ -56,7 +59,7 @@ class EpochReporter:
             with single_attempt():
                 self._deliver()
                 study = self._trial.study
-                reason = prune_reason(study.pruner, study, self._as_stored())
+                reason = prune_reason(study.pruner, study, self._as_stored()) if self._judged else None
         except Exception as err:
             if not is_outage(err):
                 raise

@@ -53,6 +53,7 @@ from search.interrupts import shielded
 from search.notices import notice
 from search.optuna_compat import claim_waiting, study_storage
 from search.optuna_compat import trial_id as storage_id
+from search.pruning import prune_kind
 from search.space import SearchSpace
 from search.storage import (
     OUTAGE_ENV,
@@ -365,7 +366,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None
         elif result.state is Outcome.HOST_FAILED:
             requeue_host_failure(study, trial, result)  # FAIL, and its configuration again
         elif result.state is Outcome.PRUNED:
-            write_prune_reason(trial, result.reason)
+            write_prune_reason(trial, result.reason, prune_kind(result.reason or ""))
             study.tell(trial, state=TrialState.PRUNED)
         else:
             write_failure(trial, result.reason, result.output_tail)

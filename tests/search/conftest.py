@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_fit import RAISE
+from fake_fit import RAISE, SLOW
 from search_testing import FAKE_SPACE, drop_study, fake_options, reachable_server
 
 from search.space.search_space import space_from_dict
@@ -90,3 +90,45 @@ def _three_trial_study(root: Path, name: str, env: dict[str, str]) -> str:
     run_worker(study, space, storage, options)
     assert [t.state.name for t in study.get_trials()] == ["PRUNED", "FAIL", "COMPLETE"]
     return url
+
+
+# The knob study: train.class_weights none collapses (the fake trainer's rule), auto learns; the
+# slow learner is pruned by the reach rule while it still improves (a late-bloomer suspect).
+KNOB_TRIALS = [
+    ("learns", {"train.class_weights": "auto", "model.head.hidden": 64, "train.lr_head": 1e-3}),
+    ("raises", {"train.class_weights": "auto", "model.head.hidden": 128, "train.lr_head": RAISE}),
+    ("none_a", {"train.class_weights": "none", "model.head.hidden": 64, "train.lr_head": 2e-3}),
+    ("none_b", {"train.class_weights": "none", "model.head.hidden": 128, "train.lr_head": 1e-3}),
+    ("slow", {"train.class_weights": "auto", "model.head.hidden": 64, "train.lr_head": SLOW}),
+]
+
+
+def knob_space() -> dict[str, Any]:
+    """The fake space with ``train.class_weights`` searched, ``hidden`` never 0, and the reach rule
+    as the inner pruner; :data:`KNOB_TRIALS` enqueued."""
+    raw = copy.deepcopy(FAKE_SPACE)
+    raw["params"] = {
+        "train.class_weights": {"type": "categorical", "choices": ["auto", "none"]},
+        "model.head.hidden": {"type": "categorical", "choices": [64, 128]},
+        "train.lr_head": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    }
+    # the reach rule waits for epoch 3, so the collapse rule is what stops a collapsed trial (at 2)
+    raw["pruner"] = {"collapse": {"patience": 2, "grace_epochs": 1}, "inner": {"type": "reach", "grace_epochs": 3}}
+    raw["enqueue"] = [{"name": name, "params": params} for name, params in KNOB_TRIALS]
+    return raw
+
+
+@pytest.fixture(scope="session")
+def knob_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    """(storage URL, study name, folder) of a finished fake study of :data:`KNOB_TRIALS`: a
+    COMPLETE, a FAIL, two collapsed (stuck at epoch 2), and a slow learner pruned by the reach rule
+    at epoch 3. Shared read-only (copy the database to change it)."""
+    root = tmp_path_factory.mktemp("knob")
+    url = f"sqlite:///{root / 'study.db'}"
+    space = space_from_dict(knob_space())
+    storage = open_storage(url)
+    study, _ = open_study(space, storage, "knob")
+    run_worker(study, space, storage, fake_options(root, len(KNOB_TRIALS) - 1))
+    assert [t.state.name for t in study.get_trials()] == [
+        "COMPLETE", "FAIL", "PRUNED", "PRUNED", "PRUNED"]
+    return url, "knob", root

@@ -2,9 +2,12 @@
 
 Run in the trial process as the fit target ``fake_fit:fit`` (this folder on PYTHONPATH). It
 learns when ``model.head.hidden > 0`` (balanced accuracy 0.5 + 0.1·epoch, up to 0.9) and
-collapses onto class 0 when ``hidden == 0`` (97 % of predictions, balanced accuracy 0.25).
-A test picks a misbehaviour for a trial by enqueuing one of these exact ``train.lr_head``
-values, which a sampler never draws:
+collapses onto class 0 when ``hidden == 0`` or ``train.class_weights`` is ``none`` (97 % of
+predictions, balanced accuracy 0.25). A test picks a misbehaviour for a trial by enqueuing one
+of these exact ``train.lr_head`` values, which a sampler never draws:
+
+* ``SLOW``: learns slowly (balanced accuracy 0.35 + 0.05·epoch): a late bloomer, which the reach
+  rule prunes while it still improves;
 
 * ``DIVERGE``: raises :class:`octtrain.DivergedError` in epoch 1;
 * ``CRASH``: prints a line and dies with exit status 3 in epoch 1 (no result);
@@ -52,7 +55,7 @@ from octtrain.tracking.tracker import Tracker
 
 NUM_CLASSES = 4
 CLASSES = ("normal", "drusen", "cnv", "fluid")
-DIVERGE, CRASH, RAISE, HANG = 0.00123, 0.00234, 0.00345, 0.00456
+DIVERGE, CRASH, RAISE, HANG, SLOW = 0.00123, 0.00234, 0.00345, 0.00456, 0.00567
 REPORT_TIMES = "report_times.txt"
 ASSIGNMENT_VARS = ("OCTSEARCH_SLOT", "OCTSEARCH_CPU_CORES", "OMP_NUM_THREADS",
                    "CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS")
@@ -69,14 +72,15 @@ class FakeFitResult:
     class_to_idx: dict[str, int] = field(default_factory=dict)
 
 
-def epoch_metrics(epoch: int, collapsed: bool) -> dict[str, Any]:
-    """A metrics dict shaped like octtrain's, 32 validation volumes (16/6/5/5 when collapsed)."""
+def epoch_metrics(epoch: int, collapsed: bool, slow: bool = False) -> dict[str, Any]:
+    """A metrics dict shaped like octtrain's, 32 validation volumes (16/6/5/5 when collapsed);
+    ``slow``: learning at a third of the pace, from 0.35."""
     if collapsed:  # 97% class 0; a loss no better than the class prior's (1.24)
         confusion = [[16, 0, 0, 0], [5, 1, 0, 0], [5, 0, 0, 0], [5, 0, 0, 0]]
         per_class = [1.0, 0.0, 0.0, 0.0]  # as the tables show it (not derived from the matrix)
         bacc, loss = 0.25, 1.4
     else:
-        bacc, loss = min(0.9, 0.5 + 0.1 * epoch), 1.0
+        bacc, loss = min(0.9, 0.35 + 0.05 * epoch if slow else 0.5 + 0.1 * epoch), 1.0
         confusion = [[h if i == j else 0 for j, h in enumerate([12, 8, 6, 6])] for i in range(4)]
         per_class = [bacc] * NUM_CLASSES
     hist = [sum(row[j] for row in confusion) for j in range(4)]
@@ -121,7 +125,7 @@ def _epochs(cfg: TrainConfig, run_dir: Path, on_epoch_end: EpochCallback | None,
             result: FakeFitResult, tracker: Tracker | None, resume_from: str | Path | None,
             preempt_to: str | Path | None) -> None:
     behaviour = cfg.train.lr_head
-    collapsed = cfg.model.head.hidden == 0
+    collapsed = cfg.model.head.hidden == 0 or cfg.train.class_weights == "none"
     start = json.loads(Path(resume_from).read_text())["epoch"] if resume_from else 0
     for epoch in range(start, cfg.train.epochs):
         (run_dir / f"started_{epoch}").touch()
@@ -147,7 +151,7 @@ def _epochs(cfg: TrainConfig, run_dir: Path, on_epoch_end: EpochCallback | None,
         size = int(os.environ.get("FAKE_FIT_LAST_PT_BYTES", "0"))
         if size:  # the epoch's checkpoint, written as octtrain writes its own
             write_atomic(run_dir / "last.pt", b"\0" * size, what="the last checkpoint")
-        metrics = epoch_metrics(epoch, collapsed)
+        metrics = epoch_metrics(epoch, collapsed, slow=behaviour == SLOW)
         if progress:
             print(f"fake epoch {epoch} bal_acc {metrics['val/balanced_accuracy']:.2f}",
                   file=sys.stderr, flush=True)

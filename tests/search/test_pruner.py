@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from search.contract import UNFREEZE_ATTR, epoch_attr
-from search.pruning.pruner import CollapsePruner, prune_reason
+from search.pruning.pruner import CollapsePruner, prune_kind, prune_reason
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -363,3 +363,16 @@ def test_inner_pruner_is_not_consulted_during_warmup() -> None:
 def test_invalid_arguments_quote_the_value(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CollapsePruner(**kwargs)
+
+
+@pytest.mark.parametrize(("reason", "kind"), [
+    ("stuck: 100% of validation predictions are class 0, unchanged for 3 epochs (epochs 0-2)", "collapse"),
+    ("collapsed: balanced accuracy 0.25 <= chance 0.25 + margin 0.05 for 2 epochs (epochs 3-4)", "collapse"),
+    ("reach: at most 0.61 by epoch 9 (best 0.48 at epoch 3, ...), below the incumbent 0.80 (trial 2)", "inner"),
+    ("median: best 0.30 is worse than the median of completed trials at epoch 4", "inner"),
+    ("successive halving: 0.30 not promoted to the next rung at epoch 1", "inner"),
+    ("diverged: training diverged: loss is nan in epoch 1", "diverged"),
+    ("", "inner"),
+])
+def test_prune_kind_says_which_rule_gave_a_reason(reason: str, kind: str) -> None:
+    assert prune_kind(reason) == kind

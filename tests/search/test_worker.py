@@ -73,6 +73,7 @@ def test_trials_end_complete_pruned_or_diverged(fake_space: dict[str, Any], stor
 
     assert collapsed.state == TrialState.PRUNED
     assert collapsed.user_attrs["prune_reason"] == STUCK_REASON
+    assert collapsed.user_attrs["prune_kind"] == "collapse"  # which rule: the worker stores it too
     assert sorted(collapsed.intermediate_values) == [0, 1, 2]  # stuck for stuck_patience 3 epochs
 
     assert learned.state == TrialState.COMPLETE
@@ -90,6 +91,7 @@ def test_trials_end_complete_pruned_or_diverged(fake_space: dict[str, Any], stor
     assert diverged.state == TrialState.PRUNED
     assert diverged.user_attrs["prune_reason"] == (
         "diverged: training diverged: loss is nan in epoch 1")
+    assert diverged.user_attrs["prune_kind"] == "diverged"
 
 
 def test_failed_trials_keep_their_reason_and_the_study_goes_on(
