@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-best",
                             help="write the best trial's complete trainer config (YAML)")
     export.add_argument("--out", required=True, type=Path, help="output YAML file")
+    export.add_argument("--trial", type=int, metavar="N",
+                        help="export completed trial N instead (e.g. one tied with the best)")
     export.add_argument("--space", type=Path, help="name the study by its space file")
     add_common(export)
     export.set_defaults(func=cmd_export_best)
@@ -151,7 +153,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_export_best(args: argparse.Namespace) -> int:
     from search.review import export_best
 
-    out = export_best(review_study(args), args.out)
+    out = export_best(review_study(args), args.out, args.trial)
     print(f"octsearch: wrote {out}; reproduce with: octtrain train --config {out}",
           file=sys.stderr)
     return 0

@@ -106,6 +106,8 @@ def test_review_commands(reviewed_study: tuple[str, str], tmp_path: Path,
     assert main(["export-best", "--storage", url, "--out", str(out)]) == 0
     assert f"reproduce with: octtrain train --config {out}" in capsys.readouterr().err
     assert out.exists()
+    assert main(["export-best", "--storage", url, "--out", str(out), "--trial", "0"]) == 2
+    assert "trial 0 of study 'reviewed' is PRUNED, not COMPLETE" in one_error_line(capsys)
 
 
 def test_review_of_a_missing_study(reviewed_study: tuple[str, str],
