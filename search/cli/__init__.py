@@ -37,6 +37,8 @@ def _add_review_outputs(sub: Any) -> None:
                        help="the final run goes to DIR/STUDY-ID/final (default: runs)")
     final.add_argument("--train-on-val", action="store_true",
                        help="train on train + val for the best trial's epoch count")
+    final.add_argument("--no-retrain", action="store_true",
+                       help="evaluate the trial's kept best.pt on the test split, train nothing")
     final.add_argument("--device", choices=DEVICES, help="runtime.device of the final run")
     final.add_argument("--force", action="store_true",
                        help="evaluate on a test split already used (the reuse is recorded)")
@@ -164,7 +166,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
     finalize(review_study(args),
              FinalizeOptions(runs_dir=args.runs_dir, train_on_val=args.train_on_val,
-                             force=args.force, device=args.device))
+                             force=args.force, device=args.device, retrain=not args.no_retrain))
     return 0
 
 

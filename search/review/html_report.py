@@ -32,6 +32,7 @@ from search.review.attribution import attribute
 from search.review.late_bloomers import late_bloomers
 from search.review.leaderboard import TrialRow, class_names, trial_row
 from search.review.prune_summary import PruneSummary, summarize_prunes
+from search.review.test_result import test_result_line
 from search.review.why import (
     BIN_HEADERS,
     RANKING_HEADERS,
@@ -214,6 +215,7 @@ def build_report(study: optuna.Study) -> str:
         "</head><body>", f"<h1>{html.escape(title)}</h1>",
         f"<p>{html.escape(counts or 'no trials')}; objective {html.escape(metric)} "
         f"({html.escape(space.objective.direction)}); written {now}.</p>",
+        *([f"<p><strong>{html.escape(tested)}</strong></p>"] if (tested := test_result_line(study)) else []),
         *parts, "</body></html>",
     ])
 

@@ -35,6 +35,7 @@ from search.contract import (
     stored_run_dir,
 )
 from search.errors import OctsearchError
+from search.review.test_result import test_result_line
 from search.review.uncertainty import bound_warnings, tied_with_best
 from search.study import stored_space
 
@@ -213,6 +214,9 @@ def format_best(study: optuna.Study) -> str:
         lines += ["    " + " ".join(f"{int(v):5d}" for v in row_) for row_ in confusion]
     if run_dir is not None:
         lines.append(f"  run dir: {run_dir}")
+    tested = test_result_line(study)
+    if tested is not None:
+        lines.append(f"  {tested}")
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from search.contract import OUTPUT_TAIL_ATTR, epoch_metrics, format_value, store
 from search.optuna_compat import frozen as frozen_trial
 from search.review import figures
 from search.review.leaderboard import class_names, trial_row
+from search.review.test_result import test_result_line
 from search.review.why import why_markdown
 
 # graph object id → figure of the study
@@ -105,6 +106,9 @@ def save_study_note(study: optuna.Study) -> str:
     from optuna_dashboard import save_note
 
     note = why_markdown(study)
+    tested = test_result_line(study)
+    if tested is not None:
+        note = f"**{tested}**\n\n{note}"
     save_note(study, note)
     return note
 

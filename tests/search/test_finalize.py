@@ -4,6 +4,8 @@ once on the test split of phantom data; a second look at the same split is refus
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import optuna
@@ -11,7 +13,7 @@ import pytest
 
 from octtrain.synthetic.writer import make_synthetic
 from search.cli import main
-from search.contract import TEST_METRICS_ATTR, write_best_epoch, write_overrides
+from search.contract import TEST_METRICS_ATTR, write_best_epoch, write_overrides, write_run
 from search.space.search_space import space_from_dict
 from search.storage.sql import open_storage
 from search.study.join import open_study
@@ -44,6 +46,7 @@ def searched(tmp_path: Path) -> tuple[str, Path]:
     for epoch, value in enumerate([0.4, 0.6, 0.5]):
         trial.report(value, epoch)
     write_best_epoch(trial, 1)
+    write_run(trial, unfreeze_at_epoch=-1, epochs=3, run_dir=tmp_path / "kept", host="here")
     study.tell(trial, 0.6)
     return url, tmp_path / "runs"
 
@@ -59,6 +62,12 @@ def test_finalize_evaluates_once_on_the_test_split_and_refuses_a_second_look(
     assert "| class | accuracy | F1 | volumes |" in out
     assert all(f"| {name} |" in out for name in CLASSES)
     assert "Confusion matrix (rows: true class, columns: predicted):" in out
+    assert "| | balanced accuracy | 95% interval | volumes per class |" in out
+    assert "| search (validation) | 0.6000 | - | - |" in out  # no stored epochs: no interval
+    interval = r"\d\.\d{4} \| \[\d\.\d{4}, \d\.\d{4}\] \| \d+/\d+/\d+/\d+ \|"
+    assert re.search(r"\| retrained \(validation\) \| " + interval, out)
+    assert re.search(r"\| test \| " + interval, out)
+    assert re.search(r"  model: \S+/final/best\.pt\n", out)
     study = optuna.load_study(study_name="final", storage=url)
     stored = study.user_attrs[TEST_METRICS_ATTR]
     (final,) = [p for p in (runs).glob("final-*/final")]
@@ -68,6 +77,11 @@ def test_finalize_evaluates_once_on_the_test_split_and_refuses_a_second_look(
     assert volumes >= 4 and sum(map(sum, stored["test/confusion"])) == volumes
     assert 0.0 <= stored["test/balanced_accuracy"] <= 1.0
     assert [u["reused"] for u in study.user_attrs["test/uses"]] == [False]
+    assert main(["best", "--storage", url]) == 0  # every view shows the test result
+    assert re.search(r"  test split \(finalize of trial 0, retrained on train\): balanced accuracy "
+                     r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] on \d+ volumes \(\d+/\d+/\d+/\d+\), "
+                     r"validation 0\.6000 in the search; model \S+/final/best\.pt",
+                     capsys.readouterr().out)
 
     assert main(args) == 2  # the same test split again: refused, nothing trained
     err = capsys.readouterr().err.strip().splitlines()
@@ -79,6 +93,22 @@ def test_finalize_evaluates_once_on_the_test_split_and_refuses_a_second_look(
     out = capsys.readouterr()
     assert "(test split used again: recorded)" in out.out
     assert "retraining trial 0 on train + val for 2 epochs" in out.err
+    assert "| retrained (validation) | trained on it | - | - |" in out.out
     uses = optuna.load_study(study_name="final", storage=url).user_attrs["test/uses"]
     assert [(u["reused"], u["train_on_val"]) for u in uses] == [(False, False), (True, True)]
     assert (final.parent / "final_2" / "test_metrics.json").is_file()
+
+    # the kept best.pt of the trial, evaluated without training
+    assert main([*args, "--force", "--no-retrain"]) == 2
+    assert "--no-retrain needs trial 0's best.pt, but " in capsys.readouterr().err
+    (runs.parent / "kept").mkdir()
+    for name in ("best.pt", "class_to_idx.json"):
+        shutil.copy(final / name, runs.parent / "kept" / name)
+    assert main([*args, "--force", "--no-retrain"]) == 0
+    out = capsys.readouterr()
+    assert "evaluating trial 0's kept " in out.err and "retraining trial" not in out.err
+    assert f"  model: {runs.parent / 'kept' / 'best.pt'}" in out.out
+    assert "retrained (validation)" not in out.out
+    third = json.loads((final.parent / "final_3" / "test_metrics.json").read_text())
+    assert third["retrained"] is False
+    assert third["test/confusion"] == stored["test/confusion"]  # the same weights, the same split
