@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace, space: SearchSpace, storage: StudyStorage, na
     from search.contract import runs_folder
     from search.review import format_leaderboard
     from search.study import count_trials, open_study
-    from search.worker import WorkerOptions, kept_bytes, run_worker
+    from search.worker import WorkerOptions, kept_bytes, run_worker, waiting_explained
 
     study, created = open_study(space, storage, name, seed=args.seed)
     finished, running = count_trials(study)
@@ -132,6 +132,9 @@ def _run(args: argparse.Namespace, space: SearchSpace, storage: StudyStorage, na
     summary = run_worker(study, space, storage, options, out=sys.stderr)
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "
           f"trials; checkpoints kept: {kept_bytes(study) / 1e6:.1f} MB", file=sys.stderr)
+    waiting = waiting_explained(study, args.trials)
+    if waiting is not None:
+        print(f"octsearch: {waiting}", file=sys.stderr)
     print(format_leaderboard(study))
     return 0
 

@@ -1,5 +1,6 @@
-"""The line a worker prints when one of its trials ends: how far the study is, how long it has
-taken, about how long it has left, and the best trial so far.
+"""What a worker says about the study: when one of its trials ends, how far the study is, how long
+it has taken, about how long it has left, and the best trial so far; when it stops, why trials
+are still WAITING (:func:`waiting_explained`).
 
 The time left is an estimate, said as "about": the median duration of the study's finished
 trials (start to end, all workers) times the rounds of trials still to run, a round being as
@@ -15,7 +16,16 @@ import statistics
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contract import describe_trial, format_value, ranked
+from search.contract import (
+    RESUMES_TRIAL_ATTR,
+    describe_trial,
+    enqueued_name,
+    format_value,
+    ranked,
+    rerun_of,
+    resume_source,
+    retried_trial,
+)
 from search.study import FINISHED
 
 
@@ -65,3 +75,34 @@ def trial_end_line(study: optuna.Study, frozen: FrozenTrial, n_trials: int, elap
         head += f", about {duration(left)} left"
     best = best_so_far(study)
     return " | ".join(part for part in (head, best, describe_trial(frozen)) if part)
+
+
+def waiting_explained(study: optuna.Study, n_trials: int) -> str | None:
+    """Why trials are still WAITING when a worker stops (None: none is): each one's kind (an
+    enqueued trial, a rerun, a continuation or a stale retry, one put back by the counting rule)
+    and how to run them."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if not waiting:
+        return None
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    kinds = ", ".join(f"{t.number} ({_waiting_kind(t)})" for t in waiting)
+    return (f"{len(waiting)} trial(s) left WAITING: {kinds}. The study has {finished} finished "
+            f"trials of the {n_trials} asked for, and a worker starts no trial beyond that; "
+            f"`octsearch run --trials {finished + len(waiting)}` runs them")
+
+
+def _waiting_kind(trial: FrozenTrial) -> str:
+    stopped = trial.user_attrs.get(RESUMES_TRIAL_ATTR)
+    if isinstance(stopped, int):
+        return (f"continues preempted trial {stopped} from its checkpoint" if resume_source(trial)
+                else f"starts preempted trial {stopped} again")
+    rerun = rerun_of(trial)
+    if rerun is not None:
+        return f"rerun of trial {rerun}, unpruned"
+    retried = retried_trial(trial)
+    if retried is not None:
+        return f"retry of stale trial {retried}"
+    name = enqueued_name(trial)
+    if name:
+        return f"enqueued {name!r}"
+    return "put back: more workers asked than trials were left"

@@ -9,7 +9,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.worker.progress import duration, time_left, trial_end_line
+from search.worker.progress import duration, time_left, trial_end_line, waiting_explained
 
 T0 = dt.datetime(2026, 12, 7, 12, 0, 0)
 
@@ -49,3 +49,17 @@ def test_the_line_says_progress_time_left_and_the_best_so_far() -> None:
     line = trial_end_line(study, last, 4, 20 * 60 + 5, 1)
     assert line.startswith("[##########..........] 2/4 finished, 20 min 05 s, about 20 min 00 s left"
                            " | best 0.8 (trial 1) | trial 1 COMPLETE")
+
+
+def test_trials_left_waiting_are_explained_with_the_command_that_runs_them() -> None:
+    study = optuna.create_study(direction="maximize")
+    _add(study, TrialState.COMPLETE, 10, 0.6)
+    assert waiting_explained(study, 1) is None
+    study.enqueue_trial({"x": 0.1}, user_attrs={"enqueued": "seed_fixed"})
+    study.enqueue_trial({"x": 0.2}, user_attrs={"enqueued": "rerun of 0", "rerun_of": 0, "unpruned": True})
+    study.enqueue_trial({"x": 0.3})
+    assert waiting_explained(study, 1) == (
+        "3 trial(s) left WAITING: 1 (enqueued 'seed_fixed'), 2 (rerun of trial 0, unpruned), "
+        "3 (put back: more workers asked than trials were left). The study has 1 finished trials "
+        "of the 1 asked for, and a worker starts no trial beyond that; `octsearch run --trials 4` "
+        "runs them")
