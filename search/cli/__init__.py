@@ -57,6 +57,13 @@ def _add_review_outputs(sub: Any) -> None:
     add_common(why)
     why.set_defaults(func=cmd_why)
 
+    compare = sub.add_parser("compare", help="two trials side by side: parameters, curves, matrices")
+    compare.add_argument("a", type=int, metavar="A", help="a trial number")
+    compare.add_argument("b", type=int, metavar="B", help="another trial number")
+    compare.add_argument("--space", type=Path, help="name the study by its space file")
+    add_common(compare)
+    compare.set_defaults(func=cmd_compare)
+
     rerun = sub.add_parser("rerun", help="queue trial N's configuration again, to run without pruning")
     rerun.add_argument("number", type=int, metavar="N", help="the trial to run again")
     rerun.add_argument("--space", type=Path, help="name the study by its space file")
@@ -158,6 +165,13 @@ def cmd_export_best(args: argparse.Namespace) -> int:
     out = export_best(review_study(args), args.out, args.trial)
     print(f"octsearch: wrote {out}; reproduce with: octtrain train --config {out}",
           file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from search.review import format_compare
+
+    print(format_compare(review_study(args), args.a, args.b))
     return 0
 
 

@@ -3,12 +3,14 @@ figures (``figures``), the HTML report (``html_report``, ``prune_summary``), das
 figures (``notes``, ``dashboard``), run files as artifacts (``artifacts``), what the worker writes
 for review at a trial's end (``evidence``), ``octsearch finalize`` (``finalize``), and
 ``octsearch why`` (``why``: which parameters predict a collapse, ``attribution``; pruned trials
-that may have bloomed late, ``late_bloomers``).
+that may have bloomed late, ``late_bloomers``), how sure a score is (``uncertainty``, ties with the
+best), the stored test result (``test_result``) and two trials side by side (``compare``).
 """
 
 from __future__ import annotations
 
 from search.review.artifacts import default_artifacts_dir
+from search.review.compare import format_compare
 from search.review.dashboard import serve
 from search.review.evidence import ReviewEvidence
 from search.review.finalize import FinalizeOptions, finalize
@@ -28,6 +30,7 @@ __all__ = [
     "export_best",
     "finalize",
     "format_best",
+    "format_compare",
     "format_leaderboard",
     "format_trials",
     "format_why",

@@ -151,14 +151,19 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     return ranked(study)[0]
 
 
-def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
-    """Trial ``number`` of the study if it completed, or an OctsearchError saying why not."""
+def study_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """Trial ``number`` of the study, or an OctsearchError naming the numbers there are."""
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
         raise OctsearchError(f"study {study.study_name!r} has no trial {number} "
                              f"(trials 0-{len(trials) - 1})" if trials else
                              f"study {study.study_name!r} has no trials")
-    trial = trials[number]
+    return trials[number]
+
+
+def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """Trial ``number`` of the study if it completed, or an OctsearchError saying why not."""
+    trial = study_trial(study, number)
     if trial.state != TrialState.COMPLETE:
         raise OctsearchError(f"trial {number} of study {study.study_name!r} is {trial.state.name}, "
                              "not COMPLETE: only a completed trial has a config worth exporting")
