@@ -45,6 +45,7 @@ from search.optuna_compat import take_over
 from search.pruning import DIVERGED_KIND
 from search.storage import Outage, open_storage, outage_limit_from_env
 from search.study import stored_space
+from search.trial.echo import Echo
 from search.trial.epoch_queue import QUEUE_FILE
 from search.trial.lifeline import lifeline
 from search.trial.reporter import EpochReporter, metric_value
@@ -222,13 +223,15 @@ def _wait_or_stop(proc: subprocess.Popen[str], stop: StopRequest) -> int:
 def _pump(proc: subprocess.Popen[str], log: TextIO, tail: deque[str], echo: TextIO | None,
           prefix: str) -> None:
     assert proc.stdout is not None
+    shown = Echo(echo, prefix) if echo is not None else None
     for line in proc.stdout:
         log.write(line)
         log.flush()
         tail.append(line)
-        if echo is not None:
-            echo.write(prefix + line)
-            echo.flush()
+        if shown is not None:
+            shown.write(line)
+    if shown is not None:
+        shown.close()
 
 
 def _terminate(proc: subprocess.Popen[str]) -> None:
