@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace, space: SearchSpace, storage: StudyStorage, na
     from search.contract import runs_folder
     from search.review import format_leaderboard
     from search.study import count_trials, open_study
-    from search.worker import WorkerOptions, kept_bytes, run_worker, waiting_explained
+    from search.worker import WorkerOptions, run_worker, waiting_explained
 
     study, created = open_study(space, storage, name, seed=args.seed)
     finished, running = count_trials(study)
@@ -130,8 +130,9 @@ def _run(args: argparse.Namespace, space: SearchSpace, storage: StudyStorage, na
                             on_trial_end=trial_end_callbacks(args.runs_dir, args.artifacts_dir,
                                                              args.keep_best, args.keep_last))
     summary = run_worker(study, space, storage, options, out=sys.stderr)
+    retention = next(c for c in options.on_trial_end if isinstance(c, CheckpointRetention))
     print(f"octsearch: stopped: {summary.stopped}; this worker ran {len(summary.trials)} "
-          f"trials; checkpoints kept: {kept_bytes(study) / 1e6:.1f} MB", file=sys.stderr)
+          f"trials; {retention.summary(study)}", file=sys.stderr)
     waiting = waiting_explained(study, args.trials)
     if waiting is not None:
         print(f"octsearch: {waiting}", file=sys.stderr)

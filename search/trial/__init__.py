@@ -1,7 +1,8 @@
 """One trial in a child process: request and result files, the watching parent and the child
-(``process``, run as ``python -m search.trial``), what of its output the worker echoes (``echo``), the trainer's epochs as reports and prunes
-(``reporter``), epochs not yet stored (``epoch_queue``), death with the worker (``lifeline``) and the
-devices a trial process gets (``placement``) and its W&B identity (``identity``).
+(``process``, run as ``python -m search.trial``), what of its output the worker echoes
+(``echo``), the trainer's epochs as reports and prunes (``reporter``), epochs not yet stored
+(``epoch_queue``), death with the worker (``lifeline``) and the devices a trial process gets
+(``placement``) and its W&B identity (``identity``).
 """
 
 from __future__ import annotations

@@ -86,18 +86,28 @@ def kept_bytes(study: optuna.Study) -> int:
 
 class CheckpointRetention:
     """The worker's trial-end callback for disk: after each ``tell``, :func:`prune_checkpoints`
-    (a failure is one line; it never fails the trial)."""
+    (a failure is one line; it never fails the trial). It says so the first time it deletes
+    something; the worker's closing line gives the totals (:meth:`summary`)."""
 
     def __init__(self, keep_best: int = DEFAULT_KEEP_BEST, keep_last: bool = False) -> None:
         if keep_best < 0:
             raise ValueError(f"keep_best must be at least 0, but got keep_best={keep_best}.")
         self.keep_best, self.keep_last = keep_best, keep_last
+        self.freed = 0  # bytes this worker deleted
 
     def before_tell(self, study: optuna.Study, trial: optuna.Trial, out: TextIO | None) -> None:
         pass
 
     def after_tell(self, study: optuna.Study, trial: optuna.Trial, out: TextIO | None) -> None:
         try:
-            prune_checkpoints(study, keep_best=self.keep_best, keep_last=self.keep_last, out=out)
+            first = self.freed == 0
+            self.freed += prune_checkpoints(study, keep_best=self.keep_best, keep_last=self.keep_last,
+                                            out=out if first else None)
+            if first and self.freed:
+                notice(out, "checkpoints: later deletions are summed up when the worker stops")
         except Exception as err:  # noqa: BLE001 - disk housekeeping never fails a trial
             notice(out, f"checkpoint retention failed: {type(err).__name__}: {err}")
+
+    def summary(self, study: optuna.Study) -> str:
+        """``checkpoints: deleted 12.3 MB, 45.6 MB kept``: the closing line's part."""
+        return f"checkpoints: deleted {self.freed / 1e6:.1f} MB, {kept_bytes(study) / 1e6:.1f} MB kept"
