@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     dash.add_argument("--artifacts-dir", type=Path, default=Path("runs/artifacts"), metavar="DIR",
                       help="the artifact store that octsearch run wrote (default: runs/artifacts)")
+    dash.add_argument("--read-only", action="store_true",
+                      help="refuse every change (delete, create, upload, note edits): for shared studies")
     _common(dash, study=False)
     dash.set_defaults(func=cmd_dashboard)
 
@@ -340,7 +342,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from search.review import serve
 
-    serve(_storage_url(args), args.host, args.port, artifacts_dir=args.artifacts_dir)
+    serve(_storage_url(args), args.host, args.port, artifacts_dir=args.artifacts_dir,
+          read_only=args.read_only)
     return 0
 
 

@@ -5,8 +5,8 @@ process itself) ends FAIL, which does not count towards ``--trials``, and its co
 queued again as a new WAITING trial with the same parameters and distributions:
 
 - with the resume checkpoint the trial process wrote (``resume_from``), also the epoch records
-  (:func:`search.contract.attrs_for_retry`) and intermediate values of the epochs it had done, so that every epoch is stored
-  exactly once and the continuation goes on from where the trial stopped;
+  (:func:`search.contract.attrs_for_retry`) and intermediate values of the epochs it had done,
+  so that every epoch is stored exactly once and the continuation goes on from where it stopped;
 - without one (the process was stopped before it could write one, or killed after its grace),
   none of them: the configuration starts again from epoch 0.
 
