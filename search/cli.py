@@ -50,8 +50,7 @@ def _common(parser: argparse.ArgumentParser, *, study: bool = True) -> None:
 
 def _add_review_outputs(sub: Any) -> None:
     """``finalize`` and ``report``: what a review writes (a final model, an HTML file)."""
-    final = sub.add_parser("finalize", help="retrain the best trial and evaluate it once on the "
-                                             "test split")
+    final = sub.add_parser("finalize", help="retrain the best trial and evaluate it once on the test split")
     final.add_argument("--space", type=Path, help="name the study by its space file")
     final.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                        help="the final run goes to DIR/STUDY-ID/final (default: runs)")
@@ -65,8 +64,8 @@ def _add_review_outputs(sub: Any) -> None:
 
     report = sub.add_parser("report", help="write the study as one self-contained HTML file")
     report.add_argument("--out", required=True, type=Path, help="output HTML file")
-    report.add_argument("--space", type=Path, help="name the study by its space file")
     _common(report)
+    report.add_argument("--space", type=Path, help="name the study by its space file")
     report.set_defaults(func=cmd_report)
 
 
@@ -78,25 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_run(sub)
 
-    check = sub.add_parser("check", help="validate a search space file, list it, and check "
-                                         "its data and device on this host")
+    check = sub.add_parser("check", help="validate a search space file, list it, and check its data and device")
     check.add_argument("--space", required=True, type=Path, help="search space YAML file")
     check.add_argument("--device", choices=DEVICES, help="runtime.device of every trial")
     check.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     check.set_defaults(func=cmd_check)
 
     for name, func, text in (("trials", cmd_trials, "table of every trial"),
+                             ("trial", cmd_trial, "one trial in detail: why it ended"),
                              ("best", cmd_best, "the best trial in detail")):
         p = sub.add_parser(name, help=text)
         _common(p)
         p.add_argument("--space", type=Path, help="name the study by its space file")
+        if name == "trial":
+            p.add_argument("number", type=int, help="the trial's number")
         if name == "trials":
-            p.add_argument("--sort", choices=("number", "value"), default="number",
-                           help="row order (default: number)")
+            p.add_argument("--sort", choices=("number", "value"), default="number", help="row order (default: number)")
+            p.add_argument("--state", action="append", default=[], metavar="STATE", help="only trials in this "
+                           "state (complete, pruned, fail, running, waiting); repeatable")
+            p.add_argument("--columns", help="comma-separated columns (default: what fits 120 characters)")
+            p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="(default: table)")
         p.set_defaults(func=func)
 
-    export = sub.add_parser("export-best",
-                            help="write the best trial's complete trainer config (YAML)")
+    export = sub.add_parser("export-best", help="write the best trial's complete trainer config (YAML)")
     export.add_argument("--out", required=True, type=Path, help="output YAML file")
     export.add_argument("--space", type=Path, help="name the study by its space file")
     _common(export)
@@ -113,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(dash, study=False)
     dash.set_defaults(func=cmd_dashboard)
 
-    proxy = sub.add_parser("serve-storage", help="serve the storage to many workers through "
-                                                 "Optuna's gRPC proxy (--storage grpc://HOST:PORT)")
+    proxy = sub.add_parser("serve-storage", help="serve the storage to many workers through Optuna's gRPC "
+                                                 "proxy (--storage grpc://HOST:PORT)")
     proxy.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: 127.0.0.1; 0.0.0.0 for other hosts)")
     proxy.add_argument("--port", type=int, default=13000, help="port (default: 13000)")
@@ -302,7 +305,16 @@ def _review_study(args: argparse.Namespace) -> optuna.Study:
 def cmd_trials(args: argparse.Namespace) -> int:
     from search.review import format_trials
 
-    print(format_trials(_review_study(args), sort=args.sort))
+    keys = [k.strip() for k in args.columns.split(",") if k.strip()] if args.columns else None
+    print(format_trials(_review_study(args), sort=args.sort, states=args.state, keys=keys,
+                        fmt=args.format))
+    return 0
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from search.review import format_trial
+
+    print(format_trial(_review_study(args), args.number))
     return 0
 
 

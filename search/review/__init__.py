@@ -1,4 +1,5 @@
-"""Reviewing a study: trial tables, leaderboard and ``export-best`` (``leaderboard``), plotly
+"""Reviewing a study: the trials table (``trial_table``), one trial (``trial_detail``),
+leaderboard and ``export-best`` (``leaderboard``), plotly
 figures (``figures``), the HTML report (``html_report``, ``prune_summary``), dashboard notes and
 figures (``notes``, ``dashboard``), run files as artifacts (``artifacts``), what the worker writes
 for review at a trial's end (``evidence``) and ``octsearch finalize`` (``finalize``).
@@ -15,8 +16,9 @@ from search.review.leaderboard import (
     export_best,
     format_best,
     format_leaderboard,
-    format_trials,
 )
+from search.review.trial_detail import format_trial
+from search.review.trial_table import format_trials
 
 __all__ = [
     "FinalizeOptions",
@@ -26,6 +28,7 @@ __all__ = [
     "finalize",
     "format_best",
     "format_leaderboard",
+    "format_trial",
     "format_trials",
     "serve",
     "write_report",
