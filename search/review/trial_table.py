@@ -76,6 +76,14 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _class_accuracy(c: int) -> Callable[[TrialRow], float | None]:
+    return lambda r: _number(r.per_class_accuracy[c]) if c < len(r.per_class_accuracy) else None
+
+
+def _param(path: str) -> Callable[[TrialRow], Any]:
+    return lambda r: r.params.get(path)
+
+
 def columns(study: optuna.Study, rows: Sequence[TrialRow], keys: Sequence[str]) -> list[Column]:
     """The columns of ``keys``, expanded (``classes``, ``params``); an unknown key is an error."""
     space = stored_space(study)
@@ -100,11 +108,9 @@ def columns(study: optuna.Study, rows: Sequence[TrialRow], keys: Sequence[str]) 
         if key in simple:
             out.append(simple[key])
         elif key == "classes":
-            out += [Column(labels.get(c, f"class {c}"), lambda r, c=c: _number(
-                r.per_class_accuracy[c]) if c < len(r.per_class_accuracy) else None)
-                for c in range(n_classes)]
+            out += [Column(labels.get(c, f"class {c}"), _class_accuracy(c)) for c in range(n_classes)]
         elif key in ("params", *by_name):
-            out += [Column(names[p], lambda r, p=p: r.params.get(p), param=True)
+            out += [Column(names[p], _param(p), param=True)
                     for p in (paths if key == "params" else [by_name[key]])]
         else:
             raise OctsearchError(f"unknown column {key!r} in --columns: choose from "
@@ -118,7 +124,7 @@ def _text(value: Any) -> str:
 
 def fit(cols: list[Column], rows: Sequence[TrialRow], width: int) -> tuple[list[Column], list[Column]]:
     """The columns that fit ``width`` (parameters left out, last first) and those left out."""
-    shown, left = list(cols), []
+    shown, left = list(cols), list[Column]()
 
     def total(cs: list[Column]) -> int:
         return sum(max(len(c.header), *(len(_text(c.value(r))) for r in rows)) for c in cs) \
