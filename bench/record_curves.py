@@ -7,7 +7,7 @@ Samples ``--configs`` configurations from the space with Optuna's ``RandomSample
 the space's enqueued trials, and trains each for the full ``--epochs`` with no pruning and no
 early stopping. Each configuration runs through ``octtrain.fit`` with the search's own
 :class:`~search.trial.reporter.EpochReporter` on an Optuna trial (``NopPruner``), so the per-epoch
-record is exactly the one ``octsearch run`` stores (``epoch_NNN`` user attributes: balanced
+record is exactly the one ``octsearch run`` stores (``octsearch:epoch_NNN`` attributes: balanced
 accuracy, per-class metrics, prediction histogram, majority class and share, entropy, losses,
 train metrics, ``epoch_s``); the trial's ``unfreeze_at_epoch`` is stored beside it.
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.contract import best_step
 from search.pruning import resolution
+from search.ranking import best_step
 from search.trial.reporter import metric_value
 
 COLLAPSE_MARGIN = 0.10  # a collapsed trial never gets above chance + this, in any epoch

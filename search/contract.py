@@ -29,7 +29,6 @@ process starts; the reporter writes one per epoch; the worker writes how the tri
 ``host``                  the host name of the worker that ran it
 ``devices``               the devices its worker's slot gave it (``tpu:2,3``, ``cuda:1``,
                           ``cpu:0-7``; :class:`search.trial.placement.Assignment`); none before slots
-``epoch_NNN``             the trainer's metrics dict of epoch ``NNN`` (0-based; NaN as null)
 ``best_epoch``            COMPLETE: the epoch of the told (best) value
 ``prune_reason``          PRUNED: why, one line
 ``prune_kind``            PRUNED: which rule: ``collapse``, ``inner`` or ``diverged``
@@ -48,9 +47,14 @@ process starts; the reporter writes one per epoch; the worker writes how the tri
                           ``rerun of N``
 ========================  ==================================================================
 
-A continuation with a checkpoint also carries the ``epoch_NNN`` attributes and the intermediate
-values of the epochs done before (:mod:`search.storage.continuation`), so every epoch is stored
-exactly once.
+The trainer's metrics dict of each epoch (0-based; NaN as null), about 1 kB of JSON, is the
+*system* attribute ``octsearch:epoch_NNN`` (:func:`write_epoch`): optuna-dashboard renders
+every user attribute on a trial's page and in its Smart Selection, and these made them
+thousands of pixels wide; it renders no system attribute. Studies of earlier versions hold them
+as user attributes ``epoch_NNN``, which every reader here still reads (:func:`epoch_metrics`,
+:func:`stored_epochs`). A continuation with a checkpoint also carries the records and the
+intermediate values of the epochs done before (:func:`attrs_for_retry`), so every epoch is
+stored exactly once.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
 from octtrain.errors import clip
 from octtrain.tracking import json_safe
-from octtrain.train import is_improvement
+from search.optuna_compat import set_system_attr
 
 SPACE_ATTR = "octsearch:space"
 SPACE_FILE_ATTR = "octsearch:space_file"
@@ -95,11 +99,18 @@ RERUN_OF_ATTR = "rerun_of"
 
 # what a re-queued stale or stopped trial keeps; the rest was its run's
 KEPT_ON_RETRY = (ENQUEUED_ATTR, UNPRUNED_ATTR, RERUN_OF_ATTR)
+EPOCH_PREFIX = "octsearch:epoch_"  # + NNN: a system attribute
+LEGACY_EPOCH_PREFIX = "epoch_"  # + NNN: a user attribute, in studies of earlier versions
 
 
 def epoch_attr(epoch: int) -> str:
-    """Name of the trial user attribute that holds the metrics of ``epoch`` (0-based)."""
-    return f"epoch_{epoch:03d}"
+    """Name of the trial system attribute that holds the metrics of ``epoch`` (0-based)."""
+    return f"{EPOCH_PREFIX}{epoch:03d}"
+
+
+def _epoch_of(key: str, prefix: str) -> int | None:
+    number = key[len(prefix):]
+    return int(number) if key.startswith(prefix) and number.isdigit() else None
 
 
 # Study ----------------------------------------------------------------------------------------
@@ -178,8 +189,8 @@ def write_devices(trial: optuna.Trial, label: str) -> None:
 
 
 def write_epoch(trial: optuna.Trial, epoch: int, metrics: Mapping[str, Any]) -> None:
-    """The trainer's metrics of one epoch; NaN and infinities are stored as null."""
-    trial.set_user_attr(epoch_attr(epoch), json_safe(metrics))
+    """The trainer's metrics of one epoch, a system attribute; NaN and infinities stored as null."""
+    set_system_attr(trial, epoch_attr(epoch), json_safe(metrics))
 
 
 def record_epoch(trial: optuna.Trial, epoch: int, metrics: Mapping[str, Any], value: float) -> None:
@@ -269,9 +280,11 @@ def retried_trial(trial: FrozenTrial) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def epoch_metrics(trial: BaseTrial, epoch: int) -> dict[str, Any] | None:
-    """The stored metrics of ``epoch``, or ``None`` where none were stored."""
-    metrics = trial.user_attrs.get(epoch_attr(epoch))
+def epoch_metrics(trial: FrozenTrial, epoch: int) -> dict[str, Any] | None:
+    """The stored metrics of ``epoch`` (where an earlier version stored them too), or ``None``."""
+    metrics = trial.system_attrs.get(epoch_attr(epoch))
+    if not isinstance(metrics, dict):
+        metrics = trial.user_attrs.get(f"{LEGACY_EPOCH_PREFIX}{epoch:03d}")
     return metrics if isinstance(metrics, dict) else None
 
 
@@ -337,43 +350,26 @@ def enqueued_name(trial: BaseTrial) -> str:
     return str(trial.user_attrs.get(ENQUEUED_ATTR, ""))
 
 
-def rank_key(value: float | None, number: int, maximize: bool) -> tuple[bool, float, int]:
-    """How trials rank, best first (sort by this key): by value in the study's direction, a
-    trial without a value (or NaN) last, ties to the earlier trial. The leaderboard, the best
-    trial and checkpoint retention all rank with it."""
-    if value is None or math.isnan(value):
-        return True, 0.0, number
-    return False, -value if maximize else value, number
+def stored_epochs(trial: FrozenTrial) -> list[tuple[int, dict[str, Any]]]:
+    """Every stored ``(epoch, metrics)`` of the trial (where an earlier version stored them too),
+    in epoch order."""
+    found: dict[int, dict[str, Any]] = {}
+    for attrs, prefix in ((trial.user_attrs, LEGACY_EPOCH_PREFIX), (trial.system_attrs, EPOCH_PREFIX)):
+        for key, value in attrs.items():
+            epoch = _epoch_of(key, prefix)
+            if epoch is not None and isinstance(value, dict):
+                found[epoch] = value
+    return sorted(found.items())
 
 
-def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """The study's COMPLETE trials, best first (:func:`rank_key`)."""
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(done, key=lambda t: rank_key(t.value, t.number, maximize))
-
-
-def best_step(values: Mapping[int, float], maximize: bool) -> tuple[float, int]:
-    """The best value of ``{step: value}`` and its step, NaN skipped; ``(nan, -1)`` if none.
-
-    Of equal values the first step wins: the trainer's own best epoch
-    (:func:`octtrain.train.is_improvement` with no ``min_delta``).
-    """
-    best: float | None = None
-    best_at = -1
-    for step in sorted(values):
-        if is_improvement(values[step], best, "max" if maximize else "min", 0.0):
-            best, best_at = values[step], step
-    return (math.nan if best is None else best), best_at
-
-
-def stored_epochs(trial: BaseTrial) -> list[tuple[int, dict[str, Any]]]:
-    """Every stored ``(epoch, metrics)`` of the trial, in epoch order."""
-    out = []
-    for key, value in trial.user_attrs.items():
-        if key.startswith("epoch_") and key[6:].isdigit() and isinstance(value, dict):
-            out.append((int(key[6:]), value))
-    return sorted(out, key=lambda pair: pair[0])
+def attrs_for_retry(trial: FrozenTrial, epochs_done: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The user and system attributes a re-queued trial starts with: :data:`KEPT_ON_RETRY`, the
+    system attributes that are not epoch records (Optuna's retry history), and the records of the
+    first ``epochs_done`` epochs (a continuation's), stored where this version stores them."""
+    user = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
+    system = {k: v for k, v in trial.system_attrs.items() if _epoch_of(k, EPOCH_PREFIX) is None}
+    system.update({epoch_attr(e): m for e, m in stored_epochs(trial) if e < epochs_done})
+    return user, system
 
 
 def describe_trial(trial: FrozenTrial) -> str:

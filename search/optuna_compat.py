@@ -24,13 +24,14 @@ from optuna.storages._heartbeat import BaseHeartbeat
 
 __all__ = ["PRIVATE_NAMES", "RDB_PRIVATE_CALLS", "BaseHeartbeat", "CachedStorage", "StaleTrialsFailedElsewhere",
            "add_proxy_service", "claim_waiting", "fail_stale_trials", "frozen", "latest_trial", "missing",
-           "no_experimental_warning", "put_back", "study_storage", "take_over", "trial_id"]
+           "no_experimental_warning", "put_back", "set_system_attr", "study_storage", "take_over", "trial_id"]
 
 # (module, attribute path): every private Optuna name used below.
 PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("optuna.study", "Study._storage"),
     ("optuna.trial", "Trial._trial_id"),
     ("optuna.trial", "Trial._get_latest_trial"),
+    ("optuna.trial", "Trial._cached_frozen_trial"),
     ("optuna.storages", "_CachedStorage"),
     ("optuna.storages", "_CachedStorage._read_trials_from_remote_storage"),
     ("optuna.storages._heartbeat", "BaseHeartbeat"),
@@ -94,9 +95,26 @@ def take_over(study: optuna.Study, trial_id: int) -> optuna.Trial:
 
 def latest_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
     """Optuna's own copy of the trial with its reports, as ``trial.should_prune`` hands the
-    pruner (no database read); None if this Optuna has no such method."""
+    pruner (no database read); None if this Optuna has no such method. Its system attributes are
+    the ones read when the trial was taken plus those this process wrote (:func:`set_system_attr`),
+    not Optuna's lazy copy, which reads the database when first used."""
     latest = getattr(trial, "_get_latest_trial", None)
-    return latest() if callable(latest) else None
+    if not callable(latest):
+        return None
+    frozen: optuna.trial.FrozenTrial = latest()
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    if cached is not None:
+        frozen.system_attrs = dict(cached.system_attrs)
+    return frozen
+
+
+def set_system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
+    """A system attribute of a running trial, through its storage's public API (Optuna 5 has no
+    ``Trial.set_system_attr``), also in the trial's own copy, as Optuna's ``set_user_attr`` does."""
+    trial.storage.set_trial_system_attr(trial_id(trial), key, value)
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    if cached is not None:
+        cached.system_attrs[key] = value
 
 
 def claim_waiting(study: optuna.Study,

@@ -28,7 +28,8 @@ LAYERS = {
         ["octtrain.cli", "octtrain.__init__"],
     ],
     "search": [
-        ["search.errors", "search.contract", "search.optuna_compat", "search.notices", "search.interrupts"],
+        ["search.errors", "search.optuna_compat", "search.notices", "search.interrupts", "search.ranking"],
+        ["search.contract"],  # writes system attributes through search.optuna_compat
         ["search.storage", "search.pruning"],
         ["search.space"],
         ["search.study"],

@@ -27,6 +27,38 @@ from search.storage import DEFAULT_OUTAGE_S
 __all__ = ["STORAGE_ENV", "build_parser", "host_folders", "main", "trial_end_callbacks"]
 
 
+def _add_review_tables(sub: Any) -> None:
+    """``trials``, ``trial``, ``best`` and ``export-best``: what a review reads off the study."""
+    for name, func, text in (("trials", cmd_trials, "table of every trial"),
+                             ("trial", cmd_trial, "one trial in detail: why it ended"),
+                             ("best", cmd_best, "the best trial in detail")):
+        p = sub.add_parser(name, help=text)
+        add_common(p)
+        p.add_argument("--space", type=Path, help="name the study by its space file")
+        if name == "trial":
+            p.add_argument("number", type=int, help="the trial's number")
+        if name == "trials":
+            p.add_argument("--sort", choices=("number", "value"), default="number",
+                           help="row order (default: number)")
+            p.add_argument("--state", action="append", default=[], metavar="STATE",
+                           help="only trials in this state (complete, pruned, fail, running, "
+                                "waiting); repeatable")
+            p.add_argument("--columns", help="comma-separated columns (default: what fits 120 "
+                                             "characters)")
+            p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                           help="(default: table)")
+        p.set_defaults(func=func)
+
+    export = sub.add_parser("export-best",
+                            help="write the best trial's complete trainer config (YAML)")
+    export.add_argument("--out", required=True, type=Path, help="output YAML file")
+    export.add_argument("--trial", type=int, metavar="N",
+                        help="export completed trial N instead (e.g. one tied with the best)")
+    export.add_argument("--space", type=Path, help="name the study by its space file")
+    add_common(export)
+    export.set_defaults(func=cmd_export_best)
+
+
 def _add_review_outputs(sub: Any) -> None:
     """``finalize``, ``report``, ``why`` and ``rerun``: what a review writes or explains (a final
     model, an HTML file, why trials ended as they did, a rerun without pruning)."""
@@ -86,31 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     check.set_defaults(func=cmd_check)
 
-    for name, func, text in (("trials", cmd_trials, "table of every trial"),
-                             ("best", cmd_best, "the best trial in detail")):
-        p = sub.add_parser(name, help=text)
-        add_common(p)
-        p.add_argument("--space", type=Path, help="name the study by its space file")
-        if name == "trials":
-            p.add_argument("--sort", choices=("number", "value"), default="number",
-                           help="row order (default: number)")
-        p.set_defaults(func=func)
-
-    export = sub.add_parser("export-best",
-                            help="write the best trial's complete trainer config (YAML)")
-    export.add_argument("--out", required=True, type=Path, help="output YAML file")
-    export.add_argument("--trial", type=int, metavar="N",
-                        help="export completed trial N instead (e.g. one tied with the best)")
-    export.add_argument("--space", type=Path, help="name the study by its space file")
-    add_common(export)
-    export.set_defaults(func=cmd_export_best)
-
+    _add_review_tables(sub)
     _add_review_outputs(sub)
     dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     dash.add_argument("--artifacts-dir", type=Path, default=Path("runs/artifacts"), metavar="DIR",
                       help="the artifact store that octsearch run wrote (default: runs/artifacts)")
+    dash.add_argument("--read-only", action="store_true",
+                      help="refuse every change (delete, create, upload, note edits): for shared studies")
     add_common(dash, study=False)
     dash.set_defaults(func=cmd_dashboard)
 
@@ -148,7 +164,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_trials(args: argparse.Namespace) -> int:
     from search.review import format_trials
 
-    print(format_trials(review_study(args), sort=args.sort))
+    keys = [k.strip() for k in args.columns.split(",") if k.strip()] if args.columns else None
+    print(format_trials(review_study(args), sort=args.sort, states=args.state, keys=keys,
+                        fmt=args.format))
+    return 0
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from search.review import format_trial
+
+    print(format_trial(review_study(args), args.number))
     return 0
 
 
@@ -209,7 +234,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from search.review import serve
 
-    serve(storage_url(args), args.host, args.port, artifacts_dir=args.artifacts_dir)
+    serve(storage_url(args), args.host, args.port, artifacts_dir=args.artifacts_dir,
+          read_only=args.read_only)
     return 0
 
 

@@ -35,7 +35,7 @@ from optuna.pruners import (
 )
 from optuna.study import StudyDirection
 
-from search.contract import best_step, epoch_metrics, unfreeze_at_epoch
+from search.contract import epoch_metrics, unfreeze_at_epoch
 from search.pruning.collapse import (
     COLLAPSED,
     STUCK,
@@ -45,6 +45,7 @@ from search.pruning.collapse import (
     effective_grace,
     stuck_reason,
 )
+from search.ranking import best_step
 
 if TYPE_CHECKING:
     import optuna

@@ -1,4 +1,5 @@
-"""``octsearch dashboard``: optuna-dashboard on the study storage, for review in a browser."""
+"""``octsearch dashboard``: optuna-dashboard on the study storage, for review in a browser;
+read-only with ``--read-only`` (:mod:`search.review.dashboard_wsgi`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from search.errors import OctsearchError
 from search.review.artifacts import artifact_store
+from search.review.dashboard_wsgi import read_only as refuse_writes
+from search.review.dashboard_wsgi import wrap_long_values
 from search.storage import open_storage, redact
 
 
@@ -23,9 +26,10 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def make_dashboard_server(storage_url: str, host: str, port: int,
-                          artifacts_dir: Path | None = None) -> WSGIServer:
+                          artifacts_dir: Path | None = None, read_only: bool = False) -> WSGIServer:
     """A WSGI server with optuna-dashboard's app on ``storage_url``; ``port=0``: any free port.
-    ``artifacts_dir``: the trials' artifact store, served where it exists."""
+    ``artifacts_dir``: the trials' artifact store, served where it exists. ``read_only``: every
+    request that could write is refused."""
     try:
         from optuna_dashboard import wsgi
     except ImportError:
@@ -33,7 +37,10 @@ def make_dashboard_server(storage_url: str, host: str, port: int,
                              "'octsearch[dashboard]'") from None
     store = artifact_store(artifacts_dir, create=False) if artifacts_dir and artifacts_dir.is_dir() \
         else None
-    app = wsgi(open_storage(storage_url, heartbeat=False, create=False), artifact_store=store)
+    app = wrap_long_values(wsgi(open_storage(storage_url, heartbeat=False, create=False),
+                                artifact_store=store))
+    if read_only:
+        app = refuse_writes(app)
     try:
         return make_server(host, port, app, server_class=_ThreadingWSGIServer,
                            handler_class=_QuietHandler)
@@ -42,13 +49,13 @@ def make_dashboard_server(storage_url: str, host: str, port: int,
 
 
 def serve(storage_url: str, host: str, port: int, *, artifacts_dir: Path | None = None,
-          out: TextIO | None = None) -> None:
+          read_only: bool = False, out: TextIO | None = None) -> None:
     """Serve the dashboard until interrupted."""
     out = out if out is not None else sys.stderr  # the current one (tests capture it)
-    server = make_dashboard_server(storage_url, host, port, artifacts_dir)
+    server = make_dashboard_server(storage_url, host, port, artifacts_dir, read_only)
     bound_port = server.server_address[1]
     out.write(f"octsearch: optuna-dashboard for {redact(storage_url)} on "
-              f"http://{host}:{bound_port}/ (Ctrl-C to stop)\n")
+              f"http://{host}:{bound_port}/{' (read-only)' if read_only else ''} (Ctrl-C to stop)\n")
     if artifacts_dir is not None and not artifacts_dir.is_dir():
         out.write(f"octsearch: no artifact store at {artifacts_dir}: trial artifacts will not open "
                   "(--artifacts-dir)\n")

@@ -18,7 +18,8 @@ from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contract import best_step, end_reason, format_value, stored_epochs, stored_run_dir
+from search.contract import end_reason, format_value, stored_epochs, stored_run_dir
+from search.ranking import best_step
 from search.review.attribution import FINISHED, ending
 
 STATE_COLORS = {"COMPLETE": "#2ca02c", "PRUNED": "#ff7f0e", "FAIL": "#d62728",

@@ -23,14 +23,15 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 import plotly.offline
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from search.contract import epoch_metrics, format_value, rank_key, stored_run_dir
+from search.contract import epoch_metrics, format_value
 from search.errors import OctsearchError
+from search.ranking import rank_key
 from search.review import figures
 from search.review.attribution import attribute
 from search.review.late_bloomers import late_bloomers
-from search.review.leaderboard import TrialRow, class_names, trial_row
+from search.review.leaderboard import TrialRow, study_class_names, trial_row
 from search.review.prune_summary import PruneSummary, summarize_prunes
 from search.review.test_result import test_result_line
 from search.review.why import (
@@ -78,14 +79,6 @@ def _cell(value: Any, text: bool = False) -> str:
     return f'<td{" class=text" if text else ""}>{html.escape(shown)}</td>'
 
 
-def _study_class_names(trials: list[FrozenTrial]) -> dict[int, str]:
-    for trial in trials:
-        names = class_names(stored_run_dir(trial))
-        if names:
-            return names
-    return {}
-
-
 def _sorted_rows(study: optuna.Study) -> list[TrialRow]:
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     rows = [trial_row(t, maximize) for t in study.get_trials(deepcopy=False)]
@@ -99,7 +92,7 @@ def leaderboard(study: optuna.Study, param_paths: list[str], metric: str) -> str
     rows = _sorted_rows(study)
     if not rows:
         return _note("no trials yet")
-    names = _study_class_names(list(trials.values()))
+    names = study_class_names(list(trials.values()))
     n_classes = max((len(r.per_class_accuracy) for r in rows), default=0)
     labels = [names.get(c, str(c)) for c in range(n_classes)]
     head = ["#", "state", metric, "best epoch", "epochs", *(f"acc {n}" for n in labels),

@@ -1,4 +1,5 @@
-"""Review a study: trial tables, the best trial, and its trainer config as a YAML file.
+"""Review a study: trial rows and the leaderboard, the best trial, and its trainer config as a
+YAML file (``octsearch trials`` is :mod:`search.review.trial_table`).
 
 A trial's row shows its best objective value and that epoch: the told value and the stored
 best epoch for a COMPLETE trial, the best intermediate value so far for a PRUNED or RUNNING
@@ -22,19 +23,17 @@ from optuna.trial import FrozenTrial, TrialState
 from octtrain.data import load_class_to_idx
 from octtrain.errors import DataError, clip
 from search.contract import (
-    best_step,
     end_reason,
     enqueued_name,
     epoch_metrics,
     format_value,
     ran_on,
-    rank_key,
-    ranked,
     stored_best_epoch,
     stored_overrides,
     stored_run_dir,
 )
 from search.errors import OctsearchError
+from search.ranking import best_step, rank_key, ranked
 from search.review.test_result import test_result_line
 from search.review.uncertainty import bound_warnings, tied_with_best
 from search.study import stored_space
@@ -76,7 +75,7 @@ def _maximize(study: optuna.Study) -> bool:
     return study.direction == StudyDirection.MAXIMIZE
 
 
-def _short_names(paths: Sequence[str]) -> dict[str, str]:
+def short_names(paths: Sequence[str]) -> dict[str, str]:
     """``model.head.hidden`` → ``hidden`` where the last part is unique."""
     last = [p.rsplit(".", 1)[-1] for p in paths]
     return {p: (s if last.count(s) == 1 else p) for p, s in zip(paths, last, strict=True)}
@@ -93,7 +92,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def format_rows(rows: Sequence[TrialRow], param_paths: Sequence[str], metric: str,
                 reason_width: int = 70) -> str:
-    names = _short_names(param_paths)
+    names = short_names(param_paths)
     headers = ["#", "state", metric, "epoch", "epochs", "per-class acc",
                *(names[p] for p in param_paths), "ran on", "reason"]
     body = []
@@ -113,21 +112,10 @@ def _rows(study: optuna.Study) -> list[TrialRow]:
     return [trial_row(t, maximize) for t in study.get_trials(deepcopy=False)]
 
 
-def _counts(study: optuna.Study) -> str:
+def state_counts(study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(t.state == s for t in trials) for s in TrialState}
     return ", ".join(f"{n} {s.name.lower()}" for s, n in counts.items() if n) or "no trials"
-
-
-def format_trials(study: optuna.Study, *, sort: str = "number") -> str:
-    """Every trial of the study; ``sort="value"`` puts the best first."""
-    space = stored_space(study)
-    rows = _rows(study)
-    if sort == "value":
-        maximize = _maximize(study)
-        rows.sort(key=lambda r: rank_key(r.value, r.number, maximize))
-    table = format_rows(rows, [p.path for p in space.params], space.objective.metric)
-    return f"study {study.study_name!r}: {_counts(study)}\n{table}"
 
 
 def format_leaderboard(study: optuna.Study, top: int = 5) -> str:
@@ -136,7 +124,7 @@ def format_leaderboard(study: optuna.Study, top: int = 5) -> str:
     maximize = _maximize(study)
     rows = sorted((r for r in _rows(study) if r.state == "COMPLETE"),
                   key=lambda r: rank_key(r.value, r.number, maximize))[:top]
-    head = f"study {study.study_name!r}: {_counts(study)}"
+    head = f"study {study.study_name!r}: {state_counts(study)}"
     if not rows:
         return f"{head}\nno trial has completed yet"
     return f"{head}\ntop {len(rows)}:\n" + format_rows(rows, [p.path for p in space.params],
@@ -147,7 +135,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     """The best COMPLETE trial, or an OctsearchError saying why there is none."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise OctsearchError(f"no trial of study {study.study_name!r} has completed yet "
-                             f"({_counts(study)})")
+                             f"({state_counts(study)})")
     return ranked(study)[0]
 
 
@@ -203,26 +191,45 @@ def format_best(study: optuna.Study) -> str:
     lines += [f"    {p.path}: {format_value(trial.params[p.path])}" for p in space.params
               if p.path in trial.params]
     run_dir = stored_run_dir(trial)
-    names = class_names(run_dir)
-    per_class_rows = []
-    for c, (acc, f1) in enumerate(zip(metrics.get("val/per_class_accuracy") or [],
-                                      metrics.get("val/per_class_f1") or [], strict=False)):
-        per_class_rows.append([names.get(c, str(c)), format_value(_num(acc)),
-                               format_value(_num(f1))])
-    if per_class_rows:
-        lines.append("  per class at that epoch:")
-        lines += ["    " + line for line in
-                  format_table(["class", "accuracy", "f1"], per_class_rows).splitlines()]
-    confusion = metrics.get("val/confusion")
-    if confusion:
-        lines.append("  confusion (rows: true class, columns: predicted):")
-        lines += ["    " + " ".join(f"{int(v):5d}" for v in row_) for row_ in confusion]
+    lines += epoch_lines(metrics, class_names(run_dir), "that epoch")
     if run_dir is not None:
         lines.append(f"  run dir: {run_dir}")
     tested = test_result_line(study)
     if tested is not None:
         lines.append(f"  {tested}")
     return "\n".join(lines)
+
+
+def epoch_lines(metrics: dict[str, Any], names: dict[int, str], which: str) -> list[str]:
+    """One epoch's per-class accuracy and F1 and its confusion matrix, indented for a text view."""
+    lines = []
+    per_class_rows = []
+    for c, (acc, f1) in enumerate(zip(metrics.get("val/per_class_accuracy") or [],
+                                      metrics.get("val/per_class_f1") or [], strict=False)):
+        per_class_rows.append([names.get(c, str(c)), format_value(_num(acc)),
+                               format_value(_num(f1))])
+    if per_class_rows:
+        lines.append(f"  per class at {which}:")
+        lines += ["    " + line for line in
+                  format_table(["class", "accuracy", "f1"], per_class_rows).splitlines()]
+    confusion = metrics.get("val/confusion")
+    if confusion:
+        labels = [names.get(c, str(c)) for c in range(len(confusion))]
+        width, cell = max(len(label) for label in labels), max(5, *(len(label) for label in labels))
+        lines.append("  confusion (rows: true class, columns: predicted):")
+        lines.append("    " + " " * width + "".join(f" {label:>{cell}}" for label in labels))
+        lines += [f"    {label:<{width}} " + " ".join(f"{int(v):{cell}d}" for v in row_)
+                  for label, row_ in zip(labels, confusion, strict=False)]
+    return lines
+
+
+def study_class_names(trials: Sequence[FrozenTrial]) -> dict[int, str]:
+    """Index → class name from the first trial whose run directory this host can read."""
+    for trial in trials:
+        names = class_names(stored_run_dir(trial))
+        if names:
+            return names
+    return {}
 
 
 def class_names(run_dir: str | None) -> dict[int, str]:

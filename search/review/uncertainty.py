@@ -28,7 +28,8 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contract import epoch_metrics, format_value, ranked, stored_best_epoch
+from search.contract import epoch_metrics, format_value, stored_best_epoch
+from search.ranking import ranked
 from search.study import stored_space
 
 RESAMPLES = 2000

@@ -4,9 +4,9 @@ A trial stopped by SIGTERM or Ctrl-C (its worker's, a scheduler's, or one sent t
 process itself) ends FAIL, which does not count towards ``--trials``, and its configuration is
 queued again as a new WAITING trial with the same parameters and distributions:
 
-- with the resume checkpoint the trial process wrote (``resume_from``), also the ``epoch_NNN``
-  attributes and intermediate values of the epochs it had done, so that every epoch is stored
-  exactly once and the continuation goes on from where the trial stopped;
+- with the resume checkpoint the trial process wrote (``resume_from``), also the epoch records
+  (:func:`search.contract.attrs_for_retry`) and intermediate values of the epochs it had done,
+  so that every epoch is stored exactly once and the continuation goes on from where it stopped;
 - without one (the process was stopped before it could write one, or killed after its grace),
   none of them: the configuration starts again from epoch 0.
 
@@ -26,10 +26,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.contract import (
-    KEPT_ON_RETRY,
     RESUME_FROM_ATTR,
     RESUMES_TRIAL_ATTR,
-    epoch_attr,
+    attrs_for_retry,
     preempted_checkpoint,
     resume_source,
 )
@@ -41,15 +40,14 @@ def queue_continuation(study: optuna.Study, stopped: FrozenTrial, checkpoint: st
     """Add the WAITING trial that continues ``stopped`` from ``checkpoint`` (after its
     ``epochs_done`` epochs), or starts its configuration again when ``checkpoint`` is None."""
     done = epochs_done if checkpoint is not None else 0
-    kept = {epoch_attr(e) for e in range(done)}
-    user_attrs = {k: v for k, v in stopped.user_attrs.items() if k in KEPT_ON_RETRY or k in kept}
+    user_attrs, system_attrs = attrs_for_retry(stopped, done)
     user_attrs[RESUMES_TRIAL_ATTR] = stopped.number
     if checkpoint is not None:
         user_attrs[RESUME_FROM_ATTR] = checkpoint
     with no_experimental_warning():
         study.add_trial(optuna.create_trial(
             state=TrialState.WAITING, params=stopped.params, distributions=stopped.distributions,
-            user_attrs=user_attrs, system_attrs=stopped.system_attrs,
+            user_attrs=user_attrs, system_attrs=system_attrs,
             intermediate_values={s: v for s, v in stopped.intermediate_values.items() if s < done},
         ))
 

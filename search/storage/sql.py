@@ -33,7 +33,7 @@ import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from search.contract import KEPT_ON_RETRY, write_stale_failure
+from search.contract import attrs_for_retry, write_stale_failure
 from search.errors import StorageError
 from search.notices import notice
 from search.optuna_compat import fail_stale_trials, no_experimental_warning, study_storage
@@ -75,7 +75,7 @@ def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     if stopped is not None:
         queue_continuation(study, trial, *stopped)
         return
-    trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
+    trial.user_attrs, trial.system_attrs = attrs_for_retry(trial)
     with no_experimental_warning():
         RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES)(study, trial)
 

@@ -40,9 +40,10 @@ from octtrain.config import config_from_dict
 from octtrain.errors import DivergedError, HostError, OcttrainError, describe_exit, host_errors
 from octtrain.files import write_json_atomic
 from octtrain.runtime import Preempted, stop_on_signals
-from search.contract import best_step, write_preempted
+from search.contract import write_preempted
 from search.optuna_compat import take_over
 from search.pruning import DIVERGED_KIND
+from search.ranking import best_step
 from search.storage import Outage, open_storage, outage_limit_from_env
 from search.study import stored_space
 from search.trial.echo import Echo

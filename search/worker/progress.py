@@ -21,11 +21,11 @@ from search.contract import (
     describe_trial,
     enqueued_name,
     format_value,
-    ranked,
     rerun_of,
     resume_source,
     retried_trial,
 )
+from search.ranking import ranked
 from search.study import FINISHED
 
 

@@ -16,8 +16,9 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contract import ranked, stored_run_dir
+from search.contract import stored_run_dir
 from search.notices import notice
+from search.ranking import ranked
 
 DEFAULT_KEEP_BEST = 3
 CHECKPOINTS = ("best.pt", "last.pt")

@@ -1,7 +1,8 @@
 """A real browser (headless Chromium over the DevTools Protocol) renders the report and the dashboard.
 
-The test fails if a plotly container is empty or the page logs a console error. Screenshots go
-to ``$OCTSEARCH_SCREENSHOTS`` (e.g. ``docs/``) when set, else to the test's temporary directory.
+The test fails if a plotly container is empty, the page logs a console error, or a page is wider
+than a 1,400-px window. Screenshots go to ``$OCTSEARCH_SCREENSHOTS`` (e.g. ``docs/``) when set,
+else to the test's temporary directory.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ import pytest
 from test_dashboard import free_port, get, start_dashboard, study_detail
 
 from search.cli import main
+from search.review.dashboard import make_dashboard_server
 
 websocket = pytest.importorskip("websocket")  # websocket-client, in the test extra
 
@@ -38,6 +41,7 @@ PLOTS_JS = """(() => {
 })()"""
 
 Plots = list[dict[str, Any]]
+WINDOW = (1400, 900)  # every page must fit this window's width
 
 
 def empty(plots: Plots) -> list[str]:
@@ -75,7 +79,7 @@ class Page:
         for domain in ("Page", "Runtime", "Log"):
             self.call(f"{domain}.enable")
         self.call("Emulation.setDeviceMetricsOverride",
-                  width=1280, height=800, deviceScaleFactor=1, mobile=False)
+                  width=WINDOW[0], height=WINDOW[1], deviceScaleFactor=1, mobile=False)
 
     def call(self, method: str, **params: Any) -> Any:
         self.next_id += 1
@@ -97,8 +101,13 @@ class Page:
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
             self.errors.append(f"{params['entry'].get('url', '')}: {params['entry']['text']}")
 
-    def evaluate(self, expression: str) -> Any:
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+    def evaluate(self, expression: str, wait: bool = False) -> Any:
+        """The value of ``expression``; ``wait``: of the promise it gives."""
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                         awaitPromise=wait)["result"].get("value")
+
+    def width(self) -> int:
+        return int(self.evaluate("document.documentElement.scrollWidth"))
 
     def plots(self) -> Plots:
         return list(json.loads(self.evaluate(PLOTS_JS) or "[]"))
@@ -129,7 +138,8 @@ def page() -> Iterator[Page]:
     profile = Path(tempfile.mkdtemp(prefix="octsearch-chromium-"))
     proc = subprocess.Popen(
         [exe, "--headless=new", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-         "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1280,800", "about:blank"],
+         "--no-sandbox", "--disable-gpu", "--no-first-run", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+         "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         port_file = profile / "DevToolsActivePort"
@@ -166,6 +176,7 @@ def test_report_renders_every_plot_in_a_browser(
                       lambda plots: len(plots) >= 5 and not empty(plots))
     page.screenshot(screenshots(tmp_path) / "report.png")
     assert page.errors == []
+    assert page.width() <= WINDOW[0]
     # The emptiness check is not vacuous: a plot without data on the same page counts as empty.
     page.evaluate("const d = document.createElement('div'); d.id = 'probe'; document.body.append(d);"
                   "Plotly.newPlot(d, []); 1")
@@ -190,6 +201,11 @@ def test_dashboard_trial_note_and_study_figures_render_in_a_browser(
         page.open(f"{base}/trials?numbers=0", has(json.dumps("Trial 0: PRUNED (collapses)")),
                   lambda plots: not empty(plots))
         page.screenshot(screenshots(tmp_path) / "dashboard-trial.png")
+        # Readable: no per-epoch record among its attributes, and a long prune reason wraps.
+        assert page.width() <= WINDOW[0] and not page.evaluate(has(json.dumps("val/pred_hist")))
+        page.open(f"{base}/smartSelection", f"{has(json.dumps('DOWNLOAD CSV FILE'))} && "
+                  f"{has(json.dumps('stuck: '))}", lambda plots: True)
+        assert page.width() <= WINDOW[0]
         # The study page: our three study figures by title, and optuna-dashboard's own plots by
         # id. Its hyperparameter importance stays empty for this study (one COMPLETE trial: Optuna's
         # evaluators need two), which its API says: expected empty exactly when there is nothing to
@@ -210,3 +226,29 @@ def test_dashboard_trial_note_and_study_figures_render_in_a_browser(
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+def test_a_read_only_dashboard_refuses_a_delete_from_the_page(
+    page: Page, evidence_study: tuple[str, str, Path],
+) -> None:
+    """``octsearch dashboard --read-only``: the page's own request to delete the study (the one
+    optuna-dashboard's Delete button sends) gets 403 with the reason, and the study stays."""
+    url, name, _ = evidence_study
+    server = make_dashboard_server(url, "127.0.0.1", 0, read_only=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        study_id, _ = study_detail(port, name)
+        page.open(f"http://127.0.0.1:{port}/dashboard", "document.readyState === 'complete'",
+                  lambda plots: True)
+        answer = page.evaluate(
+            f"fetch('/api/studies/{study_id}', {{method: 'DELETE', headers: {{'Content-Type': "
+            "'application/json'}, body: JSON.stringify({remove_associated_artifacts: true})})"
+            ".then(async r => [r.status, (await r.json()).reason])", wait=True)
+        assert answer == [403, f"read-only dashboard (octsearch dashboard --read-only): DELETE "
+                               f"/api/studies/{study_id} refused; nothing in the study was changed"]
+        assert study_detail(port, name)[0] == study_id  # still there
+        page.errors.clear()  # the browser logs the refused request
+    finally:
+        server.shutdown()
+        server.server_close()

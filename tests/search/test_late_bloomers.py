@@ -17,10 +17,12 @@ from search.study import rerun_attrs
 def pruned(val: Sequence[float], train: Sequence[float] | None = None, unfreeze: int = -1,
            reason: str = "reach: at most 0.5", kind: str = "inner") -> optuna.trial.FrozenTrial:
     attrs: dict[str, object] = {PRUNE_REASON_ATTR: reason, PRUNE_KIND_ATTR: kind, UNFREEZE_ATTR: unfreeze}
+    records: dict[str, object] = {}  # epoch records are system attributes (search.contract)
     for e, v in enumerate(val):
-        attrs[epoch_attr(e)] = {"val/balanced_accuracy": v} | (
+        records[epoch_attr(e)] = {"val/balanced_accuracy": v} | (
             {"train/balanced_accuracy": train[e]} if train is not None else {})
-    return create_trial(state=TrialState.PRUNED, intermediate_values=dict(enumerate(val)), user_attrs=attrs)
+    return create_trial(state=TrialState.PRUNED, intermediate_values=dict(enumerate(val)),
+                        user_attrs=attrs, system_attrs=records)
 
 
 def test_a_rise_is_measured_over_the_window() -> None:

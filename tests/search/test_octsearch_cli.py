@@ -99,7 +99,14 @@ def test_review_commands(reviewed_study: tuple[str, str], tmp_path: Path,
                          capsys: pytest.CaptureFixture[str]) -> None:
     url, name = reviewed_study
     assert main(["trials", "--storage", url]) == 0  # the storage's only study
-    assert "2 (learns)" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[-1].split()[:2] == ["2", "COMPLETE"]
+    assert main(["trials", "--storage", url, "--state", "pruned", "--columns", "number,name,end",
+                 "--format", "csv"]) == 0
+    assert capsys.readouterr().out == "#,name,end\n0,collapses,stuck@2\n"
+    assert main(["trial", "1", "--storage", url]) == 0
+    assert "  reason: RuntimeError: boom" in capsys.readouterr().out
+    assert main(["trial", "9", "--storage", url]) == 2
+    assert one_error_line(capsys) == f"octsearch: error: study {name!r} has no trial 9 (it has trials 0-2)"
     assert main(["best", "--storage", url, "--study", name]) == 0
     assert "best trial 2 (learns)" in capsys.readouterr().out
     out = tmp_path / "best.yaml"
@@ -178,7 +185,7 @@ def test_a_storage_password_appears_nowhere(tmp_path: Path) -> None:
             assert proc.returncode == 0, proc.stderr
             outputs.append(proc.stdout + proc.stderr)
         assert "postgresql+psycopg://postgres:***@" in outputs[0]  # the banner, redacted
-        assert "fake epoch 5" in outputs[0] and "learns" in outputs[2]  # the search ran
+        assert "fake epoch 5" in outputs[0] and "2  COMPLETE" in outputs[2]  # the search ran
         files = [p for p in tmp_path.rglob("*") if p.is_file()]
         assert any(p.name == "request.json" for p in files) and any(p.name == "trial.log" for p in files)
         for path in files:

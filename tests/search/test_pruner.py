@@ -1,7 +1,7 @@
 """CollapsePruner through Optuna's public loop: ask, report, should_prune.
 
-Each epoch a test stores the per-epoch metrics the way the reporter does (user attribute
-``epoch_<k>``) and reports the objective, then asks ``trial.should_prune()``; on a prune, the
+Each epoch a test stores the per-epoch metrics the way the reporter does
+(:func:`search.contract.write_epoch`) and reports the objective, then asks ``trial.should_prune()``; on a prune, the
 reason is what :func:`search.pruning.pruner.prune_reason` gives for the same trial.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import pytest
 
-from search.contract import UNFREEZE_ATTR, epoch_attr
+from search.contract import UNFREEZE_ATTR, write_epoch
 from search.pruning.pruner import CollapsePruner, prune_kind, prune_reason
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -63,15 +63,19 @@ def run_trial(study: optuna.Study, epochs: Sequence[dict[str, float]], *,
 
 
 def run_and_explain(study: optuna.Study, epochs: Sequence[dict[str, float]], *,
-                    unfreeze: int = -1, explain: bool = True) -> tuple[int | None, str | None]:
+                    unfreeze: int = -1, explain: bool = True,
+                    legacy: bool = False) -> tuple[int | None, str | None]:
     """Report ``epochs`` into a new trial: (the epoch it was pruned at, why), or (None, None)
     when it completed. Each epoch asks ``trial.should_prune()``, or with ``explain`` what the
     reporter asks instead, :func:`prune_reason` (once: Optuna's successive halving records a
-    rung each time it is asked)."""
+    rung each time it is asked). ``legacy``: records stored as earlier versions stored them."""
     trial = study.ask()
     trial.set_user_attr(UNFREEZE_ATTR, unfreeze)
     for epoch, e in enumerate(epochs):
-        trial.set_user_attr(epoch_attr(epoch), metrics(e))
+        if legacy:
+            trial.set_user_attr(f"epoch_{epoch:03d}", metrics(e))
+        else:
+            write_epoch(trial, epoch, metrics(e))
         trial.report(e["bacc"], epoch)
         if explain:
             (stored,) = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -178,6 +182,15 @@ def test_defaults_stop_a_stuck_collapse_at_epoch_2_however_late_it_unfreezes(unf
            "training balanced accuracy <= 0.25 (chance 0.25)")
 
 
+@pytest.mark.parametrize("explain", [True, False])
+def test_a_trial_stored_by_an_earlier_version_is_judged_the_same(explain: bool) -> None:
+    """Epoch records as user attributes ``epoch_NNN`` (before they moved to system attributes)."""
+    stuck = [{"share": 1.0, "bacc": 0.25, "train": 0.25}] * 5
+    decisions = [run_and_explain(make_study(CollapsePruner()), stuck, explain=explain, legacy=legacy)
+                 for legacy in (False, True)]
+    assert decisions[0] == decisions[1] and decisions[0][0] == 2
+
+
 def test_a_swing_to_a_minority_class_in_warmup_that_then_learns_is_not_pruned() -> None:
     """The fixed recipe under class weights: all class 2, then 91% class 2, while training
     balanced accuracy leaves chance; validation learns once the encoder trains."""
@@ -275,7 +288,7 @@ def test_nan_metrics_are_no_evidence_of_collapse(values: list[float], share: flo
     trial = study.ask()
     result = None
     for epoch, v in enumerate(values):
-        trial.set_user_attr(epoch_attr(epoch), metrics({"share": share, "bacc": bacc}))
+        write_epoch(trial, epoch, metrics({"share": share, "bacc": bacc}))
         trial.report(v, epoch)
         if trial.should_prune():
             result = epoch

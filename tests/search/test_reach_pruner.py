@@ -1,7 +1,7 @@
 """ReachPruner through Optuna's public loop: ask, store the epoch's record, report, should_prune.
 
-Each epoch a test stores the trainer's metrics the way the reporter does (user attribute
-``epoch_<k>``, with the validation confusion matrix that sets the set's resolution and the
+Each epoch a test stores the trainer's metrics the way the reporter does
+(:func:`search.contract.write_epoch`, with the validation confusion matrix that sets the set's resolution and the
 training balanced accuracy) and reports the objective; a completed trial is told its best value,
 as the worker tells it.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import optuna
 import pytest
 
-from search.contract import epoch_attr, write_schedule
+from search.contract import write_epoch, write_schedule
 from search.pruning import CollapsePruner, ReachPruner, prune_reason, reach, resolution
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -39,7 +39,7 @@ def run(study: optuna.Study, values: Sequence[float], train: Sequence[float | No
     write_schedule(trial, unfreeze_at_epoch=unfreeze, epochs=budget)
     train = train if train is not None else [None] * len(values)
     for epoch, (value, fit) in enumerate(zip(values, train, strict=True)):
-        trial.set_user_attr(epoch_attr(epoch), record(value, fit, counts))
+        write_epoch(trial, epoch, record(value, fit, counts))
         trial.report(value, epoch)
         if trial.should_prune():
             (stored,) = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))

@@ -9,13 +9,14 @@ import pytest
 
 from search.contract import (
     CREATION_ID_ATTR,
-    best_step,
+    attrs_for_retry,
     end_reason,
     enqueued_name,
     epoch_attr,
     epoch_metrics,
     runs_folder,
     stored_best_epoch,
+    stored_epochs,
     stored_overrides,
     unfreeze_at_epoch,
     write_best_epoch,
@@ -25,6 +26,7 @@ from search.contract import (
     write_prune_reason,
     write_space,
 )
+from search.ranking import best_step
 
 NAN = math.nan
 
@@ -39,16 +41,35 @@ def test_names_of_stored_studies_do_not_change() -> None:
     write_failure(trial, "RuntimeError: boom", "last\nlines")
     write_prune_reason(trial, "collapsed")
     assert trial.user_attrs == {
-        "epoch_007": {"val/loss": None, "val/pred_hist": [1, 2]}, "overrides": {"train.lr_head": 1e-3},
+        "overrides": {"train.lr_head": 1e-3},
         "best_epoch": 7, "fail_reason": "RuntimeError: boom", "output_tail": "last\nlines",
         "prune_reason": "collapsed"}
-    assert epoch_attr(12) == "epoch_012"
+    # epoch records are system attributes (optuna-dashboard renders every user attribute)
+    assert study.trials[0].system_attrs == {"octsearch:epoch_007": {"val/loss": None, "val/pred_hist": [1, 2]}}
+    assert epoch_attr(12) == "octsearch:epoch_012"
+
+
+def test_epoch_records_of_earlier_versions_are_read_and_moved_on_retry() -> None:
+    """Studies stored before the move hold ``epoch_NNN`` user attributes: still read; a record in
+    both homes is read from the new one; a re-queued trial keeps the records it is told to keep,
+    in the new home."""
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_user_attr("enqueued", "seed")
+    trial.set_user_attr("epoch_000", {"val/loss": 1.0})
+    trial.set_user_attr("epoch_001", {"val/loss": 0.9})
+    write_epoch(trial, 1, {"val/loss": 0.8})
+    stored = study.trials[0]
+    assert epoch_metrics(stored, 0) == {"val/loss": 1.0} and epoch_metrics(stored, 1) == {"val/loss": 0.8}
+    assert stored_epochs(stored) == [(0, {"val/loss": 1.0}), (1, {"val/loss": 0.8})]
+    assert attrs_for_retry(stored) == ({"enqueued": "seed"}, {})
+    assert attrs_for_retry(stored, 1) == ({"enqueued": "seed"}, {"octsearch:epoch_000": {"val/loss": 1.0}})
 
 
 def test_readers_of_a_bare_trial_give_their_defaults() -> None:
     study = optuna.create_study()
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    assert epoch_metrics(trial, 0) is None
+    assert epoch_metrics(study.trials[0], 0) is None and stored_epochs(study.trials[0]) == []
     assert unfreeze_at_epoch(trial) == -1
     assert stored_best_epoch(trial) is None
     assert end_reason(trial) == "" and enqueued_name(trial) == ""

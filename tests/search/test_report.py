@@ -1,4 +1,4 @@
-"""Review tables, the best trial, and the exported trainer config of a finished fake study."""
+"""The leaderboard, the best trial, and the exported trainer config of a finished fake study."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from search_testing import FAKE_SPACE, STUCK_REASON
+from search_testing import FAKE_SPACE
 
 from octtrain.config.train_config import load_config
-from octtrain.errors import clip
 from search.errors import OctsearchError
-from search.review.leaderboard import export_best, format_best, format_leaderboard, format_trials
+from search.review.leaderboard import export_best, format_best, format_leaderboard
 from search.space.search_space import space_from_dict
 from search.storage.sql import open_storage
 from search.study.join import open_study, stored_space
@@ -22,28 +21,6 @@ from search.study.join import open_study, stored_space
 def study(reviewed_study: tuple[str, str]) -> optuna.Study:
     url, name = reviewed_study
     return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
-
-
-def test_trials_table_shows_states_values_epochs_reasons_and_per_class_accuracy(
-    study: optuna.Study,
-) -> None:
-    lines = format_trials(study).splitlines()
-    assert lines[0] == "study 'reviewed': 1 complete, 1 pruned, 1 fail"
-    assert lines[1].split() == ["#", "state", "balanced_accuracy", "epoch", "epochs",
-                                "per-class", "acc", "hidden", "lr_head", "ran", "on", "reason"]
-    pruned, failed, complete = lines[3:]
-    assert pruned.split()[:10] == ["0", "(collapses)", "PRUNED", "0.25", "0", "3",
-                                   "1.00", "0.00", "0.00", "0.00"]
-    assert pruned.endswith(clip(STUCK_REASON, 70))
-    assert failed.split()[:6] == ["1", "(raises)", "FAIL", "-", "-", "1"]
-    assert failed.endswith("RuntimeError: boom")
-    assert complete.split()[:10] == ["2", "(learns)", "COMPLETE", "0.9", "4", "6",
-                                     "0.90", "0.90", "0.90", "0.90"]
-
-
-def test_sorting_by_value_puts_the_best_first(study: optuna.Study) -> None:
-    rows = format_trials(study, sort="value").splitlines()[3:]
-    assert [r.split()[0] for r in rows] == ["2", "0", "1"]
 
 
 def test_leaderboard_lists_completed_trials(study: optuna.Study) -> None:

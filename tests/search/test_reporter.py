@@ -10,7 +10,8 @@ import pytest
 from fake_fit import epoch_metrics
 from search_testing import STUCK_REASON
 
-from search.contract import PRUNE_REASON_ATTR, epoch_attr
+from search.contract import PRUNE_REASON_ATTR
+from search.contract import epoch_metrics as stored_metrics
 from search.pruning.pruner import CollapsePruner
 from search.trial.reporter import EpochReporter, metric_value
 
@@ -25,8 +26,9 @@ def test_each_epoch_is_stored_and_reported() -> None:
         reporter(epoch, epoch_metrics(epoch, collapsed=False))
     (stored,) = study.get_trials()
     assert stored.intermediate_values == {0: 0.5, 1: 0.6, 2: pytest.approx(0.7)}
-    assert stored.user_attrs[epoch_attr(1)]["val/pred_hist"] == [12, 8, 6, 6]
-    assert stored.user_attrs[epoch_attr(1)]["val/per_class_f1"][0] is None  # NaN as null
+    epoch1 = stored_metrics(stored, 1) or {}
+    assert epoch1["val/pred_hist"] == [12, 8, 6, 6]
+    assert epoch1["val/per_class_f1"][0] is None  # NaN as null
     assert PRUNE_REASON_ATTR not in stored.user_attrs
 
 

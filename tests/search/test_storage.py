@@ -17,7 +17,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 from search_testing import reachable_server
 
-from search.contract import ENQUEUED_ATTR
+from search.contract import ENQUEUED_ATTR, stored_epochs, write_epoch
 from search.errors import StorageError
 from search.space.search_space import space_from_dict
 from search.storage import sql as storage_mod
@@ -110,7 +110,7 @@ def test_heartbeat_keeps_a_trial_alive_and_a_stale_one_is_retried(
         warnings.simplefilter("ignore")
         trial = study.ask()
         space.suggest(trial)
-        trial.set_user_attr("epoch_000", {"val/balanced_accuracy": 0.5})
+        write_epoch(trial, 0, {"val/balanced_accuracy": 0.5})
         trial.set_user_attr("host", "worker-7")
         with heartbeat(storage, trial._trial_id):
             time.sleep(2.5)
@@ -125,7 +125,8 @@ def test_heartbeat_keeps_a_trial_alive_and_a_stale_one_is_retried(
         "or it lost the database); re-queued with the same parameters")
     assert retry.state == TrialState.WAITING
     assert retry.params == stale.params == {"model.head.hidden": 64, "train.lr_head": 1e-3}
-    assert retry.user_attrs == {ENQUEUED_ATTR: "seed"}  # not the dead run's epochs
+    assert retry.user_attrs == {ENQUEUED_ATTR: "seed"}
+    assert stored_epochs(stale) != [] and stored_epochs(retry) == []  # not the dead run's epochs
     assert retry.system_attrs["failed_trial"] == 0
 
 

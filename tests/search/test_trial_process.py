@@ -16,7 +16,7 @@ import pytest
 from fake_fit import CRASH, DIVERGE, HANG, RAISE
 from search_testing import FAKE_SPACE, STUCK_REASON, fake_options, signal_when_written
 
-from search.contract import PRUNE_REASON_ATTR, epoch_attr
+from search.contract import PRUNE_REASON_ATTR, epoch_metrics
 from search.space.search_space import space_from_dict
 from search.storage.sql import open_storage
 from search.study.join import open_study
@@ -58,7 +58,7 @@ def test_a_collapsed_trial_is_pruned_with_the_reason_in_its_result(sqlite_url: s
     assert result == TrialResult(Outcome.PRUNED, reason=reason)
     (trial,) = study.get_trials()
     assert PRUNE_REASON_ATTR not in trial.user_attrs  # the worker records it when it tells
-    assert epoch_attr(2) in trial.user_attrs and epoch_attr(3) not in trial.user_attrs
+    assert epoch_metrics(trial, 2) is not None and epoch_metrics(trial, 3) is None
 
 
 @pytest.mark.parametrize(("lr_head", "expected"), [

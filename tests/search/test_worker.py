@@ -23,7 +23,7 @@ from search_testing import (
     write_cli_space,
 )
 
-from search.contract import CREATION_ID_ATTR, SPACE_ATTR, epoch_attr, runs_folder, stored_space_dict
+from search.contract import CREATION_ID_ATTR, SPACE_ATTR, epoch_metrics, runs_folder, stored_space_dict
 from search.errors import SearchSpaceError, WorkerError
 from search.interrupts import stop_signals
 from search.space.search_space import SearchSpace, space_from_dict
@@ -78,7 +78,8 @@ def test_trials_end_complete_pruned_or_diverged(fake_space: dict[str, Any], stor
 
     assert learned.state == TrialState.COMPLETE
     assert learned.value == pytest.approx(0.9) and learned.user_attrs["best_epoch"] == 4
-    epoch0 = learned.user_attrs[epoch_attr(0)]
+    epoch0 = epoch_metrics(learned, 0)
+    assert epoch0 is not None
     assert epoch0["val/confusion"][1][1] == 8 and epoch0["val/pred_hist"] == [12, 8, 6, 6]
     assert epoch0["val/per_class_f1"][0] is None  # NaN is stored as null
     assert learned.user_attrs["unfreeze_at_epoch"] == -1
