@@ -172,6 +172,8 @@ def _train_rank(runtime: Runtime, channel: EpochChannel, *, cfg: TrainConfig, ru
                 metrics = {"epoch": epoch, **train_metrics,
                            **validate(run.model, run.loaders.val, runtime, bar),
                            **_compiles(runtime, compiles_before)}
+                names = {i: n for n, i in run.splits.class_to_idx.items()}  # a reader's "class 0"
+                metrics["val/majority_class_name"] = names.get(metrics["val/majority_class"], "")
                 if epoch == at.epoch:  # what the run paid before its first optimizer step
                     metrics.update(clock.metrics(runtime.compile_seconds()))
                 is_best = stopper.update(epoch, float(metrics[key]))

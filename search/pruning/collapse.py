@@ -61,6 +61,7 @@ class EpochEvidence:
     train_balanced_accuracy: float = math.nan  # of the epoch's training batches
     loss: float = math.nan  # validation cross-entropy (unweighted, nats)
     prior_loss: float = math.nan  # the same loss of a constant predictor of the class prior
+    majority_name: str = ""  # the name of majority_class, where the trainer's record gives it
 
     @classmethod
     def from_metrics(cls, epoch: int, metrics: Mapping[str, Any] | None) -> EpochEvidence:
@@ -74,6 +75,7 @@ class EpochEvidence:
             epoch=epoch,
             max_class_share=_float(metrics.get("val/max_class_share")),
             majority_class=int(majority) if isinstance(majority, int) else -1,
+            majority_name=str(metrics.get("val/majority_class_name") or ""),
             balanced_accuracy=_float(metrics.get("val/balanced_accuracy")),
             num_classes=len(classes),
             pred_hist=tuple(int(x) for x in hist if isinstance(x, (int, float))),
@@ -207,12 +209,17 @@ def _epochs(run: Sequence[EpochEvidence]) -> str:
     return f"{n} epoch{'s' if n != 1 else ''} ({span})"
 
 
+def _class(index: int, name: str) -> str:
+    """``0 (normal)``, or ``0`` where the record names no class."""
+    return f"{index} ({name})" if name else str(index)
+
+
 def _describe_predictions(run: Sequence[EpochEvidence], t: Thresholds) -> str:
     if all(collapsed_by_share(e, t) for e in run):
         share = min(e.max_class_share for e in run)
-        classes = sorted({e.majority_class for e in run})
-        which = (f"class {classes[0]}" if len(classes) == 1
-                 else f"one class ({', '.join(map(str, classes))})")
+        classes = sorted({(e.majority_class, e.majority_name) for e in run})
+        which = (f"class {_class(*classes[0])}" if len(classes) == 1
+                 else f"one class ({', '.join(_class(*c) for c in classes)})")
         return f"{math.floor(share * 100)}% of validation predictions are {which}"
     if all(collapsed_by_balanced_accuracy(e, t) for e in run):
         bacc = max(e.balanced_accuracy for e in run)
@@ -220,7 +227,8 @@ def _describe_predictions(run: Sequence[EpochEvidence], t: Thresholds) -> str:
     parts = []
     for e in run:
         if collapsed_by_share(e, t):
-            parts.append(f"epoch {e.epoch}: {math.floor(e.max_class_share * 100):.0f}% class {e.majority_class}")
+            parts.append(f"epoch {e.epoch}: {math.floor(e.max_class_share * 100):.0f}% class "
+                         f"{_class(e.majority_class, e.majority_name)}")
         else:
             parts.append(f"epoch {e.epoch}: balanced accuracy {e.balanced_accuracy:.2f}")
     return f"one class or chance level ({'; '.join(parts)})"

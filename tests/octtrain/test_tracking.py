@@ -99,7 +99,10 @@ def test_wandb_run_has_name_group_params_per_class_metrics_and_confusion(
     assert "train/loss" in run["history"] and "val/balanced_accuracy" in run["history"]
     assert run["summary"]["state"] == "finished" and run["tags"] == ["finished"]
     assert run["summary"]["best/confusion"]["_type"] == "table-file"
-    best = max(r["val/balanced_accuracy"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl"))
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    names = {i: n for n, i in result.class_to_idx.items()}  # an epoch names its majority class
+    assert all(r["val/majority_class_name"] == names[r["val/majority_class"]] for r in records)
+    best = max(r["val/balanced_accuracy"] for r in records)
     assert run["summary"]["best/val/balanced_accuracy"] == pytest.approx(best)
     assert run["summary"]["val/balanced_accuracy"]["max"] == pytest.approx(best)
 

@@ -119,3 +119,15 @@ def test_evidence_from_stored_metrics_reads_null_as_nan() -> None:
     assert (e.epoch, e.majority_class, e.balanced_accuracy, e.num_classes, e.pred_hist) == (3, 1, 0.3, 3, (1, 2, 3))
     with_confusion = EpochEvidence.from_metrics(0, {"val/confusion": [[2, 0], [2, 0]], "val/loss": 0.5})
     assert with_confusion.prior_loss == pytest.approx(math.log(2)) and with_confusion.loss == 0.5
+
+
+def test_a_reason_names_the_class_where_the_record_does() -> None:
+    record = {"val/max_class_share": 1.0, "val/majority_class": 0, "val/majority_class_name": "normal",
+              "val/balanced_accuracy": 0.25, "val/pred_hist": [40, 0, 0, 0]}
+    run = [EpochEvidence.from_metrics(e, record) for e in (1, 2)]
+    assert collapse_reason(run, T, patience=2, grace=1) == (
+        "collapsed: 100% of validation predictions are class 0 (normal) for 2 epochs (epochs 1-2)")
+    mixed = [EpochEvidence.from_metrics(1, {**record, "val/balanced_accuracy": 0.4}),
+             EpochEvidence.from_metrics(2, {**record, "val/balanced_accuracy": 0.26, "val/max_class_share": 0.5})]
+    assert "(epoch 1: 100% class 0 (normal); epoch 2: balanced accuracy 0.26)" in (
+        collapse_reason(mixed, T, patience=2, grace=1) or "")
