@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from search.review.late_bloomers import late_bloomers
 from search.review.leaderboard import TrialRow, study_class_names, trial_row
 from search.review.prune_summary import PruneSummary, summarize_prunes
 from search.review.test_result import test_result_line
+from search.review.uncertainty import tied_with_best, trial_interval
 from search.review.why import (
     BIN_HEADERS,
     RANKING_HEADERS,
@@ -86,8 +88,9 @@ def _sorted_rows(study: optuna.Study) -> list[TrialRow]:
 
 
 def leaderboard(study: optuna.Study, param_paths: list[str], metric: str) -> str:
-    """Every trial, best first: value, epochs, per-class accuracy and F1 at its best epoch,
-    params and why it ended."""
+    """Every trial, best first: why it ended, value, its bootstrap interval (``≈ best``: the
+    validation set cannot tell it from the best), epochs, per-class accuracy and F1 at its best
+    epoch, params."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     rows = _sorted_rows(study)
     if not rows:
@@ -95,18 +98,24 @@ def leaderboard(study: optuna.Study, param_paths: list[str], metric: str) -> str
     names = study_class_names(list(trials.values()))
     n_classes = max((len(r.per_class_accuracy) for r in rows), default=0)
     labels = [names.get(c, str(c)) for c in range(n_classes)]
-    head = ["#", "state", metric, "best epoch", "epochs", *(f"acc {n}" for n in labels),
-            *(f"F1 {n}" for n in labels), *param_paths, "reason"]
+    tied = {t.number: i for t, i in tied_with_best(study)}
+    best = next(iter(tied), None)
+    head = ["#", "state", "reason", metric, "95% interval", "best epoch", "epochs",
+            *(f"acc {n}" for n in labels), *(f"F1 {n}" for n in labels), *param_paths]
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
         metrics = epoch_metrics(trials[r.number], r.epoch) or {}
         f1 = [math.nan if v is None else float(v) for v in metrics.get("val/per_class_f1") or []]
         accs = r.per_class_accuracy + [math.nan] * (n_classes - len(r.per_class_accuracy))
         f1 += [math.nan] * (n_classes - len(f1))
+        interval = tied.get(r.number) or (trial_interval(trials[r.number]) if r.state == "COMPLETE" else None)
+        span = "" if interval is None else f"[{interval.low:.3f}, {interval.high:.3f}]" + (
+            " best" if r.number == best else " ≈ best" if r.number in tied else "")
         cells = [_cell(f"{r.number} ({r.enqueued})" if r.enqueued else r.number), _cell(r.state),
-                 _cell(r.value), _cell("-" if r.epoch < 0 else r.epoch), _cell(r.epochs),
+                 _cell(r.reason, text=True), _cell(r.value), _cell(span, text=True),
+                 _cell("-" if r.epoch < 0 else r.epoch), _cell(r.epochs),
                  *(_cell(a) for a in accs), *(_cell(v) for v in f1),
-                 *(_cell(r.params.get(p, "")) for p in param_paths), _cell(r.reason, text=True)]
+                 *(_cell(r.params.get(p, "")) for p in param_paths)]
         out.append(f'<tr class="{r.state}">' + "".join(cells) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
@@ -209,8 +218,15 @@ def build_report(study: optuna.Study) -> str:
         f"<p>{html.escape(counts or 'no trials')}; objective {html.escape(metric)} "
         f"({html.escape(space.objective.direction)}); written {now}.</p>",
         *([f"<p><strong>{html.escape(tested)}</strong></p>"] if (tested := test_result_line(study)) else []),
-        *parts, "</body></html>",
+        _contents(parts), *parts, "</body></html>",
     ])
+
+
+def _contents(sections: list[str]) -> str:
+    """The table of contents: a link to each section, by its id and title."""
+    found = re.findall(r'<section id="([^"]+)">\n<h2>([^<]+)</h2>', "\n".join(sections))
+    links = " · ".join(f'<a href="#{section_id}">{title}</a>' for section_id, title in found)
+    return f'<nav id="contents">Contents: {links}</nav>'
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:

@@ -80,6 +80,12 @@ def test_report_of_a_finished_study_has_every_section_and_needs_no_network(
     assert board.index("2 (learns)") < board.index("0 (collapses)") < board.index("1 (raises)")
     assert STUCK_REASON in board and "RuntimeError: boom" in board
     assert "acc 0" in board and "F1 3" in board
+    # the reason near the front; the best's interval marked (the fake records a perfect matrix)
+    assert board.index("reason") < board.index("balanced_accuracy") < board.index("95% interval")
+    assert "[1.000, 1.000] best" in board
+    text = out.read_text(encoding="utf-8")
+    assert '<nav id="contents">Contents: <a href="#leaderboard">Leaderboard</a> · ' in text
+    assert all(f'href="#{section}"' in text for section in SECTIONS)
     assert "needs at least 2 completed trials (the study has 1 completed)" in parsed.sections[
         "importance"]
     # trial 0 was pruned after 3 of its 6 epochs; trial 2 ran its 6.
