@@ -1,6 +1,7 @@
-"""What reviewing costs a search: the worker's trial note and study figures at each trial's end,
-and ``octsearch report``, on a study of 40 trials of 10 epochs (every third one pruned at epoch 2).
-Prints a table; numbers, not assertions.
+"""What reviewing costs a search: the worker's trial note, study note (``octsearch why``'s
+ranking) and study figures at each trial's end, and the review commands (``octsearch report``,
+``why``, ``trials``, ``best`` with its bootstrap intervals), on a study of 40 trials of 10 epochs
+(every third one pruned at epoch 2). Prints a table; numbers, not assertions.
 
     .venv/bin/python bench/review_costs.py                                   # a fresh SQLite file
     .venv/bin/python bench/review_costs.py --storage postgresql+psycopg://postgres@127.0.0.1:5432/test
@@ -23,7 +24,10 @@ from optuna.trial import TrialState
 
 from search.contract import write_best_epoch, write_epoch, write_prune_reason
 from search.review.html_report import build_report
-from search.review.notes import refresh_study_figures, save_trial_note
+from search.review.leaderboard import format_best
+from search.review.notes import refresh_study_figures, save_study_note, save_trial_note
+from search.review.trial_table import format_trials
+from search.review.why import format_why
 from search.space.search_space import space_from_dict
 from search.storage.sql import open_storage
 from search.study.join import open_study
@@ -74,8 +78,12 @@ def main() -> None:
         metric = "balanced_accuracy"
         rows = [("trial note (first: imports optuna_dashboard)", timed(save_trial_note, study, last, metric)),
                 ("trial note", timed(save_trial_note, study, last, metric)),
+                ("study note (the why ranking)", timed(save_study_note, study)),
                 ("study figures (first)", timed(refresh_study_figures, study)),
-                ("study figures (refresh)", timed(refresh_study_figures, study))]
+                ("study figures (refresh)", timed(refresh_study_figures, study)),
+                ("octsearch why", timed(format_why, study)),
+                ("octsearch trials", timed(format_trials, study)),
+                ("octsearch best (bootstrap intervals of every completed trial)", timed(format_best, study))]
         start = time.perf_counter()
         size = len(build_report(study))
         rows.append((f"report ({size / 1e6:.1f} MB)", time.perf_counter() - start))
