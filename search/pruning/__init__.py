@@ -5,7 +5,14 @@ which rule a reason came from (``pruner``), and the reach rule, the default inne
 
 from __future__ import annotations
 
-from search.pruning.collapse import EpochEvidence, collapse_reason, effective_grace, stuck_reason
+from search.pruning.collapse import (
+    EpochEvidence,
+    Thresholds,
+    collapse_reason,
+    collapsed,
+    effective_grace,
+    stuck_reason,
+)
 from search.pruning.pruner import (
     COLLAPSE_KIND,
     DIVERGED_KIND,
@@ -26,7 +33,9 @@ __all__ = [
     "ExplainingPruner",
     "Reach",
     "ReachPruner",
+    "Thresholds",
     "collapse_reason",
+    "collapsed",
     "effective_grace",
     "prune_kind",
     "prune_reason",

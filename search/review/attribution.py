@@ -5,7 +5,10 @@ that cause collapse sit in the pruned trials. This module reads every trial that
 
 - how it ended (:func:`ending`): **collapsed** (pruned by the collapse rule: its stored
   ``prune_kind``, or for a study stored before kinds, the first word of its reason,
-  :func:`search.pruning.prune_kind`), **pruned** (by the inner rule, or a diverged loss),
+  :func:`search.pruning.prune_kind`; or pruned by another rule at an epoch that was collapsed by
+  the collapse rule's own test with its default thresholds: the inner rule can fire first on a
+  collapsed trial once a completed trial sets a high bar), **pruned** (by the inner rule at an
+  epoch that was not collapsed, or a diverged loss),
   **complete**, or **failed**. Failed trials are counted apart, in no share and no measure (a
   crash says little about a configuration); a FAIL stopped by a signal (re-queued to resume) is no
   ending at all. Running and waiting trials have none yet.
@@ -39,15 +42,15 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contract import end_reason, format_value, stored_prune_kind, was_preempted
-from search.pruning import COLLAPSE_KIND, prune_kind
+from search.contract import end_reason, format_value, stored_epochs, stored_prune_kind, was_preempted
+from search.pruning import COLLAPSE_KIND, EpochEvidence, Thresholds, collapsed, prune_kind
 
 NOT_SET = "(not set)"
 DISCRETE_MAX = 6  # an integer parameter with at most this many distinct values is binned by value
 
 
 class Ending(str, Enum):
-    COLLAPSED = "collapsed"  # pruned by the collapse rule
+    COLLAPSED = "collapsed"  # pruned by the collapse rule, or by another at a collapsed epoch
     PRUNED = "pruned"  # by the inner rule, or a diverged loss
     COMPLETE = "complete"
     FAILED = "failed"  # counted apart: in no share and no measure
@@ -56,13 +59,22 @@ class Ending(str, Enum):
 FINISHED = (Ending.COLLAPSED, Ending.PRUNED, Ending.COMPLETE)
 
 
+def _collapsed_at_prune(trial: FrozenTrial) -> bool:
+    """The last stored epoch of a pruned trial is collapsed (the collapse rule's test)."""
+    records = stored_epochs(trial)
+    if not records:
+        return False
+    epoch, metrics = records[-1]
+    return collapsed(EpochEvidence.from_metrics(epoch, metrics), Thresholds())
+
+
 def ending(trial: FrozenTrial) -> Ending | None:
     """How the trial ended; ``None`` while it runs or waits, and for one stopped by a signal."""
     if trial.state == TrialState.COMPLETE:
         return Ending.COMPLETE
     if trial.state == TrialState.PRUNED:
         kind = stored_prune_kind(trial) or prune_kind(end_reason(trial))
-        return Ending.COLLAPSED if kind == COLLAPSE_KIND else Ending.PRUNED
+        return Ending.COLLAPSED if kind == COLLAPSE_KIND or _collapsed_at_prune(trial) else Ending.PRUNED
     if trial.state == TrialState.FAIL and not was_preempted(trial):
         return Ending.FAILED
     return None

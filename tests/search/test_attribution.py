@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.contract import PREEMPTED_ATTR, PRUNE_KIND_ATTR, PRUNE_REASON_ATTR
+from search.contract import PREEMPTED_ATTR, PRUNE_KIND_ATTR, PRUNE_REASON_ATTR, epoch_attr
 from search.review.attribution import NOT_SET, Ending, attribute, binned, ending, entropy, information_gain
 
 WEIGHTS = CategoricalDistribution(["auto", "none"])
@@ -43,6 +43,20 @@ def pruned(params: dict[str, Any], reason: str, kind: str | None = None) -> optu
 ])
 def test_how_a_trial_ended(made: Any, expected: Ending | None) -> None:
     assert ending(made()) == expected
+
+
+def test_an_inner_prune_at_a_collapsed_epoch_counts_as_a_collapse() -> None:
+    """The reach rule can stop a collapsed trial before the collapse rule would (a completed
+    trial sets the bar); its last epoch's record says what it was."""
+    stuck = {"val/max_class_share": 1.0, "val/balanced_accuracy": 0.25, "val/pred_hist": [40, 0, 0, 0],
+             "train/balanced_accuracy": 0.25}
+    learns = {**stuck, "train/balanced_accuracy": 0.6}  # one class on validation, but learning
+    for record, expected in ((stuck, Ending.COLLAPSED), (learns, Ending.PRUNED)):
+        made = create_trial(state=TrialState.PRUNED, intermediate_values={0: 0.25, 1: 0.25},
+                            user_attrs={PRUNE_REASON_ATTR: "reach: at most 0.4 by epoch 9",
+                                        PRUNE_KIND_ATTR: "inner"},
+                            system_attrs={epoch_attr(0): stuck, epoch_attr(1): record})
+        assert ending(made) == expected
 
 
 def test_information_gain_in_bits() -> None:
