@@ -16,9 +16,18 @@ import re
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contract import end_reason, epoch_metrics, format_value, stored_overrides, stored_run_dir
+from search.contract import (
+    end_reason,
+    epoch_metrics,
+    format_value,
+    stored_best_epoch,
+    stored_epochs,
+    stored_overrides,
+    stored_run_dir,
+    unfreeze_at_epoch,
+)
 from search.errors import OctsearchError
-from search.review.leaderboard import class_names, epoch_lines, study_class_names, trial_row
+from search.review.leaderboard import class_names, epoch_lines, format_table, study_class_names, trial_row
 from search.study import stored_space
 
 _FIRED_ON = re.compile(r"\(epochs? (\d+)(?:-(\d+))?")
@@ -36,6 +45,28 @@ def fired_on(trial: FrozenTrial) -> list[int]:
     first = int(found.group(1))
     end = int(found.group(2)) if found.group(2) else first
     return list(range(first, min(end, last) + 1)) or [last]
+
+
+CURVE_HEADERS = ["epoch", "balanced accuracy", "majority share", ""]
+CURVE_NOTE = ("the collapse rule's test (its defaults): an epoch is collapsed when at least 90% of "
+              "its validation predictions are one class, or its balanced accuracy is at most chance "
+              "+ 0.05, while training stays at chance")
+
+
+def curve_rows(trial: FrozenTrial, best: int | None = None) -> list[list[str]]:
+    """The trial's validation curve, one row per stored epoch: balanced accuracy, the share of
+    the most-predicted class, and what the epoch was (``unfreeze``, ``prune``: the rule fired on
+    it, ``best``: ``best``, else the stored best epoch)."""
+    fired, unfreeze = set(fired_on(trial)), unfreeze_at_epoch(trial)
+    best = stored_best_epoch(trial) if best is None else best
+    rows = []
+    for epoch, m in stored_epochs(trial):
+        marks = [name for name, on in (("unfreeze", epoch == unfreeze), ("prune", epoch in fired),
+                                        ("best", epoch == best)) if on]
+        bacc, share = m.get("val/balanced_accuracy"), m.get("val/max_class_share")
+        rows.append([str(epoch), "-" if bacc is None else f"{float(bacc):.3f}",
+                     "-" if share is None else f"{float(share):.0%}", ", ".join(marks)])
+    return rows
 
 
 def dashboard_value(trial: FrozenTrial, metric: str, best: tuple[float, int]) -> str:
@@ -90,6 +121,10 @@ def format_trial(study: optuna.Study, number: int) -> str:
         lines += _epoch_block(trial, epoch, title, metric, names)
     if row.epoch >= 0 and row.epoch not in prune_epochs:
         lines += _epoch_block(trial, row.epoch, f"best epoch {row.epoch}", metric, names)
+    curve = curve_rows(trial, row.epoch if row.epoch >= 0 else None)
+    if curve:
+        lines.append(f"  validation by epoch ({CURVE_NOTE}):")
+        lines += ["    " + r for r in format_table(CURVE_HEADERS, curve).splitlines()]
     run_dir = stored_run_dir(trial)
     if run_dir:
         lines.append(f"  run dir: {run_dir}")

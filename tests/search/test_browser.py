@@ -203,6 +203,9 @@ def test_dashboard_trial_note_and_study_figures_render_in_a_browser(
         page.screenshot(screenshots(tmp_path) / "dashboard-trial.png")
         # Readable: no per-epoch record among its attributes, and a long prune reason wraps.
         assert page.width() <= WINDOW[0] and not page.evaluate(has(json.dumps("val/pred_hist")))
+        # the note leads with the matrix of the epoch the rule fired on, the best epoch beside it
+        assert page.evaluate(has(json.dumps("Prune epoch 2 (the rule fired on epochs 0-2)")))
+        assert page.evaluate(has(json.dumps("Best epoch 0")))
         page.open(f"{base}/smartSelection", f"{has(json.dumps('DOWNLOAD CSV FILE'))} && "
                   f"{has(json.dumps('stuck: '))}", lambda plots: True)
         assert page.width() <= WINDOW[0]

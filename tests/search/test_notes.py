@@ -44,6 +44,10 @@ def test_a_pruned_trial_note_has_the_reason_and_per_class_table_with_class_names
     assert "| normal | 1 | - | 16 |" in text and "| drusen | 0 | 0 | 6 |" in text
     assert "| true \\ predicted | normal | drusen | cnv | fluid |" in text
     assert "| drusen | 5 | 1 | 0 | 0 |" in text  # confusion row: true drusen
+    # the epoch the rule fired on first, labelled; the best epoch beside it; the curve, marked
+    assert text.index("### Prune epoch 2 (the rule fired on epochs 0-2)") < text.index("### Best epoch 0")
+    assert "| epoch | balanced accuracy | majority share | epoch was |" in text
+    assert "| 0 | 0.250 | 97% | prune, best |" in text and "| 2 | 0.250 | 97% | prune |" in text
 
 
 def test_complete_and_failed_trial_notes(study: optuna.Study) -> None:
@@ -53,7 +57,8 @@ def test_complete_and_failed_trial_notes(study: optuna.Study) -> None:
     assert "| cnv | 0.9 | 0.9 | 6 |" in complete and "- reason" not in complete
     failed = note(study, 1)
     assert "## Trial 1: FAIL (raises)" in failed and "- reason: RuntimeError: boom" in failed
-    assert "- time: " in failed and "### Validation" not in failed  # no epoch was validated
+    assert "- time: " in failed and "epoch 0" not in failed.split("### Validation by epoch")[0]
+    assert "| 0 | 0.500 | 38% |  |" in failed  # it validated epoch 0, then raised
 
 
 def test_study_figures_are_stored_for_optuna_dashboard(study: optuna.Study) -> None:

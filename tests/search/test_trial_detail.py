@@ -35,6 +35,10 @@ def test_a_pruned_trial_shows_the_epochs_its_rule_fired_on_and_the_last_value_as
         "  prune epoch 2: balanced_accuracy 0.25; 97% of validation predictions are normal"]
     assert text.count("           normal drusen    cnv  fluid") == 3
     assert text.count("    drusen      5      1      0      0") == 3
+    # the curve: every epoch's balanced accuracy and majority share, what each epoch was
+    assert "  validation by epoch (the collapse rule's test (its defaults): an epoch is collapsed" in text
+    assert [line.split() for line in lines if line.startswith("    0 ") or line.startswith("    2 ")] == [
+        ["0", "0.250", "97%", "prune,", "best"], ["2", "0.250", "97%", "prune"]]
 
 
 def test_a_complete_trial_shows_its_best_epoch_and_that_the_value_is_the_best(study: optuna.Study) -> None:
