@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.contract import runs_folder
+from search.contract import epoch_metrics, runs_folder
 from search.storage.sql import open_storage
 from search.trial.epoch_queue import QUEUE_FILE, EpochQueue
 from search.trial.process import Outcome, TrialResult
@@ -43,7 +43,7 @@ def test_a_kept_result_is_delivered_with_its_queued_epochs(tmp_path: Path) -> No
     (frozen,) = study.get_trials()
     assert frozen.state == TrialState.COMPLETE and frozen.value == 0.7
     assert frozen.intermediate_values == {0: 0.6, 1: 0.7}
-    assert frozen.user_attrs["best_epoch"] == 1 and frozen.user_attrs["epoch_001"] == {METRIC: 0.7}
+    assert frozen.user_attrs["best_epoch"] == 1 and epoch_metrics(frozen, 1) == {METRIC: 0.7}
     assert not (run_dir / MARKER_FILE).exists() and not (run_dir / QUEUE_FILE).exists()
     assert "delivered the kept result of trial 0 (complete)" in out.getvalue()
     assert deliver_pending(study, storage, tmp_path / "runs", METRIC, _tell) == 0  # once
