@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 from fake_fit import RAISE, SLOW
 from search_testing import FAKE_SPACE, drop_study, fake_options, reachable_server
@@ -70,6 +71,13 @@ def evidence_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, 
     root = tmp_path_factory.mktemp("evidence")
     url = _three_trial_study(root, "evidence", {"FAKE_FIT_RUN_FILES": "1"})
     return url, "evidence", root / "runs"
+
+
+@pytest.fixture(scope="module")
+def evidence(evidence_study: tuple[str, str, Path]) -> optuna.Study:
+    """The ``evidence_study``, loaded (read-only)."""
+    url, name, _ = evidence_study
+    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
 
 
 def _three_trial_study(root: Path, name: str, env: dict[str, str]) -> str:

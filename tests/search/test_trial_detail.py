@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import optuna
 import pytest
 from search_testing import STUCK_REASON
 
 from search.errors import OctsearchError
 from search.review import format_trial
-from search.storage.sql import open_storage
 
 
-@pytest.fixture(scope="module")
-def study(evidence_study: tuple[str, str, Path]) -> optuna.Study:
-    url, name, _ = evidence_study
-    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
+@pytest.fixture
+def study(evidence: optuna.Study) -> optuna.Study:
+    return evidence
 
 
 def test_a_pruned_trial_shows_the_epochs_its_rule_fired_on_and_the_last_value_as_the_dashboards(

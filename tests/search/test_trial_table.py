@@ -4,7 +4,6 @@ PRUNED (stuck at epoch 2), FAIL, COMPLETE (0.9 at epoch 4)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pytest
@@ -13,13 +12,11 @@ from search_testing import STUCK_REASON
 from search.errors import OctsearchError
 from search.review import format_trials
 from search.review.trial_table import end_kind
-from search.storage.sql import open_storage
 
 
-@pytest.fixture(scope="module")
-def study(evidence_study: tuple[str, str, Path]) -> optuna.Study:
-    url, name, _ = evidence_study
-    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
+@pytest.fixture
+def study(evidence: optuna.Study) -> optuna.Study:
+    return evidence
 
 
 def test_the_default_table_fits_120_columns_with_class_names_and_how_each_trial_ended(
