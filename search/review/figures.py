@@ -29,9 +29,25 @@ CLASS_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 
 
+TEMPLATE = "plotly_white"  # every figure of the report and the dashboard, Optuna's included
+
+
+def integer_ticks(fig: go.Figure, axis: str = "x") -> go.Figure:
+    """Ticks on whole numbers only (epochs, trial numbers, counts), about ten of them: plotly's
+    automatic ticks put 0.5 steps on a short axis."""
+    values = [v for trace in fig.data for v in (getattr(trace, axis, None) or ())
+              if isinstance(v, (int, float))]
+    top = max(values, default=0)
+    step = max(1, -(-int(top) // 10))
+    fig.update_layout({f"{axis}axis": {"tick0": 0, "dtick": step, "tickformat": "d"}})
+    return fig
+
+
 def _layout(fig: go.Figure, title: str, y_title: str, x_title: str = "epoch") -> go.Figure:
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title,
-                      template="plotly_white", legend_title_text="")
+                      template=TEMPLATE, legend_title_text="")
+    if x_title == "epoch":
+        integer_ticks(fig, "x")
     return fig
 
 
@@ -151,7 +167,7 @@ def prune_reasons(study: optuna.Study) -> go.Figure:
         epochs = sorted(e for e, k in counts if k == kind)
         fig.add_trace(go.Bar(x=epochs, y=[counts[(e, kind)] for e in epochs], name=kind))
     fig.update_layout(barmode="stack")
-    fig.update_xaxes(dtick=1)
+    integer_ticks(fig, "y")
     return _layout(fig, "Prune reasons by epoch", "trials pruned")
 
 
@@ -204,5 +220,5 @@ def endings_parallel(study: optuna.Study) -> go.Figure | None:
     fig = go.Figure(go.Parcoords(line={"color": codes, "colorscale": scale, "cmin": 0, "cmax": 2},
                                  dimensions=dims))
     fig.update_layout(title=f"Every finished trial ({len(trials)}) by how it ended: red collapsed, orange pruned "
-                            "otherwise, green complete", template="plotly_white")
+                            "otherwise, green complete", template=TEMPLATE)
     return fig

@@ -132,6 +132,9 @@ def _optuna_figure(study: optuna.Study, section_id: str, draw: Any, min_complete
             fig = draw(study)
     except Exception as err:  # noqa: BLE001 - one figure Optuna cannot draw must not lose the report
         return _note(f"not available: {type(err).__name__}: {err}")
+    fig.update_layout(template=figures.TEMPLATE)  # one style with the report's own figures
+    if section_id == "history":
+        figures.integer_ticks(fig, "x")  # trial numbers
     return _figure(fig, f"plot-{section_id}")
 
 

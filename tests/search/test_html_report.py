@@ -7,12 +7,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import optuna
+import plotly.graph_objects as go
 import pytest
 from fake_fit import epoch_metrics
 from search_testing import FAKE_SPACE, STUCK_REASON
 
 from search.cli import main
 from search.contract import write_epoch
+from search.review import figures
 from search.review.html_report import SECTIONS, build_report
 from search.space.search_space import space_from_dict
 from search.storage.sql import open_storage
@@ -120,3 +122,12 @@ def test_report_of_a_running_study(sqlite_url: str) -> None:
     assert "RUNNING" in parsed.sections["leaderboard"]
     assert "0 of 2 finished trials were pruned" in parsed.sections["prunes"]
     assert optuna.load_study(study_name="running", storage=sqlite_url).trials[2].state.name == "RUNNING"
+
+
+def test_epochs_and_counts_get_whole_number_ticks(evidence: optuna.Study) -> None:
+    """Plotly's automatic ticks put 0.5 steps on a short axis: epoch 1.5, 0.5 trials."""
+    share, prunes = figures.majority_share(evidence), figures.prune_reasons(evidence)
+    assert (share.layout.xaxis.dtick, share.layout.xaxis.tickformat) == (1, "d")  # epochs 0-5
+    assert (prunes.layout.yaxis.dtick, prunes.layout.yaxis.tickformat) == (1, "d")  # 1 trial
+    long = figures.integer_ticks(go.Figure(go.Scatter(x=list(range(47)), y=[0.5] * 47)))
+    assert long.layout.xaxis.dtick == 5  # about ten ticks
