@@ -35,6 +35,7 @@ from search.review.late_bloomers import late_bloomers
 from search.review.leaderboard import TrialRow, study_class_names, trial_row
 from search.review.prune_summary import PruneSummary, summarize_prunes
 from search.review.test_result import test_result_line
+from search.review.trial_detail import CURVE_HEADERS, CURVE_NOTE, curve_rows, fired_on
 from search.review.uncertainty import tied_with_best, trial_interval
 from search.review.why import (
     BIN_HEADERS,
@@ -50,7 +51,7 @@ from search.review.why import (
 from search.study import stored_space
 
 SECTIONS = ("leaderboard", "why", "history", "intermediate", "importance", "parallel", "collapse",
-            "per-class", "prunes")
+            "per-class", "prunes", "evidence")
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -160,6 +161,43 @@ def _table(headers: list[str], rows: list[list[str]], text_columns: tuple[int, .
     return "\n".join(["<table>", head, *body, "</table>"])
 
 
+def evidence_html(study: optuna.Study) -> str:
+    """Each pruned trial, folded: the epoch its rule fired on last (per-class table and confusion
+    matrix under the class names), its best epoch beside it, and its validation curve."""
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    if not pruned:
+        return _note("no trial was pruned")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    names = study_class_names(pruned)
+    parts = [_note(f"Curves: {CURVE_NOTE}.")]
+    for trial in pruned:
+        row = trial_row(trial, maximize)
+        fired = fired_on(trial)
+        blocks = [f"<summary>trial {html.escape(str(trial.number))}"
+                  + (f" ({html.escape(row.enqueued)})" if row.enqueued else "")
+                  + f": {html.escape(row.reason)}</summary>"]
+        for title, epoch in ((f"prune epoch {fired[-1]}" if fired else "", fired[-1] if fired else -1),
+                             (f"best epoch {row.epoch}", row.epoch)):
+            metrics = epoch_metrics(trial, epoch) if epoch >= 0 and title else None
+            if metrics and not (title.startswith("best") and fired and epoch == fired[-1]):
+                blocks.append(f"<h4>{html.escape(title)}</h4>" + _epoch_tables(metrics, names))
+        blocks.append(_table(CURVE_HEADERS, curve_rows(trial, row.epoch if row.epoch >= 0 else None),
+                             (3,)))
+        parts.append("<details>" + "\n".join(blocks) + "</details>")
+    return "\n".join(parts)
+
+
+def _epoch_tables(metrics: dict[str, Any], names: dict[int, str]) -> str:
+    accs, f1s = metrics.get("val/per_class_accuracy") or [], metrics.get("val/per_class_f1") or []
+    confusion = metrics.get("val/confusion") or []
+    labels = [names.get(c, str(c)) for c in range(max(len(accs), len(confusion)))]
+    per_class = [[labels[c], a if a is not None else "-", f1s[c] if c < len(f1s) and f1s[c] is not None else "-",
+                  sum(confusion[c]) if c < len(confusion) else "-"] for c, a in enumerate(accs)]
+    matrix = [[labels[i], *row] for i, row in enumerate(confusion)]
+    return (_table(["class", "accuracy", "F1", "volumes"], per_class)
+            + _table(["true \\ predicted", *labels[:len(confusion)]], matrix))
+
+
 def why_html(study: optuna.Study) -> str:
     """The parameters ranked by how well they predict a collapse, each one's trials per value by
     how they ended, and the late-bloomer suspects (:mod:`search.review.why`)."""
@@ -209,6 +247,7 @@ def build_report(study: optuna.Study) -> str:
                  _figure(figures.per_class_curves(study), "plot-per-class")),
         _section("prunes", "Prune summary", prune_summary_html(summary)
                  + _figure(figures.prune_reasons(study), "plot-prunes")),
+        _section("evidence", "What each pruned trial showed when it was pruned", evidence_html(study)),
     ]
     counts = ", ".join(f"{n} {s.lower()}" for s, n in _counts(study).items() if n)
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

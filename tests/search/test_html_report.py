@@ -94,6 +94,11 @@ def test_report_of_a_finished_study_has_every_section_and_needs_no_network(
     assert ("1 of 2 finished trials were pruned; 9 epochs were run where running every trial to "
             "its end would have taken 12: 3 epochs saved.") in parsed.sections["prunes"]
     assert "stuck" in parsed.sections["prunes"]
+    # each pruned trial's evidence: the epoch its rule fired on, under the class names, and its curve
+    evidence = parsed.sections["evidence"]
+    assert f"trial 0 (collapses): {STUCK_REASON}" in evidence
+    assert "prune epoch 2" in evidence and "best epoch 0" in evidence
+    assert "prune, best" in evidence
 
 
 def test_report_of_a_running_study(sqlite_url: str) -> None:
