@@ -131,6 +131,28 @@ class WandbRun:
         self._run = None
 
 
+def add_to_run(out_dir: Path, cfg: LogSection, summary: Mapping[str, Any]) -> None:
+    """Add ``summary`` to the W&B run that the training in ``out_dir`` wrote (e.g. a test
+    evaluation made after it finished): W&B resumes the run by its id, which offline writes a
+    second ``offline-run-*`` folder of the same id that ``wandb sync`` puts into the same run.
+    Nothing to do without such a run; a W&B error is one warning."""
+    ids = sorted({p.name.rsplit("-", 1)[-1] for p in (out_dir / "wandb").glob("*run-*")
+                  if p.is_dir() and not p.is_symlink()})
+    if not cfg.wandb or cfg.wandb_mode == "disabled" or len(ids) != 1:
+        return
+    try:
+        import wandb
+
+        run = wandb.init(project=cfg.wandb_project, mode=cfg.wandb_mode,  # type: ignore[arg-type]
+                         dir=str(out_dir), id=ids[0], resume="allow", name=cfg.wandb_name or out_dir.name,
+                         group=cfg.wandb_group, settings=wandb.Settings(silent=True, console="off"))
+        run.summary.update(dict(summary))
+        run.finish()
+    except Exception as err:  # noqa: BLE001 - W&B must never fail what it watches
+        print(f"octtrain: warning: W&B: cannot add to the run, going on without it: "
+              f"{clip(f'{type(err).__name__}: {err}')}", file=sys.stderr, flush=True)
+
+
 def read_offline_run(path: str | Path) -> dict[str, Any]:
     """What an offline run's ``run-*.wandb`` file holds, without ``wandb sync``: ``name``,
     ``group``, ``tags``, ``config`` (top-level keys), ``history`` (every logged key: last value) and

@@ -29,7 +29,7 @@ import optuna
 
 from octtrain.config import TrainConfig
 from octtrain.data import split_records
-from octtrain.tracking import json_safe
+from octtrain.tracking import add_to_run, json_safe
 from search.contract import (
     runs_folder,
     stored_best_epoch,
@@ -148,6 +148,8 @@ def finalize(study: optuna.Study, options: FinalizeOptions, *, out: TextIO | Non
               "search/val_balanced_accuracy": trial.value,
               "retrained/val_confusion": retrained_val.get("val/confusion")}
     (run_dir / TEST_METRICS_FILE).write_text(json.dumps(json_safe(record), indent=1) + "\n")
+    if kept is None:  # the final run's W&B run (<study>-final) gets the test result too
+        add_to_run(run_dir, cfg.log, _wandb_summary(metrics, names))
     write_test_result(study, record, use)
     try:  # the dashboard's study note shows the test result too
         save_study_note(study)
@@ -156,6 +158,15 @@ def finalize(study: optuna.Study, options: FinalizeOptions, *, out: TextIO | Non
               file=sys.stderr)
     out.write(format_test(study, record, use) + "\n")
     return record
+
+
+def _wandb_summary(metrics: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
+    """The test scalars, and per-class test accuracy and F1 under the class names."""
+    out = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, (int, float))}
+    for key in ("per_class_accuracy", "per_class_f1"):
+        for i, value in enumerate(metrics.get(f"test/{key}") or []):
+            out[f"test/{key}/{names.get(i, str(i))}"] = value
+    return out
 
 
 def kept_checkpoint(trial: optuna.trial.FrozenTrial) -> Path:

@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from octtrain.synthetic.writer import make_synthetic
+from octtrain.tracking.wandb_run import read_offline_run
 from search.cli import main
 from search.contract import TEST_METRICS_ATTR, write_best_epoch, write_overrides, write_run
 from search.space.search_space import space_from_dict
@@ -34,6 +35,7 @@ def searched(tmp_path: Path) -> tuple[str, Path]:
             "train": {"epochs": 3, "batch_size": 4, "warmup_epochs": 0,
                       "early_stopping": {"enabled": False}},
             "runtime": {"device": "cpu"},
+            "log": {"wandb": True, "wandb_mode": "offline", "wandb_project": "octsearch-test"},
         },
         "params": {"train.lr_head": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
         "sampler": {"type": "random"},
@@ -73,6 +75,13 @@ def test_finalize_evaluates_once_on_the_test_split_and_refuses_a_second_look(
     (final,) = [p for p in (runs).glob("final-*/final")]
     written = json.loads((final / "test_metrics.json").read_text())
     assert written == stored and stored["class_names"] == CLASSES and stored["trial"] == 0
+    # W&B: the final run is <study>-final in the study's group, and gets the test result
+    first, second = sorted(final.glob("wandb/offline-run-*/run-*.wandb"))  # by time: trained, tested
+    trained = read_offline_run(first)
+    assert (trained["name"], trained["group"]) == ("final-final", "final")
+    assert first.name == second.name  # the same run id: `wandb sync` puts both in one run
+    assert read_offline_run(second)["summary"]["test/balanced_accuracy"] == pytest.approx(
+        stored["test/balanced_accuracy"])
     volumes = stored["test/volumes"]
     assert volumes >= 4 and sum(map(sum, stored["test/confusion"])) == volumes
     assert 0.0 <= stored["test/balanced_accuracy"] <= 1.0
