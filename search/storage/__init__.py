@@ -6,7 +6,7 @@ out a database outage (``retry``), and Optuna's gRPC storage proxy: the ``grpc:/
 
 from __future__ import annotations
 
-from search.storage.continuation import queue_continuation
+from search.storage.continuation import queue_continuation, retire_checkpoint
 from search.storage.grpc_client import open_grpc_storage
 from search.storage.grpc_server import serve
 from search.storage.retry import (
@@ -40,6 +40,7 @@ __all__ = [
     "open_storage",
     "outage_limit_from_env",
     "queue_continuation",
+    "retire_checkpoint",
     "redact",
     "serve",
     "single_attempt",

@@ -52,6 +52,15 @@ def queue_continuation(study: optuna.Study, stopped: FrozenTrial, checkpoint: st
         ))
 
 
+def retire_checkpoint(trial: FrozenTrial | optuna.Trial, kept: str | None) -> None:
+    """A continuation ended (told by its worker, or failed as stale): the checkpoint it resumed
+    from goes, unless it is ``kept`` (the trial stopped again before writing a newer one, and
+    is re-queued from this one). Nothing else resumes from it: this is the one place it goes."""
+    source = resume_source(trial)
+    if source is not None and source != kept:
+        Path(source).unlink(missing_ok=True)
+
+
 def resumable_checkpoint(study: optuna.Study, trial: FrozenTrial) -> tuple[str, int] | None:
     """The checkpoint a stale ``trial`` can still be resumed from, with the epochs done before
     it, if this host sees the file: the one its trial process stored as it stopped, else, for a

@@ -37,7 +37,7 @@ from search.contract import attrs_for_retry, write_stale_failure
 from search.errors import StorageError
 from search.notices import notice
 from search.optuna_compat import fail_stale_trials, no_experimental_warning, study_storage
-from search.storage.continuation import queue_continuation, resumable_checkpoint
+from search.storage.continuation import queue_continuation, resumable_checkpoint, retire_checkpoint
 from search.storage.retry import Outage, RetryingStorage, describe_cause, root_cause
 from search.storage.urls import check_shared, redact
 
@@ -74,6 +74,7 @@ def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     stopped = resumable_checkpoint(study, trial)
     if stopped is not None:
         queue_continuation(study, trial, *stopped)
+        retire_checkpoint(trial, stopped[0])  # it resumed an older one and stopped again
         return
     trial.user_attrs, trial.system_attrs = attrs_for_retry(trial)
     with no_experimental_warning():

@@ -44,7 +44,7 @@ from search.contract import write_preempted
 from search.optuna_compat import take_over
 from search.pruning import DIVERGED_KIND
 from search.ranking import best_step
-from search.storage import Outage, open_storage, outage_limit_from_env
+from search.storage import DatabaseUnreachableError, Outage, open_storage, outage_limit_from_env
 from search.study import stored_space
 from search.trial.echo import Echo
 from search.trial.epoch_queue import QUEUE_FILE
@@ -293,12 +293,24 @@ def _run_child(request: TrialRequest) -> TrialResult:
         raise
     with host_errors("the trial's result", run_dir / RESULT_FILE):
         result.write(run_dir / RESULT_FILE)
-    if result.state is Outcome.PREEMPTED:
-        # Also in the study: if the worker dies before it re-queues the trial, the sweep of stale
-        # trials queues the continuation from this record (search.storage.continuation).
+    return result
+
+
+def _preempted(err: Preempted) -> TrialResult:
+    return TrialResult(Outcome.PREEMPTED, reason=str(err), checkpoint=err.checkpoint,
+                       epochs_done=err.epochs_done)
+
+
+def _keep_preempted(trial: optuna.trial.Trial, run_dir: Path, result: TrialResult) -> None:
+    """The stopped trial's result file, then its record in the study: both before the queued
+    epochs are delivered, which waits out an outage. Killed meanwhile (its worker was), the
+    trial still names its checkpoint, so the stale sweep resumes it instead of starting again
+    (search.storage.continuation); the record is written again by whoever re-queues it."""
+    with contextlib.suppress(OSError):
+        result.write(run_dir / RESULT_FILE)
+    with contextlib.suppress(DatabaseUnreachableError):
         write_preempted(trial, {"reason": result.reason, "epochs_done": result.epochs_done,
                                 "checkpoint": result.checkpoint})
-    return result
 
 
 def _fit(request: TrialRequest, trial: optuna.trial.Trial, metric_key: str,
@@ -312,11 +324,13 @@ def _fit(request: TrialRequest, trial: optuna.trial.Trial, metric_key: str,
         try:
             fitted = fit(cfg, out_dir=Path(request.run_dir), on_epoch_end=reporter, progress=True,
                          **resume)
+        except Preempted as err:
+            _keep_preempted(trial, Path(request.run_dir), _preempted(err))
+            raise
         finally:
             reporter.finish()  # epochs queued in an outage; what stays queued, the worker sends
     except Preempted as err:
-        return TrialResult(Outcome.PREEMPTED, reason=str(err), checkpoint=err.checkpoint,
-                           epochs_done=err.epochs_done)
+        return _preempted(err)
     except optuna.TrialPruned as err:
         return TrialResult(Outcome.PRUNED, reason=str(err))
     except DivergedError as err:

@@ -63,6 +63,7 @@ from search.storage import (
     asking,
     fail_stale,
     heartbeat,
+    retire_checkpoint,
 )
 from search.study import Step, count_trials, keep_or_put_back, next_step
 from search.trial import (
@@ -355,7 +356,6 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None
     worker's heartbeat lapsed) stays as it is: its retry is queued. Once told, a continuation's
     resume checkpoint goes (nothing resumes it any more: the trial ended, or it is re-queued
     from a newer checkpoint or from the start), whatever the trial process managed to do."""
-    resumed = resume_source(trial)
     try:
         if result.state is Outcome.COMPLETE:
             assert result.value is not None and math.isfinite(result.value)
@@ -382,5 +382,4 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult) -> None
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise StorageError(f"cannot record the end of trial {trial.number}: "
                            f"{type(err).__name__}: {err}") from err
-    if resumed is not None and resumed != result.checkpoint:
-        Path(resumed).unlink(missing_ok=True)
+    retire_checkpoint(trial, result.checkpoint)

@@ -17,7 +17,14 @@ import sqlalchemy
 from optuna.trial import TrialState
 from search_testing import reachable_server
 
-from search.contract import ENQUEUED_ATTR, stored_epochs, write_epoch
+from search.contract import (
+    ENQUEUED_ATTR,
+    RESUME_FROM_ATTR,
+    RESUMES_TRIAL_ATTR,
+    stored_epochs,
+    write_epoch,
+    write_preempted,
+)
 from search.errors import StorageError
 from search.space.search_space import space_from_dict
 from search.storage import sql as storage_mod
@@ -231,3 +238,28 @@ def test_a_mysql_server_that_accepts_and_never_answers_is_one_error_not_a_hang(
             conn.close()
     assert len(errors) == 1 and isinstance(errors[0], StorageError), errors
     assert str(errors[0]).startswith(f"cannot open storage 'mysql+pymysql://root@127.0.0.1:{port}/test'")
+
+
+def test_a_stale_continuation_stopped_again_resumes_from_its_new_checkpoint_and_drops_the_old(
+    tmp_path: Path,
+) -> None:
+    """Found by the chaos soak: a continuation that stopped with a newer checkpoint, whose
+    worker was then killed, left the checkpoint it had resumed from on disk for good."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=False)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    old, new = tmp_path / "trial_0000" / "resume.pt", tmp_path / "trial_0001" / "resume.pt"
+    for path in (old, new):
+        path.parent.mkdir()
+        path.write_bytes(b"checkpoint")
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    first = study.ask(x)
+    write_preempted(first, {"reason": "SIGTERM", "epochs_done": 2, "checkpoint": str(old)})
+    study.tell(first, state=TrialState.FAIL)
+    resumed = study.ask(x)
+    resumed.set_user_attr(RESUMES_TRIAL_ATTR, first.number)
+    resumed.set_user_attr(RESUME_FROM_ATTR, str(old))
+    write_preempted(resumed, {"reason": "SIGTERM", "epochs_done": 4, "checkpoint": str(new)})
+    storage_mod._retry_stale(study, storage.get_trial(resumed._trial_id))  # as the stale sweep does
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.user_attrs[RESUME_FROM_ATTR] == str(new) and new.exists()
+    assert not old.exists()  # nothing resumes from it any more
