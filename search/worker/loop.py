@@ -76,7 +76,13 @@ from search.trial import (
 )
 from search.worker.pending import deliver_pending, drop_ended_queues, tell_or_keep
 from search.worker.progress import trial_end_line
-from search.worker.requeue import checkpoint_path, requeue, requeue_host_failure, stopped_result
+from search.worker.requeue import (
+    checkpoint_path,
+    drop_orphaned_checkpoints,
+    requeue,
+    requeue_host_failure,
+    stopped_result,
+)
 from search.worker.slots import Slot, SlotPool, SlotRun
 
 
@@ -133,6 +139,7 @@ def run_worker(
     pool = SlotPool(list(options.slots) or [Assignment(0, "any", ())], out)
     with shielded():  # a stop signal waits for the results being told (search.interrupts)
         deliver_pending(study, storage, options.runs_dir, space.objective.metric_key, _tell, out=out)
+        drop_orphaned_checkpoints(study, options.checkpoint_dir or options.runs_dir, out=out)
     loop = _Loop(study, options, summary, pool, out, time.monotonic())
     try:
         while True:
@@ -149,6 +156,7 @@ def run_worker(
                 if pool.all_retired():
                     raise loop.failed
                 drop_ended_queues(study, storage, options.runs_dir, out=out)
+                drop_orphaned_checkpoints(study, options.checkpoint_dir or options.runs_dir, out=out)
                 return summary
             slot = pool.free() if step is Step.START and loop.may_ask() else None
             if slot is not None:

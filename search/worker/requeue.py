@@ -26,13 +26,22 @@ resumes must see the same path: a shared mount for several hosts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TextIO
 
 import optuna
 from optuna.trial import TrialState
 
 from octtrain.errors import HostError
 from octtrain.train import RESUME_FILE
-from search.contract import stored_run_dir, trial_dir, write_failure, write_preempted
+from search.contract import (
+    preempted_checkpoint,
+    resume_source,
+    stored_run_dir,
+    trial_dir,
+    write_failure,
+    write_preempted,
+)
+from search.notices import notice
 from search.optuna_compat import frozen as frozen_trial
 from search.optuna_compat import study_storage
 from search.storage import queue_continuation
@@ -91,3 +100,27 @@ def requeue_host_failure(study: optuna.Study, trial: optuna.Trial, result: Trial
     write_failure(trial, f"{result.reason}; its configuration is re-queued", result.output_tail)
     study.tell(trial, state=TrialState.FAIL)
     queue_continuation(study, frozen, None, 0)
+
+
+def drop_orphaned_checkpoints(study: optuna.Study, checkpoint_dir: Path, *,
+                              out: TextIO | None = None) -> int:
+    """Remove the resume checkpoints under ``checkpoint_dir`` that nothing will resume from: the
+    trial that wrote one has ended, its preempted record does not name it (the trial process was
+    killed before the record reached the database, so its configuration was re-queued to start
+    again), and no unfinished trial resumes from it. A trial whose worker re-queues it writes
+    the record before it tells FAIL, so a continuation still being queued keeps its checkpoint.
+    Returns how many were removed."""
+    trials = study.get_trials(deepcopy=False)
+    resumed = {resume_source(t) for t in trials if not t.state.is_finished()}
+    dropped = 0
+    for trial in trials:
+        path = checkpoint_path(checkpoint_dir, study, trial.number)
+        recorded = preempted_checkpoint(trial)
+        if (not trial.state.is_finished() or str(path) in resumed
+                or (recorded is not None and recorded[0] == str(path)) or not path.is_file()):
+            continue
+        path.unlink(missing_ok=True)
+        dropped += 1
+        notice(out, f"trial {trial.number} is {trial.state.name} and nothing resumes from its "
+                    f"checkpoint (its record never reached the database): removed {path}")
+    return dropped

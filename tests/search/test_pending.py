@@ -1,4 +1,5 @@
-"""search/worker/pending.py: a kept result is delivered once, and never over a trial finished meanwhile."""
+"""search/worker/pending.py: a kept result is delivered once, and never over a trial finished meanwhile;
+what a killed trial process leaves behind (an epoch queue, a checkpoint nothing resumes from) is cleared."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.contract import epoch_metrics, runs_folder
+from search.contract import RESUME_FROM_ATTR, epoch_metrics, runs_folder, write_preempted
 from search.storage.sql import open_storage
 from search.trial.epoch_queue import QUEUE_FILE, EpochQueue
 from search.trial.process import Outcome, TrialResult
 from search.worker.loop import _tell
 from search.worker.pending import MARKER_FILE, deliver_pending, keep
+from search.worker.requeue import checkpoint_path, drop_orphaned_checkpoints
 
 METRIC = "val/balanced_accuracy"
 
@@ -78,3 +80,25 @@ def test_the_epoch_queue_of_a_trial_that_ended_without_its_process_is_dropped(tm
     assert not (dirs[0] / QUEUE_FILE).exists() and (dirs[1] / QUEUE_FILE).exists()
     assert "trial 0 is FAIL: the 1 epoch(s) [0] its trial process could not deliver are dropped" \
         in out.getvalue()
+
+
+def test_a_checkpoint_nothing_resumes_from_is_dropped_and_every_other_kept(tmp_path: Path) -> None:
+    """Found by the chaos soak: a trial process killed after writing resume.pt but before its
+    preempted record reached the database is restarted from scratch; its checkpoint stayed."""
+    study, _ = _study(tmp_path)
+    root = tmp_path / "runs"
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    trials = [study.ask(x) for _ in range(4)]
+    paths = [checkpoint_path(root, study, t.number) for t in trials]
+    for path in paths:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"checkpoint")
+    study.tell(trials[0], state=TrialState.FAIL)  # killed: no record, restarted from scratch
+    write_preempted(trials[1], {"reason": "SIGTERM", "epochs_done": 1, "checkpoint": str(paths[1])})
+    study.tell(trials[1], state=TrialState.FAIL)  # re-queued by its worker: the record names it
+    study.tell(trials[3], state=TrialState.FAIL)  # no record, but a waiting trial resumes from it
+    study.enqueue_trial({"x": 0.5}, user_attrs={RESUME_FROM_ATTR: str(paths[3])})
+    out = io.StringIO()
+    assert drop_orphaned_checkpoints(study, root, out=out) == 1  # trial 2 still runs: kept
+    assert [p.exists() for p in paths] == [False, True, True, True]
+    assert "trial 0 is FAIL and nothing resumes from its checkpoint" in out.getvalue()
