@@ -127,8 +127,12 @@ def format_leaderboard(study: optuna.Study, top: int = 5) -> str:
     head = f"study {study.study_name!r}: {state_counts(study)}"
     if not rows:
         return f"{head}\nno trial has completed yet"
-    return f"{head}\ntop {len(rows)}:\n" + format_rows(rows, [p.path for p in space.params],
-                                                       space.objective.metric)
+    table = format_rows(rows, [p.path for p in space.params], space.objective.metric)
+    tied = [t.number for t, _ in tied_with_best(study)[1:]]
+    if tied:
+        table += (f"\ntied with the best (95% intervals overlap): trial {', '.join(map(str, tied))}; "
+                  "octsearch best has the intervals, octsearch compare A B the details")
+    return f"{head}\ntop {len(rows)}:\n" + table
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:

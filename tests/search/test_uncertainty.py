@@ -12,7 +12,7 @@ from search_testing import FAKE_SPACE
 
 from search.contract import record_epoch, write_best_epoch
 from search.errors import OctsearchError
-from search.review.leaderboard import export_best, format_best
+from search.review.leaderboard import export_best, format_best, format_leaderboard
 from search.review.uncertainty import (
     balanced_accuracy_interval,
     bound_warnings,
@@ -83,6 +83,8 @@ def test_ties_with_the_best_and_a_best_on_a_bound_are_said(study: optuna.Study, 
            "class's validation volumes, 10/10 per class)" in text
     assert f"tied with the best (intervals overlap): trial 1 ({tied[1][1]})" in text
     assert "warning: train.lr_head = 0.0001 sits on the lower bound" in text
+    assert ("tied with the best (95% intervals overlap): trial 1; octsearch best has the intervals"
+            in format_leaderboard(study))
     out = export_best(study, tmp_path / "runner_up.yaml", number=1)
     assert out.read_text().startswith("# octsearch export-best: study 'ties', trial 1, ")
     with pytest.raises(OctsearchError, match="study 'ties' has no trial 7 \\(trials 0-2\\)"):
