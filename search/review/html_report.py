@@ -31,6 +31,7 @@ from search.errors import OctsearchError
 from search.ranking import rank_key
 from search.review import figures
 from search.review.attribution import attribute
+from search.review.curve_svg import curve_svg
 from search.review.late_bloomers import late_bloomers
 from search.review.leaderboard import TrialRow, study_class_names, trial_row
 from search.review.prune_summary import PruneSummary, summarize_prunes
@@ -181,6 +182,7 @@ def evidence_html(study: optuna.Study) -> str:
             metrics = epoch_metrics(trial, epoch) if epoch >= 0 and title else None
             if metrics and not (title.startswith("best") and fired and epoch == fired[-1]):
                 blocks.append(f"<h4>{html.escape(title)}</h4>" + _epoch_tables(metrics, names))
+        blocks.append(curve_svg(trial, fired))
         blocks.append(_table(CURVE_HEADERS, curve_rows(trial, row.epoch if row.epoch >= 0 else None),
                              (3,)))
         parts.append("<details>" + "\n".join(blocks) + "</details>")

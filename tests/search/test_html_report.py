@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import optuna
 import plotly.graph_objects as go
 import pytest
 from fake_fit import epoch_metrics
+from optuna.trial import TrialState, create_trial
 from search_testing import FAKE_SPACE, STUCK_REASON
 
 from search.cli import main
-from search.contract import write_epoch
+from search.contract import epoch_attr, write_epoch
 from search.review import figures
+from search.review.curve_svg import curve_svg
 from search.review.html_report import SECTIONS, build_report
 from search.space.search_space import space_from_dict
 from search.storage.sql import open_storage
@@ -99,6 +102,9 @@ def test_report_of_a_finished_study_has_every_section_and_needs_no_network(
     assert f"trial 0 (collapses): {STUCK_REASON}" in evidence
     assert "prune epoch 2" in evidence and "best epoch 0" in evidence
     assert "prune, best" in evidence
+    svg = re.search(r'<svg [^>]*aria-label="validation curve of trial 0">.*?</svg>', text)
+    assert svg is not None and svg.group(0).count("<polyline") == 2 and "share 90%" in svg.group(0)
+    assert svg.group(0).count("<circle") == 3  # the rule fired on epochs 0-2
 
 
 def test_report_of_a_running_study(sqlite_url: str) -> None:
@@ -136,3 +142,12 @@ def test_epochs_and_counts_get_whole_number_ticks(evidence: optuna.Study) -> Non
     assert (prunes.layout.yaxis.dtick, prunes.layout.yaxis.tickformat) == (1, "d")  # 1 trial
     long = figures.integer_ticks(go.Figure(go.Scatter(x=list(range(47)), y=[0.5] * 47)))
     assert long.layout.xaxis.dtick == 5  # about ten ticks
+
+
+def test_a_curve_skips_missing_values_and_a_trial_without_epochs_has_none() -> None:
+    records = {epoch_attr(0): {"val/balanced_accuracy": None, "val/max_class_share": 1.0},
+               epoch_attr(1): {"val/balanced_accuracy": 0.3, "val/max_class_share": 0.9}}
+    trial = create_trial(state=TrialState.PRUNED, intermediate_values={1: 0.3}, system_attrs=records)
+    svg = curve_svg(trial, [1])
+    assert "nan" not in svg and svg.count("<polyline") == 2 and svg.count("<circle") == 1
+    assert curve_svg(create_trial(state=TrialState.COMPLETE, value=1.0), []) == ""
