@@ -182,7 +182,8 @@ def test_octsearch_run_parallel_2_and_the_trials_table_shows_where_each_ran(
     assert (f"octsearch: 2 trials at once: slot 0 on cpu:{cores[0]}, slot 1 on cpu:{cores[1]}"
             in run.stderr)
     assert "[slot 1] octsearch: trial " in run.stderr
-    table = subprocess.run(octsearch_command("trials", "--storage", storage), cwd=tmp_path,
+    table = subprocess.run(octsearch_command("trials", "--storage", storage, "--columns",
+                                             "number,state,ran_on"), cwd=tmp_path,
                            env=fake_env(), capture_output=True, text=True, timeout=120)
     rows = table.stdout.splitlines()[3:]
     host = socket.gethostname()
