@@ -12,6 +12,7 @@ than somewhere in a worker. :data:`PRIVATE_NAMES` lists them all.
 from __future__ import annotations
 
 import copy
+import datetime
 import importlib
 import warnings
 from collections.abc import Callable, Iterator
@@ -19,12 +20,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage, _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 
 __all__ = ["PRIVATE_NAMES", "RDB_PRIVATE_CALLS", "BaseHeartbeat", "CachedStorage", "StaleTrialsFailedElsewhere",
            "add_proxy_service", "claim_waiting", "fail_stale_trials", "frozen", "latest_trial", "missing",
-           "no_experimental_warning", "put_back", "set_system_attr", "study_storage", "take_over", "trial_id"]
+           "never_beaten_trial_ids", "no_experimental_warning",
+           "put_back", "set_system_attr", "study_storage", "take_over", "trial_id"]
 
 # (module, attribute path): every private Optuna name used below.
 PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
@@ -34,6 +37,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("optuna.trial", "Trial._cached_frozen_trial"),
     ("optuna.storages", "_CachedStorage"),
     ("optuna.storages", "_CachedStorage._read_trials_from_remote_storage"),
+    ("optuna.storages", "_CachedStorage._backend"),
     ("optuna.storages._heartbeat", "BaseHeartbeat"),
     ("optuna.storages._grpc.servicer", "OptunaStorageProxyService"),
     ("optuna.storages._grpc.auto_generated.api_pb2_grpc", "add_StorageServiceServicer_to_server"),
@@ -42,6 +46,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("optuna.storages", "RDBStorage._get_trials"),
     ("optuna.storages", "RDBStorage._get_best_trial_id"),
     ("optuna.storages", "RDBStorage._get_stale_trial_ids"),
+    # and RDBStorage's tables trials and trial_heartbeats (never_beaten_trial_ids)
 )
 # RDBStorage's database calls under a private name (see search/storage/retry.py).
 RDB_PRIVATE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
@@ -144,7 +149,9 @@ def fail_stale_trials(study: optuna.Study, before_fail: Callable[[int], None]) -
     if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
         return
     failed: list[int] = []
-    for stale_id in storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)):
+    study_id = storage.get_study_id_from_name(study.study_name)
+    stale = storage._get_stale_trial_ids(study_id) + never_beaten_trial_ids(storage, study_id)
+    for stale_id in stale:
         try:
             before_fail(stale_id)
             if storage.set_trial_state_values(stale_id, state=optuna.trial.TrialState.FAIL):
@@ -155,6 +162,33 @@ def fail_stale_trials(study: optuna.Study, before_fail: Callable[[int], None]) -
     if callback is not None:
         for failed_id in failed:
             callback(study, copy.deepcopy(storage.get_trial(failed_id)))
+
+
+# Optuna's tables (its RDB schema), read by never_beaten_trial_ids.
+NEVER_BEATEN = sqlalchemy.text(
+    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "WHERE t.study_id = :study_id AND t.state = 'RUNNING' AND h.trial_id IS NULL "
+    "AND t.datetime_start < :cutoff")
+
+
+def never_beaten_trial_ids(storage: BaseStorage, study_id: int) -> list[int]:
+    """RUNNING trials of the study that never sent a heartbeat and started more than the grace
+    period ago: their worker died between ``ask`` and its first beat (a SIGKILL, found by the
+    chaos soak). Optuna's stale check reads only trials with a heartbeat, so these stayed RUNNING
+    for ever and the study never reached N. Empty for a storage without the heartbeat table, or
+    while the database is unreachable (the next sweep looks again)."""
+    if isinstance(storage, _CachedStorage):  # what create_study and load_study hand a Study
+        storage = storage._backend
+    interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    if not isinstance(storage, optuna.storages.RDBStorage) or interval is None:
+        return []
+    grace = storage.grace_period or 2 * interval
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)  # as Optuna stores it: local
+    try:
+        with storage.engine.connect() as conn:
+            return [int(row[0]) for row in conn.execute(NEVER_BEATEN, {"study_id": study_id, "cutoff": cutoff})]
+    except sqlalchemy.exc.SQLAlchemyError:
+        return []
 
 
 def put_back(study: optuna.Study, trial: optuna.Trial) -> None:

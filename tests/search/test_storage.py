@@ -263,3 +263,25 @@ def test_a_stale_continuation_stopped_again_resumes_from_its_new_checkpoint_and_
     (waiting,) = study.get_trials(states=(TrialState.WAITING,))
     assert waiting.user_attrs[RESUME_FROM_ATTR] == str(new) and new.exists()
     assert not old.exists()  # nothing resumes from it any more
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_as_stale(
+    storage_url: str, study_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the chaos soak: a worker SIGKILLed between ``ask`` and its first heartbeat left
+    a RUNNING trial that Optuna's stale check (trials with a heartbeat only) never saw, and
+    every worker waited for it for ever."""
+    monkeypatch.setattr(storage_mod, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(storage_mod, "GRACE_PERIOD_S", 2)
+    study = optuna.create_study(storage=open_storage(storage_url), study_name=study_name,
+                                direction="maximize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # and no heartbeat, ever
+        fail_stale(study)
+        assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]  # not yet: too young
+        time.sleep(2.5)
+        fail_stale(study)
+    orphan, retry = study.get_trials()
+    assert orphan.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert orphan.user_attrs["fail_reason"].startswith("failed as stale: no heartbeat for 2 s")
