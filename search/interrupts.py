@@ -47,6 +47,15 @@ def exit_status(err: KeyboardInterrupt) -> int:
     return 128 + (err.signum if isinstance(err, Terminated) else int(signal.SIGINT))
 
 
+def exiting() -> None:
+    """The process stops after a stop signal: later SIGINT/SIGTERM are ignored from here on, so
+    one landing in the interpreter's shutdown (an atexit callback, a library's finalizer) cannot
+    print a KeyboardInterrupt traceback over the clean exit. SIGKILL still ends it."""
+    if _main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+
 class _State:
     def __init__(self) -> None:
         self.installed = False

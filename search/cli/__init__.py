@@ -21,7 +21,7 @@ from octtrain.errors import OcttrainError, one_line
 from search.cli.options import DEVICES, STORAGE_ENV, add_common, review_study, storage_url
 from search.cli.run import add_run, host_folders, trial_end_callbacks
 from search.errors import OctsearchError, WorkerError
-from search.interrupts import Terminated, exit_status, stop_signals
+from search.interrupts import Terminated, exit_status, exiting, stop_signals
 from search.storage import DEFAULT_OUTAGE_S
 
 __all__ = ["STORAGE_ENV", "build_parser", "host_folders", "main", "trial_end_callbacks"]
@@ -269,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         what = f" by {err}" if isinstance(err, Terminated) else ""
         print(f"octsearch: interrupted{what}", file=sys.stderr)
+        exiting()  # a signal during the interpreter's shutdown: no traceback (found by the chaos soak)
         return exit_status(err)
     except BrokenPipeError:  # `octsearch trials | head`: the reader left; no traceback
         sys.stderr.close()

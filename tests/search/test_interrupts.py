@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -90,3 +92,15 @@ def test_an_ignored_sigint_stays_ignored() -> None:
 def test_outside_stop_signals_a_shield_changes_nothing() -> None:
     with pytest.raises(KeyboardInterrupt), shielded():
         _deliver(signal.SIGINT)  # Python's own handler: raises at once
+
+
+def test_once_exiting_a_stop_signal_cannot_interrupt_the_shutdown() -> None:
+    """Found by the chaos soak: a SIGINT that reached a stopped worker during the interpreter's
+    shutdown printed a KeyboardInterrupt traceback from an atexit callback."""
+    code = ("import atexit, os, signal, time\n"
+            "from search.interrupts import exiting\n"
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2),"
+            " os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2), print('shut down')))\n"
+            "exiting()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "shut down\n", "")
