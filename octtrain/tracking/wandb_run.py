@@ -52,6 +52,12 @@ def per_class(metrics: Mapping[str, Any], names: Sequence[str], prefix: str = "v
     return out
 
 
+def _warn(what: str, err: BaseException) -> None:
+    """W&B failed: one warning line, and the run goes on without it."""
+    print(f"octtrain: warning: W&B: cannot {what} the run, going on without it: "
+          f"{clip(f'{type(err).__name__}: {err}')}", file=sys.stderr, flush=True)
+
+
 class WandbRun:
     def __init__(self, cfg: LogSection, out_dir: Path, run_config: Mapping[str, Any],
                  class_names: Sequence[str]) -> None:
@@ -80,8 +86,7 @@ class WandbRun:
             self._failed("start", err)
 
     def _failed(self, what: str, err: BaseException) -> None:
-        print(f"octtrain: warning: W&B: cannot {what} the run, going on without it: "
-              f"{clip(f'{type(err).__name__}: {err}')}", file=sys.stderr, flush=True)
+        _warn(what, err)
         self._run = None
 
     def log(self, record: Mapping[str, Any], epoch: int) -> None:
@@ -149,8 +154,7 @@ def add_to_run(out_dir: Path, cfg: LogSection, summary: Mapping[str, Any]) -> No
         run.summary.update(dict(summary))
         run.finish()
     except Exception as err:  # noqa: BLE001 - W&B must never fail what it watches
-        print(f"octtrain: warning: W&B: cannot add to the run, going on without it: "
-              f"{clip(f'{type(err).__name__}: {err}')}", file=sys.stderr, flush=True)
+        _warn("add to", err)
 
 
 def read_offline_run(path: str | Path) -> dict[str, Any]:

@@ -4,7 +4,8 @@ set cannot rank (:func:`search.review.uncertainty.tied_with_best`).
 It shows the parameters that differ (and how many are equal), how each trial ended with its
 value and bootstrap interval, the validation balanced accuracy and majority-class share of every
 epoch of both (their curves, as a table; the unfreeze epoch marked), per-class accuracy at each
-one's best epoch (a pruned trial's: the epoch it was pruned at), and both confusion matrices.
+one's best epoch (a pruned trial's: the last epoch its rule fired on), and both confusion
+matrices.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from search.contract import (
     end_reason,
@@ -25,6 +26,7 @@ from search.contract import (
     unfreeze_at_epoch,
 )
 from search.review.leaderboard import class_names, format_table, study_trial
+from search.review.trial_detail import fired_on
 from search.review.uncertainty import trial_interval
 
 
@@ -42,13 +44,13 @@ def format_compare(study: optuna.Study, a: int, b: int) -> str:
     first, second = study_trial(study, a), study_trial(study, b)
     pair = (first, second)
     lines = [f"study {study.study_name!r}: {_title(first)} vs {_title(second)}"]
-    for trial in pair:
-        interval = trial_interval(trial)
+    intervals = [trial_interval(t) for t in pair]
+    for trial, interval in zip(pair, intervals, strict=True):
         value = format_value(trial.value) if trial.value is not None else "-"
         lines.append(f"  {_title(trial)}: {trial.state.name}, value {value}"
                      + (f", 95% interval [{interval.low:.4f}, {interval.high:.4f}]" if interval else "")
                      + (f"; {end_reason(trial)}" if end_reason(trial) else ""))
-    if (i := trial_interval(first)) and (j := trial_interval(second)):
+    if (i := intervals[0]) and (j := intervals[1]):
         lines.append("  their intervals overlap: the validation set cannot tell them apart"
                      if i.overlaps(j) else "  their intervals do not overlap")
     names = sorted(set(first.params) | set(second.params))
@@ -92,8 +94,8 @@ def _curve_rows(pair: tuple[FrozenTrial, FrozenTrial]) -> list[list[str]]:
 
 def _best_epoch_lines(trial: FrozenTrial) -> list[str]:
     best, which = stored_best_epoch(trial), "best"
-    if best is None and trial.state == TrialState.PRUNED and stored_epochs(trial):
-        best, which = stored_epochs(trial)[-1][0], "prune"  # the epoch the rule fired on
+    if best is None and fired_on(trial):  # a pruned trial: the last epoch its rule fired on
+        best, which = fired_on(trial)[-1], "prune"
     metrics = epoch_metrics(trial, best) if best is not None else None
     if not metrics:
         return [f"{_title(trial)}: no stored epoch to show"]

@@ -39,7 +39,7 @@ from search.contract import (
     write_test_result,
 )
 from search.errors import OctsearchError
-from search.review.leaderboard import best_trial
+from search.review.leaderboard import best_trial, class_names
 from search.review.notes import per_class_lines, save_study_note
 from search.review.uncertainty import Interval, balanced_accuracy_interval, trial_interval
 from search.study import stored_space
@@ -135,7 +135,9 @@ def finalize(study: optuna.Study, options: FinalizeOptions, *, out: TextIO | Non
         run_dir.mkdir(parents=True)
         checkpoint, names = kept, {}
     metrics = evaluate_checkpoint(checkpoint, "test", device=options.device)
-    names = names or _checkpoint_class_names(checkpoint, len(metrics.get("test/confusion") or []))
+    # the kept checkpoint's run folder names its classes (class_to_idx.json), else the indices
+    names = names or class_names(str(checkpoint.parent)) or {
+        i: str(i) for i in range(len(metrics.get("test/confusion") or []))}
     previous = stored_test_uses(study)
     use = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "trial": trial.number, "run_dir": str(run_dir), "train_on_val": options.train_on_val,
@@ -179,17 +181,6 @@ def kept_checkpoint(trial: optuna.trial.FrozenTrial) -> Path:
                              "(checkpoint retention keeps the best trials' best.pt); run finalize "
                              "without --no-retrain to retrain it")
     return path
-
-
-def _checkpoint_class_names(checkpoint: Path, classes: int) -> dict[int, str]:
-    """Class names from ``class_to_idx.json`` beside the checkpoint, else the indices."""
-    from octtrain.data import load_class_to_idx
-
-    try:
-        mapping = load_class_to_idx(checkpoint.parent / "class_to_idx.json")
-        return {i: n for n, i in mapping.items()}
-    except Exception:  # noqa: BLE001 - a run folder without it still has a result to show
-        return {i: str(i) for i in range(classes)}
 
 
 def comparison_lines(study: optuna.Study, record: dict[str, Any]) -> list[str]:

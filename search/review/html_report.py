@@ -36,7 +36,7 @@ from search.review.late_bloomers import late_bloomers
 from search.review.leaderboard import TrialRow, study_class_names, trial_row
 from search.review.prune_summary import PruneSummary, summarize_prunes
 from search.review.test_result import test_result_line
-from search.review.trial_detail import CURVE_HEADERS, CURVE_NOTE, curve_rows, fired_on
+from search.review.trial_detail import CURVE_HEADERS, CURVE_NOTE, curve_rows, evidence_epochs, fired_on
 from search.review.uncertainty import tied_with_best, trial_interval
 from search.review.why import (
     BIN_HEADERS,
@@ -177,11 +177,10 @@ def evidence_html(study: optuna.Study) -> str:
         blocks = [f"<summary>trial {html.escape(str(trial.number))}"
                   + (f" ({html.escape(row.enqueued)})" if row.enqueued else "")
                   + f": {html.escape(row.reason)}</summary>"]
-        for title, epoch in ((f"prune epoch {fired[-1]}" if fired else "", fired[-1] if fired else -1),
-                             (f"best epoch {row.epoch}", row.epoch)):
-            metrics = epoch_metrics(trial, epoch) if epoch >= 0 and title else None
-            if metrics and not (title.startswith("best") and fired and epoch == fired[-1]):
-                blocks.append(f"<h4>{html.escape(title)}</h4>" + _epoch_tables(metrics, names))
+        for kind, epoch in evidence_epochs(trial, row.epoch):
+            metrics = epoch_metrics(trial, epoch)
+            if metrics:
+                blocks.append(f"<h4>{kind} epoch {epoch}</h4>" + _epoch_tables(metrics, names))
         blocks.append(curve_svg(trial, fired))
         blocks.append(_table(CURVE_HEADERS, curve_rows(trial, row.epoch if row.epoch >= 0 else None),
                              (3,)))

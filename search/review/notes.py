@@ -27,7 +27,7 @@ from search.optuna_compat import frozen as frozen_trial
 from search.review import figures
 from search.review.leaderboard import class_names, trial_row
 from search.review.test_result import test_result_line
-from search.review.trial_detail import CURVE_HEADERS, CURVE_NOTE, curve_rows, fired_on
+from search.review.trial_detail import CURVE_HEADERS, CURVE_NOTE, curve_rows, evidence_epochs, fired_on
 from search.review.why import why_markdown
 
 # graph object id → figure of the study
@@ -84,16 +84,15 @@ def trial_note(trial: FrozenTrial, maximize: bool, metric: str) -> str:
     lines.append("")
     names = class_names(run_dir)
     prune_epochs = fired_on(trial)
-    if prune_epochs:  # the evidence the rule acted on first, then the best epoch beside it
-        last = prune_epochs[-1]
-        fired = f"epochs {prune_epochs[0]}-{last}" if len(prune_epochs) > 1 else f"epoch {last}"
-        metrics = epoch_metrics(trial, last)
-        if metrics:
-            lines += [f"### Prune epoch {last} (the rule fired on {fired})", ""]
-            lines += per_class_lines(metrics, names) + [""]
-    metrics = epoch_metrics(trial, row.epoch) if row.epoch >= 0 and row.epoch not in prune_epochs[-1:] else None
-    if metrics:
-        lines += [f"### Best epoch {row.epoch}", ""]
+    for kind, epoch in evidence_epochs(trial, row.epoch):  # what the rule acted on, then the best
+        metrics = epoch_metrics(trial, epoch)
+        if not metrics:
+            continue
+        if kind == "prune":
+            fired = (f"epochs {prune_epochs[0]}-{epoch}" if len(prune_epochs) > 1 else f"epoch {epoch}")
+            lines += [f"### Prune epoch {epoch} (the rule fired on {fired})", ""]
+        else:
+            lines += [f"### Best epoch {epoch}", ""]
         lines += per_class_lines(metrics, names) + [""]
     curve = curve_rows(trial, row.epoch if row.epoch >= 0 else None)
     if curve:

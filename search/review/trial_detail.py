@@ -47,6 +47,17 @@ def fired_on(trial: FrozenTrial) -> list[int]:
     return list(range(first, min(end, last) + 1)) or [last]
 
 
+def evidence_epochs(trial: FrozenTrial, best: int) -> list[tuple[str, int]]:
+    """The epochs a review shows a trial's evidence for, in order: ``("prune", E)``, the last
+    epoch its rule fired on, for a pruned trial; then ``("best", best)`` unless it is that same
+    epoch or there is none (``best`` < 0)."""
+    fired = fired_on(trial)
+    shown = [("prune", fired[-1])] if fired else []
+    if best >= 0 and best not in fired[-1:]:
+        shown.append(("best", best))
+    return shown
+
+
 CURVE_HEADERS = ["epoch", "balanced accuracy", "majority share", ""]
 CURVE_NOTE = ("the collapse rule's test (its defaults): an epoch is collapsed when at least 90% of "
               "its validation predictions are one class, or its balanced accuracy is at most chance "
